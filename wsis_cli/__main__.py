@@ -1,0 +1,3 @@
+from wsis_cli.cli.app import main
+
+main()

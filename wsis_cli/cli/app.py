@@ -1,0 +1,96 @@
+"""The ``wsis`` Typer application: registers subcommands and maps errors onto exit codes.
+
+Each subcommand lives in its own module and imports heavy libraries only inside its function body.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+
+from wsis_cli import __version__
+from wsis_cli.cli import common
+
+app = typer.Typer(
+    name="wsis",
+    help="Weakly supervised instance segmentation: cheap labels in, instance pseudo-labels out.\n\n"
+    "Subcommands read and write COCO JSON (use - for stdin/stdout) and HDF5, and chain through the shell.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"wsis {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Weakly supervised instance segmentation toolkit."""
+
+
+def _register() -> None:
+    from wsis_cli.cli import completion, demo, evaluate, merge, synth
+
+    app.command("synth")(synth.synth)
+    app.command("eval")(evaluate.eval_cmd)
+    app.command("merge")(merge.merge)
+    app.command("demo")(demo.demo)
+    app.command("completion")(completion.completion)
+
+
+_register()
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"wsis: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: one clear line on stderr and a distinct exit code for each failure."""
+    from wsis_cli.runtime.errors import ExitCode, WsisError
+
+    try:
+        rc = app(args=argv, prog_name="wsis", standalone_mode=False)
+    except WsisError as e:
+        if common.STATE["verbose"]:
+            import traceback
+
+            traceback.print_exc()
+        _fail(str(e), int(e.exit_code))
+    except click.exceptions.UsageError as e:
+        e.show()
+        raise SystemExit(int(ExitCode.USAGE)) from None
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _fail("interrupted", int(ExitCode.INTERRUPTED))
+    except BrokenPipeError:
+        # the reader of our stdout went away (e.g. `| head`): not our failure, stay quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(int(ExitCode.FAILURE)) from None
+    except click.exceptions.ClickException as e:
+        e.show()
+        raise SystemExit(e.exit_code) from None
+    except Exception as e:  # noqa: BLE001 - last resort: one line, traceback only with --verbose
+        if common.STATE["verbose"]:
+            import traceback
+
+            traceback.print_exc()
+        _fail(f"{type(e).__name__}: {e}", int(ExitCode.FAILURE))
+    raise SystemExit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Options every subcommand shares, and the small helpers the thin CLI layer needs.
+
+Nothing heavy is imported here: ``wsis --help`` and TAB completion must stay instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and full tracebacks on stderr.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
+Device = Annotated[
+    str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto picks CUDA when available).")
+]
+Workers = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
+Shard = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="I/N",
+        help="Process shard I of N (0-based). Default: from SLURM array, SLURM_PROCID or torchrun env.",
+    ),
+]
+ImagesDir = Annotated[
+    Path | None,
+    typer.Option("--images", "-i", help="Folder the file_name of each image is relative to.",
+                 file_okay=False, dir_okay=True),
+]
+
+
+def setup(quiet: bool = False, verbose: bool = False) -> None:
+    """Per-command start-up: logging to stderr, remembered verbosity for error reporting."""
+    from wsis_cli.runtime import log
+
+    log.configure(quiet=quiet, verbose=verbose)
+    STATE["verbose"] = verbose
+    STATE["quiet"] = quiet
+
+
+STATE: dict[str, bool] = {"verbose": False, "quiet": False}

@@ -1,0 +1,8 @@
+"""wsis completion (being written)."""
+
+from __future__ import annotations
+
+
+def completion() -> None:
+    """Not implemented yet."""
+    raise NotImplementedError

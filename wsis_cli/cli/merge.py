@@ -1,0 +1,8 @@
+"""wsis merge (being written)."""
+
+from __future__ import annotations
+
+
+def merge() -> None:
+    """Not implemented yet."""
+    raise NotImplementedError

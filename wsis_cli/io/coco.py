@@ -1,0 +1,300 @@
+"""COCO JSON: load and validate datasets and results lists, write datasets.
+
+Two forms are accepted everywhere (see design.md, "Data contracts"):
+
+* a *dataset*: ``{"images": [...], "annotations": [...], "categories": [...]}``;
+* a *results list*: ``[{"image_id", "category_id", "segmentation"?, "bbox"?, "score"?}, ...]``
+  (a file of bare ``{image_id, category_id}`` records is a valid image-level label file).
+
+Every problem is reported as one :class:`BadInputError` line naming the file and the record.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wsis_cli.io import rle as rle_utils
+from wsis_cli.io.stdio import display_name, read_json, write_json
+from wsis_cli.runtime.errors import BadInputError
+
+# Boxes may overshoot the image by this many pixels (float rounding in other tools) before we refuse them.
+BOX_TOLERANCE_PX = 1.0
+
+
+@dataclass
+class Dataset:
+    """A validated COCO dataset. Records stay plain dicts so that unknown keys survive a round trip."""
+
+    images: list[dict[str, Any]]
+    annotations: list[dict[str, Any]]
+    categories: list[dict[str, Any]]
+    extra: dict[str, Any] = field(default_factory=dict)  # info, licenses, anything else at top level
+    source: str = "<memory>"
+
+    @property
+    def image_index(self) -> dict[int, dict[str, Any]]:
+        return {im["id"]: im for im in self.images}
+
+    @property
+    def category_ids(self) -> list[int]:
+        return [c["id"] for c in self.categories]
+
+    def annotations_by_image(self) -> dict[int, list[dict[str, Any]]]:
+        out: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in self.images}
+        for a in self.annotations:
+            out[a["image_id"]].append(a)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.extra, "images": self.images, "annotations": self.annotations,
+                "categories": self.categories}
+
+    def with_annotations(self, annotations: list[dict[str, Any]], **extra: Any) -> Dataset:
+        """A copy with other annotations (same images and categories)."""
+        return Dataset(self.images, annotations, self.categories, {**self.extra, **extra}, self.source)
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _rec(section: str, i: int, r: Any) -> str:
+    rid = r.get("id") if isinstance(r, Mapping) else None
+    return f"{section}[{i}]" + (f" (id {rid})" if rid is not None else "")
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_coco(path: str | os.PathLike) -> Dataset | list[dict[str, Any]]:
+    """Load either form; the results list is validated on its own (no ground truth to check against)."""
+    obj = read_json(path)
+    name = display_name(path)
+    if isinstance(obj, list):
+        return validate_results(obj, name)
+    return validate_dataset(obj, name)
+
+
+def load_dataset(path: str | os.PathLike, *, need: str | None = None) -> Dataset:
+    """Load a dataset; ``need`` = ``"segmentation"`` or ``"bbox"`` requires it on every annotation."""
+    obj = read_json(path)
+    name = display_name(path)
+    if isinstance(obj, list):
+        raise BadInputError(name, None, "is a results list, expected a COCO dataset with images/annotations/categories")
+    ds = validate_dataset(obj, name)
+    if need:
+        for i, a in enumerate(ds.annotations):
+            if a.get(need) is None:
+                raise BadInputError(name, _rec("annotations", i, a), f"has no '{need}'")
+    return ds
+
+
+def load_predictions(path: str | os.PathLike, gt: Dataset, *, class_agnostic: bool = False) -> list[dict[str, Any]]:
+    """Load predictions as a results list checked against ``gt`` (a dataset's annotations also work)."""
+    obj = read_json(path)
+    name = display_name(path)
+    if isinstance(obj, Mapping):
+        ds = validate_dataset(obj, name)
+        if not class_agnostic:
+            known = set(gt.category_ids)
+            for i, c in enumerate(ds.categories):
+                if c["id"] not in known:
+                    raise BadInputError(name, _rec("categories", i, c), "category id not in the ground truth")
+        obj = [dict(a) for a in ds.annotations]
+        sizes = {im["id"]: (im["height"], im["width"]) for im in ds.images}
+        section = "annotations"
+    else:
+        sizes = None
+        section = "results"
+    return validate_results(obj, name, gt=gt, class_agnostic=class_agnostic, section=section, sizes=sizes)
+
+
+def label_sets(records: Dataset | Iterable[Mapping[str, Any]]) -> dict[int, set[int]]:
+    """Image-level labels: every annotation contributes its category to its image's label set."""
+    out: dict[int, set[int]] = {}
+    if isinstance(records, Dataset):
+        out = {im["id"]: set() for im in records.images}
+        records = records.annotations
+    for r in records:
+        out.setdefault(r["image_id"], set()).add(r["category_id"])
+    return out
+
+
+# -------------------------------------------------------------------------------------------- validation
+
+
+def validate_dataset(obj: Any, name: str) -> Dataset:
+    if not isinstance(obj, Mapping) or not {"images", "annotations"} <= obj.keys():
+        raise BadInputError(name, None, "neither a COCO dataset (images/annotations/categories) nor a results list")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(obj.get(key), list):
+            raise BadInputError(name, None, f"'{key}' must be a list")
+    images = [_check_image(name, i, im) for i, im in enumerate(obj["images"])]
+    _unique(name, "images", images)
+    categories = obj["categories"]
+    for i, c in enumerate(categories):
+        if not isinstance(c, Mapping) or not is_int(c.get("id")):
+            raise BadInputError(name, _rec("categories", i, c), "category needs an integer 'id'")
+        if not isinstance(c.get("name", ""), str):
+            raise BadInputError(name, _rec("categories", i, c), "'name' must be a string")
+    _unique(name, "categories", categories)
+    sizes = {im["id"]: (im["height"], im["width"]) for im in images}
+    cats = {c["id"] for c in categories}
+    anns = obj["annotations"]
+    for i, a in enumerate(anns):
+        rec = _rec("annotations", i, a)
+        if not isinstance(a, Mapping) or not is_int(a.get("id")):
+            raise BadInputError(name, rec, "annotation needs an integer 'id'")
+        _check_record(name, rec, a, sizes, cats)
+    _unique(name, "annotations", anns)
+    extra = {k: v for k, v in obj.items() if k not in ("images", "annotations", "categories")}
+    return Dataset(list(images), list(anns), list(categories), extra, name)
+
+
+def validate_results(
+    obj: Any,
+    name: str,
+    *,
+    gt: Dataset | None = None,
+    class_agnostic: bool = False,
+    section: str = "results",
+    sizes: dict[int, tuple[int, int]] | None = None,
+) -> list[dict[str, Any]]:
+    """Check a results list; with ``gt``, image ids, category ids and mask sizes are checked against it."""
+    if not isinstance(obj, list):
+        raise BadInputError(name, None, "neither a COCO dataset nor a results list")
+    if gt is not None:
+        sizes = {im["id"]: (im["height"], im["width"]) for im in gt.images}
+    cats = None if gt is None or class_agnostic else set(gt.category_ids)
+    for i, r in enumerate(obj):
+        rec = f"{section}[{i}]"
+        if not isinstance(r, Mapping):
+            raise BadInputError(name, rec, "record must be a JSON object")
+        _check_record(name, rec, r, sizes, cats)
+    return obj
+
+
+def _check_image(name: str, i: int, im: Any) -> dict[str, Any]:
+    rec = _rec("images", i, im)
+    if not isinstance(im, Mapping) or not is_int(im.get("id")):
+        raise BadInputError(name, rec, "image needs an integer 'id'")
+    if not isinstance(im.get("file_name"), str) or not im["file_name"]:
+        raise BadInputError(name, rec, "image needs a 'file_name'")
+    for k in ("width", "height"):
+        if not is_int(im.get(k)) or im[k] <= 0:
+            raise BadInputError(name, rec, f"image needs a positive integer '{k}'")
+    return im
+
+
+def _unique(name: str, section: str, records: list[Mapping[str, Any]]) -> None:
+    seen: dict[int, int] = {}
+    for i, r in enumerate(records):
+        if r["id"] in seen:
+            raise BadInputError(name, _rec(section, i, r), f"duplicate id (first at {section}[{seen[r['id']]}])")
+        seen[r["id"]] = i
+
+
+def _check_record(
+    name: str,
+    rec: str,
+    a: Mapping[str, Any],
+    sizes: dict[int, tuple[int, int]] | None,
+    cats: set[int] | None,
+) -> None:
+    """Shared checks for annotations and results: ids, box, mask, score, area."""
+    if not is_int(a.get("image_id")):
+        raise BadInputError(name, rec, "needs an integer 'image_id'")
+    if not is_int(a.get("category_id")):
+        raise BadInputError(name, rec, "needs an integer 'category_id'")
+    hw = None
+    if sizes is not None:
+        if a["image_id"] not in sizes:
+            raise BadInputError(name, rec, f"image_id {a['image_id']} is not a known image")
+        hw = sizes[a["image_id"]]
+    if cats is not None and a["category_id"] not in cats:
+        raise BadInputError(name, rec, f"category_id {a['category_id']} is not a known category")
+    if a.get("bbox") is not None:
+        _check_bbox(name, rec, a["bbox"], hw)
+    if a.get("segmentation") is not None:
+        _check_segmentation(name, rec, a["segmentation"], hw)
+    if "score" in a and not _is_num(a["score"]):
+        raise BadInputError(name, rec, f"'score' must be a finite number, got {a['score']!r}")
+    if "area" in a and (not _is_num(a["area"]) or a["area"] < 0):
+        raise BadInputError(name, rec, f"'area' must be a non-negative number, got {a['area']!r}")
+
+
+def _check_bbox(name: str, rec: str, box: Any, hw: tuple[int, int] | None) -> None:
+    if not isinstance(box, list) or len(box) != 4 or not all(_is_num(v) for v in box):
+        raise BadInputError(name, rec, f"'bbox' must be [x, y, width, height] numbers, got {box!r}")
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        raise BadInputError(name, rec, f"bbox {box} has {'negative' if min(w, h) < 0 else 'zero'} width or height")
+    if hw is not None:
+        H, W = hw
+        tol = BOX_TOLERANCE_PX
+        if x < -tol or y < -tol or x + w > W + tol or y + h > H + tol:
+            raise BadInputError(name, rec, f"bbox {box} extends beyond the {W}x{H} image")
+
+
+def _check_segmentation(name: str, rec: str, seg: Any, hw: tuple[int, int] | None) -> None:
+    if isinstance(seg, Mapping):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(is_int(v) and v >= 0 for v in size)):
+            raise BadInputError(name, rec, f"RLE 'size' must be [height, width], got {size!r}")
+        if isinstance(counts, list):
+            if not all(is_int(v) and v >= 0 for v in counts) or sum(counts) != size[0] * size[1]:
+                raise BadInputError(name, rec, "uncompressed RLE counts do not add up to height*width")
+        elif not isinstance(counts, str):
+            raise BadInputError(name, rec, "RLE 'counts' must be a string or a list of integers")
+        if hw is not None and tuple(size) != tuple(hw):
+            raise BadInputError(
+                name, rec, f"RLE size {size[0]}x{size[1]} (HxW) differs from its image's {hw[0]}x{hw[1]}"
+            )
+    elif isinstance(seg, list):
+        for poly in seg:
+            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2 or not all(_is_num(v) for v in poly):
+                raise BadInputError(name, rec, "polygon must be a list of at least 3 x,y number pairs")
+    else:
+        raise BadInputError(name, rec, "'segmentation' must be an RLE object or a list of polygons")
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def write_dataset(ds: Dataset, path: str | os.PathLike) -> None:
+    """Write atomically (or to stdout for ``-``)."""
+    write_json(ds.to_json(), path)
+
+
+def annotation(
+    ann_id: int,
+    image_id: int,
+    category_id: int,
+    rle: dict[str, Any],
+    *,
+    score: float | None = None,
+    bbox: list[float] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A dataset annotation for a mask: ``area`` is the mask area, ``bbox`` its tight XYWH box unless given."""
+    ann = {
+        "id": int(ann_id),
+        "image_id": int(image_id),
+        "category_id": int(category_id),
+        "segmentation": rle,
+        "area": float(rle_utils.area(rle)),
+        "bbox": bbox if bbox is not None else rle_utils.to_bbox(rle),
+        "iscrowd": 0,
+    }
+    if score is not None:
+        ann["score"] = float(score)
+    ann.update(extra)
+    return ann

@@ -1,0 +1,120 @@
+"""Image files: reading to RGB uint8 whatever the file holds, writing, and listing folders.
+
+Every stage sees images as ``(H, W, 3)`` uint8 RGB numpy arrays. Grayscale and palette files are expanded
+to three channels, an alpha channel is dropped, EXIF orientation is applied (so sizes are the *displayed*
+sizes, as every COCO tool assumes), and 16-bit or float files are scaled to 8 bits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from wsis_cli.runtime.errors import BadInputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
+
+DepthMode = Literal["full", "stretch"]
+
+
+def read_image(path: str | os.PathLike, *, depth: DepthMode = "full", record: str | None = None) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB.
+
+    ``depth`` decides how 16-bit and float images become 8-bit: ``full`` maps the type's full range
+    linearly (0..65535 -> 0..255; floats are taken as 0..1), ``stretch`` maps each image's own min..max
+    (for microscopy cameras that use 10-12 of the 16 bits).
+    Missing, unreadable or corrupt files raise :class:`BadInputError` naming the file and ``record``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(p, record, "image file not found" if not p.exists() else "not a file")
+    try:
+        data = np.fromfile(p, dtype=np.uint8)
+    except OSError as e:
+        raise BadInputError(p, record, f"cannot read image file: {e.strerror or e}") from None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
+    if img is None:
+        raise BadInputError(p, record, "cannot decode image (corrupt or unsupported format)")
+    img = _to_uint8(img, depth)
+    return np.ascontiguousarray(img[..., ::-1])  # BGR -> RGB
+
+
+def _to_uint8(img: np.ndarray, depth: DepthMode) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    x = img.astype(np.float32)
+    if depth == "stretch":
+        lo, hi = float(x.min()), float(x.max())
+        x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    elif np.issubdtype(img.dtype, np.integer):
+        x = x / float(np.iinfo(img.dtype).max)
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write an ``(H, W, 3)`` uint8 RGB (or ``(H, W)`` gray) array; the format follows the suffix."""
+    p = Path(path)
+    arr = rgb[..., ::-1] if rgb.ndim == 3 else rgb
+    ok, buf = cv2.imencode(p.suffix or ".png", np.ascontiguousarray(arr))
+    if not ok:
+        raise OSError(f"cannot encode image as {p.suffix}")
+    tmp = p.with_name(f".{p.name}.tmp")
+    buf.tofile(tmp)
+    os.replace(tmp, p)
+
+
+def list_images(folder: str | os.PathLike) -> list[str]:
+    """Image files under ``folder`` (recursively), as sorted POSIX paths relative to it.
+
+    An empty folder, or one without images, is bad input.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise BadInputError(root, None, "image folder not found" if not root.exists() else "not a folder")
+    names = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+    )
+    if not names:
+        raise BadInputError(root, None, f"no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return names
+
+
+def image_path(root: str | os.PathLike | None, image: Mapping[str, Any]) -> Path:
+    """Where an image record's file lives: ``file_name`` relative to ``root`` (or as given)."""
+    name = Path(image["file_name"])
+    return name if root is None or name.is_absolute() else Path(root) / name
+
+
+def load_image_for(root: str | os.PathLike | None, image: Mapping[str, Any], source: str,
+                   *, depth: DepthMode = "full") -> np.ndarray:
+    """Read the file of a dataset image record and check its size against the record.
+
+    A size mismatch names the JSON file and the image record (exit 3).
+    """
+    record = f"image id {image['id']} ({image['file_name']})"
+    path = image_path(root, image)
+    if not path.is_file():
+        raise BadInputError(source, record, f"image file not found at {path}")
+    img = read_image(path, depth=depth, record=f"{source} image id {image['id']}")
+    h, w = img.shape[:2]
+    if (h, w) != (image["height"], image["width"]):
+        raise BadInputError(
+            source, record, f"file is {w}x{h} (WxH) but the JSON says {image['width']}x{image['height']}"
+        )
+    return img
+
+
+def folder_images(folder: str | os.PathLike, *, depth: DepthMode = "full") -> list[dict[str, Any]]:
+    """COCO image records for a bare folder: ids 1..N from sorted file names, sizes read from the files."""
+    records = []
+    for i, name in enumerate(list_images(folder), start=1):
+        h, w = read_image(Path(folder) / name, depth=depth).shape[:2]
+        records.append({"id": i, "file_name": name, "width": int(w), "height": int(h)})
+    return records

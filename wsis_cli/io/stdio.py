@@ -1,0 +1,56 @@
+"""JSON in and out, with ``-`` meaning stdin/stdout so COCO files can flow through pipes.
+
+Only data goes to stdout; everything else (logs, progress, tables) goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from wsis_cli.io.atomic import atomic_write_text
+from wsis_cli.runtime.errors import BadInputError
+
+STDIO = "-"
+
+
+def display_name(path: str | os.PathLike) -> str:
+    return "<stdin>" if str(path) == STDIO else str(path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file (or stdin for ``-``); malformed or missing input raises :class:`BadInputError`."""
+    name = display_name(path)
+    try:
+        if str(path) == STDIO:
+            text = sys.stdin.read()
+        else:
+            p = Path(path)
+            if not p.is_file():
+                raise BadInputError(name, None, "file not found" if not p.exists() else "not a file")
+            text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise BadInputError(name, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except PermissionError:
+        raise BadInputError(name, None, "permission denied") from None
+    if not text.strip():
+        raise BadInputError(name, None, "empty file, expected JSON")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadInputError(name, f"line {e.lineno} column {e.colno}", f"malformed JSON: {e.msg}") from None
+
+
+def write_json(obj: Any, path: str | os.PathLike, *, indent: int | None = None) -> None:
+    """Write JSON to ``path`` atomically, or to stdout for ``-``."""
+    if str(path) == STDIO:
+        json.dump(obj, sys.stdout, indent=indent)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return
+    with atomic_write_text(path) as fh:
+        json.dump(obj, fh, indent=indent)
+        fh.write("\n")
