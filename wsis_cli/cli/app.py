@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 
 from wsis_cli import __version__
@@ -59,37 +58,35 @@ def _fail(message: str, code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: one clear line on stderr and a distinct exit code for each failure."""
+    """Console-script entry point: one clear line on stderr and a distinct exit code for each failure.
+
+    Typer (standalone mode) already turns usage errors into exit 2 and Ctrl-C into 130; our own
+    :class:`WsisError` and anything unexpected are mapped here.
+    """
     from wsis_cli.runtime.errors import ExitCode, WsisError
 
     try:
-        rc = app(args=argv, prog_name="wsis", standalone_mode=False)
+        app(args=argv, prog_name="wsis")
     except WsisError as e:
-        if common.STATE["verbose"]:
-            import traceback
-
-            traceback.print_exc()
+        _traceback_if_verbose()
         _fail(str(e), int(e.exit_code))
-    except click.exceptions.UsageError as e:
-        e.show()
-        raise SystemExit(int(ExitCode.USAGE)) from None
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except KeyboardInterrupt:
         _fail("interrupted", int(ExitCode.INTERRUPTED))
     except BrokenPipeError:
-        # the reader of our stdout went away (e.g. `| head`): not our failure, stay quiet
+        # the reader of our stdout went away (e.g. `| head`): not worth a traceback
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         raise SystemExit(int(ExitCode.FAILURE)) from None
-    except click.exceptions.ClickException as e:
-        e.show()
-        raise SystemExit(e.exit_code) from None
-    except Exception as e:  # noqa: BLE001 - last resort: one line, traceback only with --verbose
-        if common.STATE["verbose"]:
-            import traceback
-
-            traceback.print_exc()
+    except Exception as e:  # noqa: BLE001 - last resort: one line, the traceback only with --verbose
+        _traceback_if_verbose()
         _fail(f"{type(e).__name__}: {e}", int(ExitCode.FAILURE))
-    raise SystemExit(rc if isinstance(rc, int) else 0)
+
+
+def _traceback_if_verbose() -> None:
+    if common.STATE["verbose"]:
+        import traceback
+
+        traceback.print_exc()
 
 
 if __name__ == "__main__":
