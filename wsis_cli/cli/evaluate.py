@@ -1,8 +1,79 @@
-"""wsis evaluate (being written)."""
+"""``wsis eval``: COCO mask/box AP and AR plus mean instance mask IoU of predictions against a ground truth.
+
+Thin layer: parse flags, load and validate the two files, call :func:`wsis_cli.stages.evaluate.evaluate`,
+render the tables on stderr and write the JSON report (``--json -`` puts ONLY the JSON on stdout).
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
 
-def eval_cmd() -> None:
-    """Not implemented yet."""
-    raise NotImplementedError
+import typer
+
+from wsis_cli.cli import common
+
+
+def eval_cmd(
+    pred: Annotated[
+        str,
+        typer.Argument(metavar="PRED", help="Predictions: a COCO results list or dataset; - reads stdin."),
+    ],
+    gt: Annotated[str, typer.Option("--gt", "-g", metavar="GT", help="Ground-truth COCO dataset (- reads stdin).")],
+    iou_type: Annotated[
+        Literal["segm", "bbox", "both"],
+        typer.Option("--iou-type", help="What to evaluate; 'both' falls back to boxes where masks are missing."),
+    ] = "both",
+    class_agnostic: Annotated[
+        bool, typer.Option("--class-agnostic", help="Treat every category as one (GT and predictions).")
+    ] = False,
+    max_dets: Annotated[
+        int,
+        typer.Option("--max-dets", min=10, metavar="N",
+                     help="Detections per image kept for AP and AR@N (maxDets [1, 10, N])."),
+    ] = 100,
+    reference_ap: Annotated[
+        float | None,
+        typer.Option("--reference-ap", metavar="X", min=0.0, max=100.0,
+                     help="Fully supervised AP (0.42 or 42.0) to report the retention rate AP/X."),
+    ] = None,
+    backend: Annotated[
+        Literal["pycocotools", "faster"],
+        typer.Option("--backend", help="COCOeval implementation; faster needs wsis[fast-eval]."),
+    ] = "pycocotools",
+    json_out: Annotated[
+        str | None,
+        typer.Option("--json", metavar="PATH|-", help="Write the full report as JSON (- for stdout, JSON only)."),
+    ] = None,
+    quiet: common.Quiet = False,
+    verbose: common.Verbose = False,
+) -> None:
+    """Evaluate predictions against a ground truth: COCO AP/AR (masks and boxes) and mean mask IoU."""
+    common.setup(quiet, verbose)
+    from wsis_cli.io import stdio
+    from wsis_cli.io.atomic import check_output_path
+    from wsis_cli.io.coco import load_dataset, load_predictions
+    from wsis_cli.runtime.errors import UsageError
+    from wsis_cli.stages.evaluate import EvalSettings, evaluate, require_faster
+
+    if pred == stdio.STDIO and gt == stdio.STDIO:
+        raise UsageError("PRED and --gt cannot both read stdin")
+    if json_out is not None and json_out != stdio.STDIO:
+        check_output_path(json_out)  # fail before the work, not after it
+    if backend == "faster":
+        require_faster()
+    settings = EvalSettings(
+        iou_type=iou_type, class_agnostic=class_agnostic, max_dets=max_dets,
+        reference_ap=reference_ap, backend=backend,
+    )
+
+    gt_ds = load_dataset(gt)
+    predictions = load_predictions(pred, gt_ds, class_agnostic=class_agnostic)
+    report = evaluate(gt_ds, predictions, settings)
+    report.sources.update(gt=stdio.display_name(gt), predictions=stdio.display_name(pred))
+
+    if not quiet:
+        from wsis_cli.cli.tables import render_eval
+
+        render_eval(report)
+    if json_out is not None:
+        stdio.write_json(report.to_json(), json_out, indent=2)

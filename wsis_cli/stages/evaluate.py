@@ -1,0 +1,385 @@
+"""``wsis eval``: COCO mask/box AP and AR plus mean instance mask IoU, as a pure function.
+
+The COCO numbers come from pycocotools' ``COCOeval`` (or faster-coco-eval's drop-in C++ port, which gives
+identical statistics) run on COCO objects built in memory. Their stdout chatter is captured and sent to
+the debug log, so a caller can keep stdout for JSON. pycocotools' ``-1`` ("no ground truth in this size
+range") becomes ``None``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from wsis_cli.io import rle as rle_utils
+from wsis_cli.io.coco import Dataset, validate_results
+from wsis_cli.runtime.errors import BadInputError, UsageError
+from wsis_cli.runtime.log import get_logger
+from wsis_cli.stages.mean_iou import CategoryIoU, mean_instance_iou
+
+IouType = Literal["segm", "bbox", "both"]
+Backend = Literal["pycocotools", "faster"]
+
+FAST_EVAL_HINT = "--backend faster needs faster-coco-eval: install it with `pip install 'wsis[fast-eval]'`"
+AGNOSTIC_CATEGORY = {"id": 1, "name": "object"}
+
+log = get_logger("eval")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Settings of ``wsis eval`` (one field per flag).
+
+    ``iou_type="both"`` evaluates masks where both sides have them and boxes always; ``max_dets`` is the
+    last of COCO's ``maxDets = [1, 10, N]`` (AP and AR@N use N; pseudo-labels often exceed 100 per image).
+    ``reference_ap`` is the AP of a fully supervised model, as a fraction (0.42) or in percent (42.0).
+    """
+
+    iou_type: IouType = "both"
+    class_agnostic: bool = False
+    max_dets: int = 100
+    reference_ap: float | None = None
+    backend: Backend = "pycocotools"
+
+    def __post_init__(self) -> None:
+        if self.iou_type not in ("segm", "bbox", "both"):
+            raise UsageError(f"iou_type must be segm, bbox or both, got {self.iou_type!r}")
+        if self.backend not in ("pycocotools", "faster"):
+            raise UsageError(f"backend must be pycocotools or faster, got {self.backend!r}")
+        if self.max_dets < 10:
+            raise UsageError(f"max_dets must be at least 10 (COCO's maxDets are [1, 10, N]), got {self.max_dets}")
+        if self.reference_ap is not None and not 0 < self.reference_ap <= 100:
+            raise UsageError(f"reference AP must be in (0, 1] or (1, 100] percent, got {self.reference_ap}")
+
+    @property
+    def reference_fraction(self) -> float | None:
+        """The reference AP on pycocotools' 0–1 scale (AP never exceeds 1, so a value above 1 is percent)."""
+        if self.reference_ap is None:
+            return None
+        return self.reference_ap / 100.0 if self.reference_ap > 1 else self.reference_ap
+
+
+def stat_names(max_dets: int) -> tuple[str, ...]:
+    """Names of COCOeval's 12 summary statistics, in its order."""
+    return ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", f"AR{max_dets}", "ARs", "ARm", "ARl")
+
+
+@dataclass(frozen=True)
+class CocoStats:
+    """One iou type's 12 COCO statistics (None: no ground truth in that size range) and per-category AP."""
+
+    iou_type: str
+    stats: dict[str, float | None]
+    per_category: tuple[dict[str, Any], ...]  # {"id", "name", "AP", "AP50"} in the ground truth's order
+
+    @property
+    def ap(self) -> float | None:
+        return self.stats["AP"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stats": dict(self.stats), "per_category": [dict(c) for c in self.per_category]}
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Everything ``wsis eval`` measured; ``to_json()`` is the machine-readable report."""
+
+    settings: EvalSettings
+    coco: dict[str, CocoStats]  # "segm" and/or "bbox"
+    mean_iou: float | None  # None when masks were not evaluated or the GT has no instance
+    mean_iou_per_category: tuple[CategoryIoU, ...]
+    counts: dict[str, int]
+    timings: dict[str, float]  # seconds per part ("segm", "bbox", "mean_iou")
+    sources: dict[str, str] = field(default_factory=dict)  # filled by the CLI: where GT and PRED came from
+
+    @property
+    def iou_types(self) -> tuple[str, ...]:
+        return tuple(self.coco)
+
+    @property
+    def mask_ap(self) -> float | None:
+        return self.coco["segm"].ap if "segm" in self.coco else None
+
+    @property
+    def box_ap(self) -> float | None:
+        return self.coco["bbox"].ap if "bbox" in self.coco else None
+
+    @property
+    def retention_iou_type(self) -> str:
+        """Retention compares mask AP where masks were evaluated, box AP otherwise."""
+        return "segm" if "segm" in self.coco else "bbox"
+
+    @property
+    def retention(self) -> float | None:
+        """AP / reference AP, as a fraction (MAL reports e.g. 94% of the fully supervised AP)."""
+        ref = self.settings.reference_fraction
+        ap = self.coco[self.retention_iou_type].ap if self.coco else None
+        return None if ref is None or ap is None else ap / ref
+
+    def to_json(self) -> dict[str, Any]:
+        from wsis_cli import __version__
+
+        ref = self.settings.reference_fraction
+        return {
+            "wsis_version": __version__,
+            "settings": asdict(self.settings),
+            "backend": self.settings.backend,
+            "sources": dict(self.sources),
+            "iou_types": list(self.iou_types),
+            **{t: s.to_json() for t, s in self.coco.items()},
+            "mean_iou": self.mean_iou,
+            "mean_iou_per_category": [c.to_json() for c in self.mean_iou_per_category],
+            "retention": None if ref is None else {
+                "reference_ap": ref,
+                "iou_type": self.retention_iou_type,
+                "ap": self.coco[self.retention_iou_type].ap if self.coco else None,
+                "rate": self.retention,
+            },
+            "counts": dict(self.counts),
+            "timings_s": dict(self.timings),
+        }
+
+
+# ------------------------------------------------------------------------------------------- the stage
+
+
+def evaluate(gt: Dataset, predictions: Sequence[Mapping[str, Any]], settings: EvalSettings) -> EvalReport:
+    """Evaluate ``predictions`` (a COCO results list) against ``gt``.
+
+    Pure: reads no file, prints nothing, leaves ``gt`` and ``predictions`` untouched (COCOeval mutates
+    the records it is given, so it only ever sees copies). Predictions without ``score`` count as 1.0.
+    Raises :class:`BadInputError` when the requested iou type cannot be evaluated on these records and
+    :class:`UsageError` when ``backend="faster"`` is not installed.
+    """
+    if settings.backend == "faster":
+        require_faster()
+    validate_results(list(predictions), "<predictions>", gt=gt, class_agnostic=settings.class_agnostic)
+    pred_name = "predictions"
+    gt_json, gt_has_masks = _prepare_gt(gt, settings.class_agnostic)
+    preds, pred_has_masks = _prepare_predictions(predictions, gt, settings.class_agnostic, pred_name)
+
+    iou_types = _resolve_iou_types(settings.iou_type, gt, gt_has_masks, predictions, pred_has_masks, pred_name)
+    cat_names = {c["id"]: str(c.get("name", c["id"])) for c in gt_json["categories"]}
+    coco: dict[str, CocoStats] = {}
+    timings: dict[str, float] = {}
+    for iou_type in iou_types:
+        t0 = time.perf_counter()
+        stats, per_cat = _cocoeval(gt_json, preds, iou_type, settings.max_dets, settings.backend)
+        timings[iou_type] = time.perf_counter() - t0
+        names = stat_names(settings.max_dets)
+        coco[iou_type] = CocoStats(
+            iou_type=iou_type,
+            stats={n: _none_if_missing(v) for n, v in zip(names, stats, strict=True)},
+            per_category=tuple({"id": cid, "name": cat_names[cid], **v} for cid, v in per_cat.items()),
+        )
+        log.debug("%s AP %.4f (%.2fs)", iou_type, stats[0], timings[iou_type])
+
+    mean_iou: float | None = None
+    per_cat_iou: tuple[CategoryIoU, ...] = ()
+    if "segm" in coco:
+        t0 = time.perf_counter()
+        m = mean_instance_iou(gt, preds, class_agnostic=settings.class_agnostic)
+        timings["mean_iou"] = time.perf_counter() - t0
+        mean_iou, per_cat_iou = m.mean_iou, m.per_category
+
+    crowd = sum(1 for a in gt.annotations if a.get("iscrowd", 0))
+    counts = {
+        "images": len(gt.images),
+        "categories": len(gt.categories),
+        "gt_instances": len(gt.annotations) - crowd,
+        "gt_crowd": crowd,
+        "predictions": len(preds),
+        "images_with_predictions": len({p["image_id"] for p in preds}),
+    }
+    return EvalReport(settings, coco, mean_iou, per_cat_iou, counts, timings)
+
+
+def run(settings: EvalSettings, gt: Dataset, predictions: Sequence[Mapping[str, Any]]) -> EvalReport:
+    """The stage convention's entry point; same as :func:`evaluate`."""
+    return evaluate(gt, predictions, settings)
+
+
+def require_faster() -> None:
+    """Raise :class:`UsageError` (exit 2) with the install hint when faster-coco-eval is missing."""
+    try:
+        import faster_coco_eval  # noqa: F401
+    except ImportError:
+        raise UsageError(FAST_EVAL_HINT) from None
+
+
+# ----------------------------------------------------------------------------------------- preparation
+
+
+def _has(rec: Mapping[str, Any], key: str) -> bool:
+    return rec.get(key) is not None
+
+
+def _prepare_gt(gt: Dataset, class_agnostic: bool) -> tuple[dict[str, Any], bool]:
+    """Copies of the GT records, completed with what COCOeval needs (area, bbox, iscrowd)."""
+    sizes = {im["id"]: (im["height"], im["width"]) for im in gt.images}
+    anns = []
+    for i, a in enumerate(gt.annotations):
+        a = dict(a)
+        if not _has(a, "segmentation") and not _has(a, "bbox"):
+            raise BadInputError(gt.source, f"annotations[{i}] (id {a['id']})", "has neither segmentation nor bbox")
+        if _has(a, "segmentation") and (not _has(a, "bbox") or "area" not in a):
+            mask = rle_utils.to_compressed(a["segmentation"], *sizes[a["image_id"]])
+            a.setdefault("area", float(rle_utils.area(mask)))
+            if not _has(a, "bbox"):
+                a["bbox"] = rle_utils.to_bbox(mask)
+        a.setdefault("area", float(a["bbox"][2] * a["bbox"][3]))
+        a.setdefault("iscrowd", 0)
+        if class_agnostic:
+            a["category_id"] = AGNOSTIC_CATEGORY["id"]
+        anns.append(a)
+    cats = [dict(AGNOSTIC_CATEGORY)] if class_agnostic else [dict(c) for c in gt.categories]
+    images = [dict(im) for im in gt.images]
+    has_masks = all(_has(a, "segmentation") for a in anns)
+    return {"images": images, "annotations": anns, "categories": cats}, has_masks
+
+
+def _prepare_predictions(
+    predictions: Sequence[Mapping[str, Any]], gt: Dataset, class_agnostic: bool, name: str
+) -> tuple[list[dict[str, Any]], bool]:
+    """Copies with a score, compressed-RLE masks and (where any record has one) a box on every record.
+
+    loadRes decides the form of ALL records from the first one: if it has a bbox (or some record has no
+    mask, so the box form must be used) every record needs a box.
+    """
+    sizes = {im["id"]: (im["height"], im["width"]) for im in gt.images}
+    need_box = bool(predictions) and (
+        _has(predictions[0], "bbox") or not all(_has(p, "segmentation") for p in predictions)
+    )
+    out = []
+    for i, p in enumerate(predictions):
+        q = {k: v for k, v in p.items() if k not in ("id", "area")}  # loadRes sets both itself
+        q.setdefault("score", 1.0)
+        if not _has(q, "segmentation") and not _has(q, "bbox"):
+            raise BadInputError(name, f"{name}[{i}]", "has neither segmentation nor bbox")
+        if _has(q, "segmentation"):
+            q["segmentation"] = rle_utils.to_compressed(q["segmentation"], *sizes[q["image_id"]])
+            if need_box and not _has(q, "bbox"):
+                q["bbox"] = rle_utils.to_bbox(q["segmentation"])
+        else:
+            q.pop("segmentation", None)
+        if class_agnostic:
+            q["category_id"] = AGNOSTIC_CATEGORY["id"]
+        out.append(q)
+    return out, all(_has(q, "segmentation") for q in out)
+
+
+def _resolve_iou_types(
+    wanted: str,
+    gt: Dataset,
+    gt_has_masks: bool,
+    predictions: Sequence[Mapping[str, Any]],
+    pred_has_masks: bool,
+    name: str,
+) -> tuple[str, ...]:
+    if wanted == "bbox":
+        return ("bbox",)
+    if gt_has_masks and pred_has_masks:
+        return ("segm", "bbox") if wanted == "both" else ("segm",)
+    if wanted == "both":
+        why = "the ground truth" if not gt_has_masks else "the predictions"
+        log.info("%s have no masks everywhere: evaluating boxes only", why)
+        return ("bbox",)
+    if not gt_has_masks:
+        i = next(i for i, a in enumerate(gt.annotations) if not _has(a, "segmentation"))
+        raise BadInputError(gt.source, f"annotations[{i}] (id {gt.annotations[i]['id']})",
+                            "has no segmentation, needed for --iou-type segm")
+    i = next(i for i, p in enumerate(predictions) if not _has(p, "segmentation"))
+    raise BadInputError(name, f"{name}[{i}]", "has no segmentation, needed for --iou-type segm")
+
+
+# ---------------------------------------------------------------------------------------------- COCOeval
+
+
+def _none_if_missing(v: float) -> float | None:
+    # pycocotools uses -1 for "nothing to measure" (no GT in this size range or category)
+    return None if v < 0 else float(v)
+
+
+def _cocoeval(
+    gt_json: dict[str, Any], preds: list[dict[str, Any]], iou_type: str, max_dets: int, backend: str
+) -> tuple[list[float], dict[int, dict[str, float | None]]]:
+    """Run COCOeval; returns the 12 summary stats and per-category AP / AP50 at max_dets, all areas."""
+    if backend == "faster":
+        from faster_coco_eval import COCO
+        from faster_coco_eval import COCOeval_faster as COCOeval
+    else:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+    # Both libraries mutate the dicts they get (ignore flags, ids, areas): give them fresh shallow copies.
+    dataset = {k: [dict(r) for r in v] for k, v in gt_json.items()}
+    results = [dict(r) for r in preds]
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter):
+        coco_gt = COCO()
+        coco_gt.dataset = dataset
+        coco_gt.createIndex()
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:  # pycocotools' loadRes cannot take an empty list; an empty result set is still evaluable
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": dataset["images"], "categories": dataset["categories"],
+                               "annotations": []}
+            coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.params.maxDets = [1, 10, max_dets]
+        ev.evaluate()
+        ev.accumulate()
+    if chatter.getvalue():
+        log.debug("%s", chatter.getvalue().rstrip())
+
+    precision = np.asarray(ev.eval["precision"])  # [iou thr, recall thr, category, area range, max dets]
+    recall = np.asarray(ev.eval["recall"])  # [iou thr, category, area range, max dets]
+    stats = _summary(precision, recall, np.asarray(ev.params.iouThrs), list(ev.params.areaRngLbl))
+    i50 = _thr_index(ev.params.iouThrs, 0.5)
+    per_cat: dict[int, dict[str, float | None]] = {}
+    for k, cid in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        per_cat[int(cid)] = {
+            "AP": float(p[p > -1].mean()) if (p > -1).any() else None,
+            "AP50": float(p[i50][p[i50] > -1].mean()) if (p[i50] > -1).any() else None,
+        }
+    # keep the ground truth's category order
+    order = [c["id"] for c in gt_json["categories"]]
+    per_cat = {cid: per_cat[cid] for cid in order if cid in per_cat}
+    return stats, per_cat
+
+
+def _thr_index(thresholds: Any, thr: float) -> int:
+    return int(np.flatnonzero(np.isclose(np.asarray(thresholds), thr))[0])
+
+
+def _summary(precision: np.ndarray, recall: np.ndarray, iou_thrs: np.ndarray, areas: list[str]) -> list[float]:
+    """COCOeval.summarize()'s 12 numbers, computed from the accumulated arrays.
+
+    Why not call summarize(): pycocotools (2.0.11) computes the headline AP at a hard-coded maxDets=100,
+    so with maxDets [1, 10, N], N != 100, it returns -1. Here every AP and AR@N use N (the last maxDets
+    slot), as faster-coco-eval does; for N = 100 the numbers are exactly pycocotools'.
+    """
+
+    def mean(s: np.ndarray) -> float:
+        valid = s[s > -1]
+        return float(np.mean(valid)) if valid.size else -1.0
+
+    def ap(thr: float | None = None, area: str = "all") -> float:
+        s = precision[..., areas.index(area), -1]
+        return mean(s if thr is None else s[_thr_index(iou_thrs, thr)])
+
+    def ar(slot: int, area: str = "all") -> float:
+        return mean(recall[:, :, areas.index(area), slot])
+
+    return [
+        ap(), ap(0.5), ap(0.75), ap(area="small"), ap(area="medium"), ap(area="large"),
+        ar(0), ar(1), ar(2), ar(2, "small"), ar(2, "medium"), ar(2, "large"),
+    ]
