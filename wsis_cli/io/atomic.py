@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,67 @@ def check_output_path(path: str | os.PathLike, *, is_dir: bool = False) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BadInputError(p, None, f"no permission to write in {parent}")
     return p
+
+
+def check_output_dir(path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Fail early (exit 3) unless ``path`` can become a new output folder written as a whole.
+
+    Its parent must exist and be writable (the finished folder is renamed into it), and an existing
+    folder must be empty unless ``force`` allows replacing it.
+    """
+    p = check_output_path(path, is_dir=True)
+    parent = p.absolute().parent
+    if not parent.is_dir():
+        raise BadInputError(p, None, f"output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInputError(p, None, f"no permission to write in {parent}")
+    if p.is_dir() and not force and any(p.iterdir()):
+        raise BadInputError(p, None, "output folder exists and is not empty (--force replaces it)")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, force: bool = False, subdirs: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a new sibling folder ``<path>.partial-XXXX`` (with ``subdirs`` made); on success it
+    replaces ``path`` (absent, empty, or anything when ``force``), on error it is deleted."""
+    # absolute and normalised, so that "." or "out/.." still name a folder beside which we can work
+    target = Path(os.path.abspath(check_output_dir(path, force=force)))
+    tmp = _new_sibling(target, "partial", make=True)
+    try:
+        for sub in subdirs:
+            (tmp / sub).mkdir(parents=True)
+        yield tmp
+        check_output_dir(target, force=force)  # something may have appeared there meanwhile
+        if target.exists() or target.is_symlink():
+            old = _new_sibling(target, "old", make=False)
+            os.replace(target, old)  # rename() cannot replace a non-empty folder: move it aside first
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
+            old.unlink() if old.is_symlink() else shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _new_sibling(target: Path, tag: str, *, make: bool) -> Path:
+    """A fresh name ``<target>.<tag>-XXXXXX`` beside ``target``, made as a folder with ``make``.
+
+    ``os.mkdir`` honours the umask, unlike ``tempfile.mkdtemp`` (0700), so the result stays shareable.
+    """
+    while True:
+        p = target.with_name(f"{target.name}.{tag}-{secrets.token_hex(3)}")
+        if not make:
+            if not p.exists() and not p.is_symlink():
+                return p
+            continue
+        with contextlib.suppress(FileExistsError):
+            p.mkdir()
+            return p
 
 
 def partial_name(path: str | os.PathLike) -> Path:
