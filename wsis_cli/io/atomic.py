@@ -109,7 +109,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it."""
     target = check_output_path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        # mkstemp makes 0600 files; give the output the mode a plain open() would (shared clusters)
+        os.fchmod(fd, _output_mode(target))
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -131,6 +135,15 @@ def atomic_write_text(path: str | os.PathLike, encoding: str = "utf-8") -> Itera
     """Open a text file for writing that only appears under ``path`` once closed successfully."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding=encoding) as fh:
         yield fh
+
+
+def _output_mode(target: Path) -> int:
+    """The permission bits ``open(target, "w")`` would leave: the existing file's, else 0666 & ~umask."""
+    with contextlib.suppress(OSError):
+        return target.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync(path: Path) -> None:
