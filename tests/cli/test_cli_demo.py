@@ -1,0 +1,31 @@
+"""`wsis demo` prints its table on stderr and keeps files only when asked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _wsis(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "wsis_cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_demo_prints_the_table_on_stderr_and_nothing_on_stdout(tmp_path):
+    r = _wsis("demo", "-n", "4", "--size", "64x80", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    assert "box-filled" in r.stderr and "mean IoU" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # the default work folder is temporary
+
+
+def test_demo_out_keeps_every_file(tmp_path):
+    out = tmp_path / "demo"
+    r = _wsis("demo", "-n", "4", "--size", "64x64", "--out", str(out), "-q")
+    assert r.returncode == 0, r.stderr
+    assert (out / "report.json").is_file() and (out / "data" / "gt.json").is_file()
+
+
+def test_demo_out_in_a_missing_folder_is_bad_input(tmp_path):
+    r = _wsis("demo", "-n", "4", "--size", "64x64", "--out", str(tmp_path / "no" / "such"))
+    assert r.returncode == 3
+    assert len(r.stderr.strip().splitlines()) == 1 and "does not exist" in r.stderr
