@@ -28,10 +28,8 @@ def check_output_path(path: str | os.PathLike, *, is_dir: bool = False) -> Path:
     if not is_dir and p.is_dir():
         raise BadInputError(p, None, "output path is a folder, expected a file")
     if not parent.exists():
-        if is_dir and parent.parent.exists():
-            parent = parent.parent  # the folder itself will be created
-        else:
-            raise BadInputError(p, None, f"output folder {parent} does not exist")
+        # an output folder is created by us, but only one level: its parent must exist
+        raise BadInputError(p, None, f"output folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BadInputError(p, None, f"no permission to write in {parent}")
     return p
@@ -149,3 +147,19 @@ def _output_mode(target: Path) -> int:
 def _fsync(path: Path) -> None:
     with contextlib.suppress(OSError), open(path, "rb") as fh:
         os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def work_dir(keep: str | os.PathLike | None) -> Iterator[Path]:
+    """A folder for intermediate files: ``keep`` (created if needed, left in place) or a temporary one
+    that is deleted afterwards."""
+    if keep is not None:
+        p = check_output_path(keep, is_dir=True)
+        p.mkdir(exist_ok=True)
+        yield p
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="wsis-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
