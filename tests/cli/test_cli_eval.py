@@ -203,3 +203,12 @@ def test_tables_render_reports():
     text = _render(render_comparison, [("jittered", report), ("nothing", boxes)], "Pseudo-labels")
     assert "Pseudo-labels" in text and "jittered" in text and "nothing" in text
     assert f"{100 * report.retention:.1f}%" in text and f"{100 * report.mean_iou:.1f}" in text
+
+
+def test_faster_backend_missing_exit_2(files):
+    # simulate an install without the fast-eval extra: the import of faster_coco_eval fails
+    code = ("import sys; sys.modules['faster_coco_eval'] = None; from wsis_cli.cli.app import main; "
+            f"main(['eval', {str(files['pred'])!r}, '--gt', {str(files['gt'])!r}, '--backend', 'faster'])")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and "wsis[fast-eval]" in p.stderr

@@ -38,7 +38,8 @@ def eval_cmd(
     ] = None,
     backend: Annotated[
         Literal["pycocotools", "faster"],
-        typer.Option("--backend", help="COCOeval implementation; faster needs wsis[fast-eval]."),
+        typer.Option("--backend",
+                     help="COCOeval implementation; faster needs wsis\\[fast-eval] (same numbers, ~2-4x faster)."),
     ] = "pycocotools",
     json_out: Annotated[
         str | None,

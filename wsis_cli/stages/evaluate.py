@@ -263,7 +263,10 @@ def _prepare_predictions(
         if not _has(q, "segmentation") and not _has(q, "bbox"):
             raise BadInputError(name, f"{name}[{i}]", "has neither segmentation nor bbox")
         if _has(q, "segmentation"):
-            q["segmentation"] = rle_utils.to_compressed(q["segmentation"], *sizes[q["image_id"]])
+            seg = q["segmentation"]
+            if not (isinstance(seg, Mapping) and isinstance(seg.get("counts"), str)):
+                # polygons, uncompressed or bytes RLE: loadRes only takes compressed RLE
+                q["segmentation"] = rle_utils.to_compressed(seg, *sizes[q["image_id"]])
             if need_box and not _has(q, "bbox"):
                 q["bbox"] = rle_utils.to_bbox(q["segmentation"])
         else:
