@@ -1,0 +1,63 @@
+"""`wsis refine-crf` through real processes: pipes, and bad input with exit 3."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from wsis_cli.io import coco
+from wsis_cli.stages import synth
+from wsis_cli.stages.degrade import degrade_dataset
+
+WSIS = [sys.executable, "-m", "wsis_cli"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-refine") / "d"
+    synth.run(synth.SynthSettings(num_images=3, height=64, width=80, seed=5), root)
+    bad = degrade_dataset(coco.load_dataset(root / "gt.json"), "dilate", radius=2)
+    coco.write_dataset(bad, root / "bad.json")
+    return root
+
+
+def test_pipes_refine_into_eval(data):
+    with open(data / "bad.json") as src:
+        refine = subprocess.Popen([*WSIS, "refine-crf", "-", "-i", str(data / "images"), "-o", "-", "-q"],
+                                  stdin=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        ev = subprocess.run([*WSIS, "eval", "-", "--gt", str(data / "gt.json"), "--json", "-", "-q"],
+                            stdin=refine.stdout, capture_output=True, text=True)
+    refine.stdout.close()
+    assert refine.wait() == 0, refine.stderr.read()
+    assert ev.returncode == 0, ev.stderr
+    report = json.loads(ev.stdout)
+    assert report["mean_iou"] > 0.85
+
+
+def test_missing_image_file_is_bad_input(data, tmp_path):
+    out = tmp_path / "o.json"
+    r = subprocess.run([*WSIS, "refine-crf", str(data / "bad.json"), "-i", str(tmp_path), "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 3
+    assert "image file not found" in r.stderr and "image id 1" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()  # only the .partial checkpoint (never mistaken for output) may remain for --resume
+
+
+def test_output_in_missing_folder_fails_before_work(data, tmp_path):
+    r = subprocess.run([*WSIS, "refine-crf", str(data / "bad.json"), "-i", str(data / "images"),
+                        "-o", str(tmp_path / "nope" / "o.json")], capture_output=True, text=True)
+    assert r.returncode == 3 and "does not exist" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_parameters_are_usage_errors(data):
+    r = subprocess.run([*WSIS, "refine-crf", str(data / "bad.json"), "--confidence", "0.3"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    r = subprocess.run([*WSIS, "refine-crf", str(data / "bad.json"), "--kernel-size", "4"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2

@@ -1,0 +1,76 @@
+"""Per-image progress of a stage that writes one COCO JSON at the end, so ``--resume`` can continue it.
+
+Finished images are appended as JSON lines to ``<out>.partial`` (one line per image: its id and its
+output records) and flushed, so a crash or a preemption loses at most the image in flight. A resumed run
+reads the file back, skips those ids and, once every image is done, the final JSON is written atomically
+and the ``.partial`` file removed. The first line records the stage and its settings: resuming with other
+settings is refused, because the output would silently mix two configurations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from wsis_cli.io.atomic import check_output_path, partial_name
+from wsis_cli.runtime.errors import BadInputError
+
+
+class ImageCheckpoint:
+    """Append-only record of finished images: ``done``, ``add(image_id, records)``, ``records()``."""
+
+    def __init__(self, out: str | os.PathLike, stage: str, settings: dict[str, Any], *, resume: bool) -> None:
+        self.path = partial_name(check_output_path(out))
+        self.stage = stage
+        self.settings = json.loads(json.dumps(settings, default=str))
+        self._done: dict[int, list[dict[str, Any]]] = {}
+        if resume and self.path.is_file():
+            self._load()
+        # (re)write the file whole: a line cut short by a crash must not glue onto the next one
+        self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._write({"stage": stage, "settings": self.settings})
+        for image_id, records in self._done.items():
+            self._write({"image_id": image_id, "records": records})
+
+    def _load(self) -> None:
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            head = json.loads(lines[0]) if lines else {}
+        except json.JSONDecodeError:
+            head = {}
+        if head.get("stage") != self.stage:
+            raise BadInputError(self.path, None, f"written by stage {head.get('stage')!r}, expected {self.stage!r}")
+        if head.get("settings") != self.settings:
+            raise BadInputError(self.path, None, "--resume needs the same settings as the interrupted run "
+                                "(delete the .partial file to start afresh)")
+        for line in lines[1:]:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut short by the crash: that image is simply done again
+            self._done[int(rec["image_id"])] = rec["records"]
+
+    def _write(self, obj: Any) -> None:
+        self._fh.write(json.dumps(obj) + "\n")
+        self._fh.flush()
+
+    @property
+    def done(self) -> set[int]:
+        return set(self._done)
+
+    def add(self, image_id: int, records: list[dict[str, Any]]) -> None:
+        self._done[int(image_id)] = records
+        self._write({"image_id": int(image_id), "records": records})
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        for rs in self._done.values():
+            yield from rs
+
+    def close(self, *, completed: bool) -> None:
+        """Close the file; a completed run removes it (its content is in the final output by now)."""
+        self._fh.close()
+        if completed:
+            Path(self.path).unlink(missing_ok=True)
