@@ -43,6 +43,8 @@ def _c(rle: Rle) -> Rle:
 def to_compressed(segmentation: Any, height: int, width: int) -> Rle:
     """Normalise any COCO segmentation (polygons, uncompressed or compressed RLE) to compressed RLE."""
     if isinstance(segmentation, list):
+        if not segmentation:  # no polygons at all: an empty mask (pycocotools fails on [])
+            return encode(np.zeros((height, width), dtype=np.uint8))
         rles = mask_utils.frPyObjects(segmentation, height, width)
         rle = mask_utils.merge(rles) if len(rles) != 1 else rles[0]
     else:
