@@ -149,11 +149,13 @@ def validate_dataset(obj: Any, name: str) -> Dataset:
     sizes = {im["id"]: (im["height"], im["width"]) for im in images}
     cats = {c["id"] for c in categories}
     anns = obj["annotations"]
+    rles: list[tuple[str, Mapping[str, Any]]] = []
     for i, a in enumerate(anns):
         rec = _rec("annotations", i, a)
         if not isinstance(a, Mapping) or not is_int(a.get("id")):
             raise BadInputError(name, rec, "annotation needs an integer 'id'")
-        _check_record(name, rec, a, sizes, cats)
+        _check_record(name, rec, a, sizes, cats, rles)
+    _check_rle_counts(name, rles)
     _unique(name, "annotations", anns)
     extra = {k: v for k, v in obj.items() if k not in ("images", "annotations", "categories")}
     return Dataset(list(images), list(anns), list(categories), extra, name)
@@ -174,11 +176,13 @@ def validate_results(
     if gt is not None:
         sizes = {im["id"]: (im["height"], im["width"]) for im in gt.images}
     cats = None if gt is None or class_agnostic else set(gt.category_ids)
+    rles: list[tuple[str, Mapping[str, Any]]] = []
     for i, r in enumerate(obj):
-        rec = f"{section}[{i}]"
+        rec = _rec(section, i, r)
         if not isinstance(r, Mapping):
             raise BadInputError(name, rec, "record must be a JSON object")
-        _check_record(name, rec, r, sizes, cats)
+        _check_record(name, rec, r, sizes, cats, rles)
+    _check_rle_counts(name, rles)
     return obj
 
 
@@ -208,8 +212,13 @@ def _check_record(
     a: Mapping[str, Any],
     sizes: dict[int, tuple[int, int]] | None,
     cats: set[int] | None,
+    rles: list[tuple[str, Mapping[str, Any]]],
 ) -> None:
-    """Shared checks for annotations and results: ids, box, mask, score, area."""
+    """Shared checks for annotations and results: ids, box, mask, score, area.
+
+    Compressed RLE masks are collected in ``rles`` and their run lengths checked for the whole file
+    at once by :func:`_check_rle_counts`.
+    """
     if not is_int(a.get("image_id")):
         raise BadInputError(name, rec, "needs an integer 'image_id'")
     if not is_int(a.get("category_id")):
@@ -225,6 +234,8 @@ def _check_record(
         _check_bbox(name, rec, a["bbox"], hw)
     if a.get("segmentation") is not None:
         _check_segmentation(name, rec, a["segmentation"], hw)
+        if isinstance(a["segmentation"], Mapping) and isinstance(a["segmentation"]["counts"], str):
+            rles.append((rec, a["segmentation"]))
     if "score" in a and not _is_num(a["score"]):
         raise BadInputError(name, rec, f"'score' must be a finite number, got {a['score']!r}")
     if "area" in a and (not _is_num(a["area"]) or a["area"] < 0):
@@ -264,6 +275,19 @@ def _check_segmentation(name: str, rec: str, seg: Any, hw: tuple[int, int] | Non
                 raise BadInputError(name, rec, "polygon must be a list of at least 3 x,y number pairs")
     else:
         raise BadInputError(name, rec, "'segmentation' must be an RLE object or a list of polygons")
+
+
+def _check_rle_counts(name: str, rles: list[tuple[str, Mapping[str, Any]]]) -> None:
+    """Compressed masks whose runs do not cover exactly height*width pixels are corrupt."""
+    if not rles:
+        return
+    totals = rle_utils.counts_totals([seg for _, seg in rles])
+    for (rec, seg), total in zip(rles, totals.tolist(), strict=True):
+        h, w = seg["size"]
+        if total < 0:
+            raise BadInputError(name, rec, "RLE 'counts' is not a valid COCO RLE string")
+        if total != h * w:
+            raise BadInputError(name, rec, f"RLE runs cover {total} pixels, but its size {h}x{w} (HxW) has {h * w}")
 
 
 # --------------------------------------------------------------------------------------------- writing

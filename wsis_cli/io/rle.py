@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,3 +85,77 @@ def box_mask(bbox: Sequence[float], height: int, width: int) -> np.ndarray:
     m = np.zeros((height, width), dtype=np.uint8)
     m[y0:y1, x0:x1] = 1
     return m
+
+
+def counts_totals(rles: Sequence[Rle]) -> np.ndarray:
+    """Pixels covered by all runs of each compressed RLE: an (N,) int64 array, -1 where ``counts`` is
+    not a valid COCO RLE string (a character outside its alphabet, an unfinished last run).
+
+    pycocotools trusts these strings: runs that overshoot ``height*width`` give areas and boxes beyond
+    the image and fail to decode, and an unfinished last run makes it read past the string. Comparing
+    the total with ``height*width`` catches all of that while loading. The total is the foreground
+    area of the mask plus that of its complement (the same runs behind a zero-length first run), both
+    summed by pycocotools in C; only the first three runs are re-encoded here in Python.
+    """
+    out = np.full(len(rles), -1, dtype=np.int64)
+    masks, complements, ok = [], [], []
+    for i, r in enumerate(rles):
+        counts = r["counts"]
+        if not isinstance(counts, str) or not _RLE_CHARS.fullmatch(counts):
+            continue
+        if counts and (ord(counts[-1]) - 48) & 0x20:
+            continue  # "more groups follow" on the last character: pycocotools would read past the end
+        head, rest = _first_runs(counts, 3)
+        # complement runs: [0, c0, c1, c2, c3, ...]; from the fifth run on the stored differences to the
+        # run two before are the original's from its fourth run on, so that tail is reused as is
+        comp = [0, *head]
+        if len(comp) > 3:
+            comp[3] -= comp[1]
+        size = [int(v) for v in r["size"]]
+        masks.append({"size": size, "counts": counts.encode("ascii")})
+        complements.append({"size": size, "counts": ("".join(map(_encode_run, comp)) + rest).encode("ascii")})
+        ok.append(i)
+    if ok:
+        out[np.asarray(ok)] = _areas(masks) + _areas(complements)
+    return out
+
+
+def _areas(rles: list[Rle]) -> np.ndarray:
+    # pycocotools' area() fails on lists of more than 255 masks under numpy 2 (it sizes a temporary
+    # uint8 array with the count), so ask in chunks
+    return np.concatenate([np.asarray(mask_utils.area(rles[i:i + 255]), dtype=np.int64)
+                           for i in range(0, len(rles), 255)])
+
+
+_RLE_CHARS = re.compile(r"[0-o]*")  # chr(48 + c) for 6-bit groups c
+
+
+def _first_runs(counts: str, n: int) -> tuple[list[int], str]:
+    """Decode the first ``n`` runs of a COCO RLE string (stored absolutely); return them and the rest."""
+    runs: list[int] = []
+    p = 0
+    while len(runs) < n and p < len(counts):
+        x = k = 0
+        while True:  # little-endian 5-bit groups, 0x20 = more follow, 0x10 on the last = negative
+            c = ord(counts[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            p += 1
+            k += 1
+            if not c & 0x20:
+                if c & 0x10:
+                    x |= -1 << (5 * k)
+                break
+        runs.append(x)
+    return runs, counts[p:]
+
+
+def _encode_run(x: int) -> str:
+    """One run (or run difference) in the COCO RLE string alphabet, as pycocotools writes it."""
+    out = []
+    while True:
+        c = x & 0x1F
+        x >>= 5
+        more = x != -1 if c & 0x10 else x != 0
+        out.append(chr(48 + (c | 0x20 if more else c)))
+        if not more:
+            return "".join(out)
