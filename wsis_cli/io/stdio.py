@@ -31,11 +31,12 @@ def read_json(path: str | os.PathLike) -> Any:
             p = Path(path)
             if not p.is_file():
                 raise BadInputError(name, None, "file not found" if not p.exists() else "not a file")
-            text = p.read_text(encoding="utf-8")
+            text = p.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark (Windows tools) is fine
     except UnicodeDecodeError as e:
         raise BadInputError(name, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     except PermissionError:
         raise BadInputError(name, None, "permission denied") from None
+    text = text.removeprefix("\ufeff")
     if not text.strip():
         raise BadInputError(name, None, "empty file, expected JSON")
     try:
