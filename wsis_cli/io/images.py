@@ -15,6 +15,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from wsis_cli.io.atomic import atomic_path
 from wsis_cli.runtime.errors import BadInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
@@ -37,11 +38,41 @@ def read_image(path: str | os.PathLike, *, depth: DepthMode = "full", record: st
         data = np.fromfile(p, dtype=np.uint8)
     except OSError as e:
         raise BadInputError(p, record, f"cannot read image file: {e.strerror or e}") from None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
+    if data.size == 0:
+        raise BadInputError(p, record, "empty image file")
+    img = _decode(data)
     if img is None:
         raise BadInputError(p, record, "cannot decode image (corrupt or unsupported format)")
     img = _to_uint8(img, depth)
     return np.ascontiguousarray(img[..., ::-1])  # BGR -> RGB
+
+
+def _decode(data: np.ndarray) -> np.ndarray | None:
+    """Decode to BGR at the file's bit depth, EXIF orientation applied; None if it cannot be decoded."""
+    level = cv2.utils.logging.getLogLevel()
+    # OpenCV logs its own warnings about corrupt files on stderr; we report one clear line instead
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+        if img is None:
+            # some readers refuse the colour conversion (OpenCV's TIFF reader on one-channel float
+            # files): take the pixels as stored and expand the channels here
+            img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+            img = None if img is None else _to_bgr(img)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    return img
+
+
+def _to_bgr(img: np.ndarray) -> np.ndarray | None:
+    if img.ndim == 2:
+        img = img[..., None]
+    channels = img.shape[2]
+    if channels in (1, 2):  # gray, gray + alpha
+        return np.repeat(img[..., :1], 3, axis=2)
+    if channels in (3, 4):  # BGR, BGRA
+        return np.ascontiguousarray(img[..., :3])
+    return None
 
 
 def _to_uint8(img: np.ndarray, depth: DepthMode) -> np.ndarray:
@@ -63,9 +94,9 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
     ok, buf = cv2.imencode(p.suffix or ".png", np.ascontiguousarray(arr))
     if not ok:
         raise OSError(f"cannot encode image as {p.suffix}")
-    tmp = p.with_name(f".{p.name}.tmp")
-    buf.tofile(tmp)
-    os.replace(tmp, p)
+    # atomic, and a missing or read-only folder is reported as bad input like every other output
+    with atomic_path(p) as tmp:
+        buf.tofile(tmp)
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
