@@ -34,6 +34,7 @@ __wsis_node() {
         'demo') __wsis_r=__wsis_node__demo ;;
         'eval') __wsis_r=__wsis_node__eval ;;
         'merge') __wsis_r=__wsis_node__merge ;;
+        'refine-crf') __wsis_r=__wsis_node__refine_crf ;;
         'synth') __wsis_r=__wsis_node__synth ;;
         esac
         ;;
@@ -42,7 +43,7 @@ __wsis_node() {
             __wsis_words '--help --version -h'
             return
         fi
-        if [[ $npos == 0 ]]; then __wsis_words 'completion demo eval merge synth'; fi
+        if [[ $npos == 0 ]]; then __wsis_words 'completion demo eval merge refine-crf synth'; fi
         ;;
     esac
 }
@@ -69,10 +70,17 @@ __wsis_node__completion() {
 # wsis demo
 __wsis_node__demo() {
     case $1 in
-    vopts) __wsis_r='  ' ;;
+    vopts) __wsis_r=' -o --out -n --num-images --size -k --classes --seed ' ;;
     complete)
+        case $prev in
+        -o|--out) __wsis_dirs 0; return ;;
+        -n|--num-images) :; return ;;
+        --size) :; return ;;
+        -k|--classes) :; return ;;
+        --seed) :; return ;;
+        esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--help -h'
+            __wsis_words '--classes --help --num-images --out --quiet --seed --size --verbose -h -k -n -o -q -v'
             return
         fi
         ;;
@@ -106,12 +114,55 @@ __wsis_node__eval() {
 # wsis merge
 __wsis_node__merge() {
     case $1 in
-    vopts) __wsis_r='  ' ;;
+    vopts) __wsis_r=' -o --output --expect-images --expect-count ' ;;
     complete)
+        case $prev in
+        -o|--output) __wsis_files 1; return ;;
+        --expect-images) __wsis_files 0; return ;;
+        --expect-count) :; return ;;
+        esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--help -h'
+            __wsis_words '--expect-count --expect-images --help --output --quiet --renumber --verbose -h -o -q -v'
             return
         fi
+        case $npos in
+        *) __wsis_files 0 ;;
+        esac
+        ;;
+    esac
+}
+
+# wsis refine-crf
+__wsis_node__refine_crf() {
+    case $1 in
+    vopts) __wsis_r=' -i --images -o --out --margin --min-margin --confidence --threshold --kernel-size --dilation --iterations --w-appearance --theta-alpha --theta-beta --w-smooth --theta-gamma --device --batch-size --shard ' ;;
+    complete)
+        case $prev in
+        -i|--images) __wsis_dirs 0; return ;;
+        -o|--out) __wsis_files 1; return ;;
+        --margin) :; return ;;
+        --min-margin) :; return ;;
+        --confidence) :; return ;;
+        --threshold) :; return ;;
+        --kernel-size) :; return ;;
+        --dilation) :; return ;;
+        --iterations) :; return ;;
+        --w-appearance) :; return ;;
+        --theta-alpha) :; return ;;
+        --theta-beta) :; return ;;
+        --w-smooth) :; return ;;
+        --theta-gamma) :; return ;;
+        --device) :; return ;;
+        --batch-size) :; return ;;
+        --shard) :; return ;;
+        esac
+        if [[ $ddash == 0 && $cur == -* ]]; then
+            __wsis_words '--batch-size --confidence --device --dilation --help --images --iterations --kernel-size --margin --min-margin --out --quiet --resume --shard --theta-alpha --theta-beta --theta-gamma --threshold --verbose --w-appearance --w-smooth -h -i -o -q -v'
+            return
+        fi
+        case $npos in
+        0) __wsis_files 1 ;;
+        esac
         ;;
     esac
 }

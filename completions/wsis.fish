@@ -35,9 +35,10 @@ complete -c wsis -f  # file names only where an option or argument takes them
 
 # wsis
 complete -c wsis -n '__wsis_at' -a 'completion' -d 'Print a shell-completion script for bash, zsh or fish.'
-complete -c wsis -n '__wsis_at' -a 'demo' -d 'Not implemented yet.'
+complete -c wsis -n '__wsis_at' -a 'demo' -d 'Make a synthetic dataset, label it with every path wsis has, and score each against the ground...'
 complete -c wsis -n '__wsis_at' -a 'eval' -d 'Evaluate predictions against a ground truth: COCO AP/AR (masks and boxes) and mean mask IoU.'
-complete -c wsis -n '__wsis_at' -a 'merge' -d 'Not implemented yet.'
+complete -c wsis -n '__wsis_at' -a 'merge' -d 'Join shard outputs (from --shard I/N runs) into one file.'
+complete -c wsis -n '__wsis_at' -a 'refine-crf' -d 'Refine each instance mask with a two-label CRF on its box grown by a margin; keep ids, classes...'
 complete -c wsis -n '__wsis_at' -a 'synth' -d 'Write a deterministic synthetic dataset to train and test weakly supervised segmentation on.'
 complete -c wsis -n '__wsis_at' -l version -d 'Print the version.'
 complete -c wsis -n '__wsis_at' -s h -l help -d 'Show this message and exit.'
@@ -50,6 +51,13 @@ complete -c wsis -n '__wsis_in completion' -s h -l help -d 'Show this message an
 complete -c wsis -n '__wsis_in completion' -f -a 'bash zsh fish'
 
 # wsis demo
+complete -c wsis -n '__wsis_in demo' -s o -l out -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Keep every intermediate file in this folder (default: a temporary folder, removed).'
+complete -c wsis -n '__wsis_in demo' -s n -l num-images -r -f -d 'Synthetic images.'
+complete -c wsis -n '__wsis_in demo' -l size -r -f -d 'Image size, height x width.'
+complete -c wsis -n '__wsis_in demo' -s k -l classes -r -f -d 'Synthetic classes.'
+complete -c wsis -n '__wsis_in demo' -l seed -r -f -d 'Random seed; the same seed gives the same output.'
+complete -c wsis -n '__wsis_in demo' -s q -l quiet -d 'Only warnings and errors on stderr.'
+complete -c wsis -n '__wsis_in demo' -s v -l verbose -d 'Debug logs and full tracebacks on stderr.'
 complete -c wsis -n '__wsis_in demo' -s h -l help -d 'Show this message and exit.'
 
 # wsis eval
@@ -58,7 +66,7 @@ complete -c wsis -n '__wsis_in eval' -l iou-type -r -f -a 'segm bbox both' -d 'W
 complete -c wsis -n '__wsis_in eval' -l class-agnostic -d 'Treat every category as one (GT and predictions).'
 complete -c wsis -n '__wsis_in eval' -l max-dets -r -f -d 'Detections per image kept for AP and AR@N (maxDets [1, 10, N]).'
 complete -c wsis -n '__wsis_in eval' -l reference-ap -r -f -d 'Fully supervised AP (0.42 or 42.0) to report the retention rate AP/X.'
-complete -c wsis -n '__wsis_in eval' -l backend -r -f -a 'pycocotools faster' -d 'COCOeval implementation; faster needs wsis[fast-eval].'
+complete -c wsis -n '__wsis_in eval' -l backend -r -f -a 'pycocotools faster' -d 'COCOeval implementation; faster needs wsis\\[fast-eval] (same numbers, ~2-4x faster).'
 complete -c wsis -n '__wsis_in eval' -l json -r -F -a - -d 'Write the full report as JSON (- for stdout, JSON only).'
 complete -c wsis -n '__wsis_in eval' -s q -l quiet -d 'Only warnings and errors on stderr.'
 complete -c wsis -n '__wsis_in eval' -s v -l verbose -d 'Debug logs and full tracebacks on stderr.'
@@ -66,7 +74,38 @@ complete -c wsis -n '__wsis_in eval' -s h -l help -d 'Show this message and exit
 complete -c wsis -n '__wsis_in eval' -F -a -
 
 # wsis merge
+complete -c wsis -n '__wsis_in merge' -s o -l output -r -F -a - -d 'Merged output file (- for stdout, JSON only).'
+complete -c wsis -n '__wsis_in merge' -l expect-images -r -F -d 'The dataset whose images were sharded: every one of its images must be in the shards.'
+complete -c wsis -n '__wsis_in merge' -l expect-count -r -f -d 'The shards together must hold exactly N images.'
+complete -c wsis -n '__wsis_in merge' -l renumber -d 'Reassign annotation ids 1..N instead of requiring them unique across shards.'
+complete -c wsis -n '__wsis_in merge' -s q -l quiet -d 'Only warnings and errors on stderr.'
+complete -c wsis -n '__wsis_in merge' -s v -l verbose -d 'Debug logs and full tracebacks on stderr.'
 complete -c wsis -n '__wsis_in merge' -s h -l help -d 'Show this message and exit.'
+complete -c wsis -n '__wsis_in merge' -F
+
+# wsis refine-crf
+complete -c wsis -n '__wsis_in refine-crf' -s i -l images -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Folder the file_name of each image is relative to.'
+complete -c wsis -n '__wsis_in refine-crf' -s o -l out -r -F -a - -d 'Output COCO dataset (- for stdout).'
+complete -c wsis -n '__wsis_in refine-crf' -l margin -r -f -d 'Crop = box grown by this fraction of its side.'
+complete -c wsis -n '__wsis_in refine-crf' -l min-margin -r -f -d '...and by at least this many pixels.'
+complete -c wsis -n '__wsis_in refine-crf' -l confidence -r -f -d 'Trust in the input mask per pixel, in (0.5, 1).'
+complete -c wsis -n '__wsis_in refine-crf' -l threshold -r -f -d 'Refined probability that becomes mask.'
+complete -c wsis -n '__wsis_in refine-crf' -l kernel-size -r -f -d 'Window side (odd).'
+complete -c wsis -n '__wsis_in refine-crf' -l dilation -r -f -d 'Spacing of window taps, pixels.'
+complete -c wsis -n '__wsis_in refine-crf' -l iterations -r -f -d 'Mean-field iterations.'
+complete -c wsis -n '__wsis_in refine-crf' -l w-appearance -r -f -d 'Weight of the colour (bilateral) kernel.'
+complete -c wsis -n '__wsis_in refine-crf' -l theta-alpha -r -f -d 'Spatial std of the bilateral kernel, pixels.'
+complete -c wsis -n '__wsis_in refine-crf' -l theta-beta -r -f -d 'Colour std of the bilateral kernel, on 0-1 intensities.'
+complete -c wsis -n '__wsis_in refine-crf' -l w-smooth -r -f -d 'Weight of the smoothness kernel.'
+complete -c wsis -n '__wsis_in refine-crf' -l theta-gamma -r -f -d 'Spatial std of the smoothness kernel, pixels.'
+complete -c wsis -n '__wsis_in refine-crf' -l device -r -f -d 'auto, cpu, cuda or cuda:N (auto picks CUDA when available).'
+complete -c wsis -n '__wsis_in refine-crf' -l batch-size -r -f -d 'Images per batch.'
+complete -c wsis -n '__wsis_in refine-crf' -l shard -r -f -d 'Process shard I of N (0-based).'
+complete -c wsis -n '__wsis_in refine-crf' -l resume -d 'Continue an interrupted run from OUT.partial.'
+complete -c wsis -n '__wsis_in refine-crf' -s q -l quiet -d 'Only warnings and errors on stderr.'
+complete -c wsis -n '__wsis_in refine-crf' -s v -l verbose -d 'Debug logs and full tracebacks on stderr.'
+complete -c wsis -n '__wsis_in refine-crf' -s h -l help -d 'Show this message and exit.'
+complete -c wsis -n '__wsis_in refine-crf' -F -a -
 
 # wsis synth
 complete -c wsis -n '__wsis_in synth' -s n -l num-images -r -f -d 'Number of images.'
