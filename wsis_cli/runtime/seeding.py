@@ -1,0 +1,54 @@
+"""Reproducibility: one seed for Python, NumPy and torch (CPU and CUDA), DataLoader workers included.
+
+Imports torch and numpy: CLI modules import this inside their command functions only.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+# cuBLAS needs a fixed workspace size for deterministic GEMMs (must be set before CUDA initialises).
+_CUBLAS_DETERMINISTIC = ":4096:8"
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed ``random``, NumPy and torch (all CUDA devices) with ``seed``.
+
+    With ``deterministic`` (the default) cuDNN autotuning is off, cuDNN picks deterministic kernels and
+    torch prefers deterministic algorithms, warning (not failing) where an op has none; the same seed
+    then gives the same output on the same machine. ``deterministic=False`` turns cuDNN autotuning on
+    for speed instead.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    # Only affects child processes (hash randomisation of this interpreter is fixed at start-up).
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", _CUBLAS_DETERMINISTIC)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """``DataLoader(worker_init_fn=...)``: seed ``random`` and NumPy in each worker.
+
+    torch already gives each worker its own seed (the loader's base seed + ``worker_id``), but forked
+    workers inherit the parent's NumPy and ``random`` states, so without this every worker would draw
+    the same "random" augmentations.
+    """
+    base = torch.initial_seed()  # per-worker, set by the DataLoader before this runs
+    random.seed(base)
+    np.random.seed(base % 2**32)
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU :class:`torch.Generator` seeded with ``seed`` (for DataLoader shuffling and samplers)."""
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
