@@ -114,12 +114,20 @@ __wsis_node__eval() {
 # wsis merge
 __wsis_node__merge() {
     case $1 in
-    vopts) __wsis_r='  ' ;;
+    vopts) __wsis_r=' -o --output --expect-images --expect-count ' ;;
     complete)
+        case $prev in
+        -o|--output) __wsis_files 1; return ;;
+        --expect-images) __wsis_files 0; return ;;
+        --expect-count) :; return ;;
+        esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--help -h'
+            __wsis_words '--expect-count --expect-images --help --output --quiet --renumber --verbose -h -o -q -v'
             return
         fi
+        case $npos in
+        *) __wsis_files 0 ;;
+        esac
         ;;
     esac
 }

@@ -37,7 +37,7 @@ complete -c wsis -f  # file names only where an option or argument takes them
 complete -c wsis -n '__wsis_at' -a 'completion' -d 'Print a shell-completion script for bash, zsh or fish.'
 complete -c wsis -n '__wsis_at' -a 'demo' -d 'Make a synthetic dataset, label it with every path wsis has, and score each against the ground...'
 complete -c wsis -n '__wsis_at' -a 'eval' -d 'Evaluate predictions against a ground truth: COCO AP/AR (masks and boxes) and mean mask IoU.'
-complete -c wsis -n '__wsis_at' -a 'merge' -d 'Not implemented yet.'
+complete -c wsis -n '__wsis_at' -a 'merge' -d 'Join shard outputs (from --shard I/N runs) into one file.'
 complete -c wsis -n '__wsis_at' -a 'refine-crf' -d 'Refine each instance mask with a two-label CRF on its box grown by a margin; keep ids, classes...'
 complete -c wsis -n '__wsis_at' -a 'synth' -d 'Write a deterministic synthetic dataset to train and test weakly supervised segmentation on.'
 complete -c wsis -n '__wsis_at' -l version -d 'Print the version.'
@@ -74,7 +74,14 @@ complete -c wsis -n '__wsis_in eval' -s h -l help -d 'Show this message and exit
 complete -c wsis -n '__wsis_in eval' -F -a -
 
 # wsis merge
+complete -c wsis -n '__wsis_in merge' -s o -l output -r -F -a - -d 'Merged output file (- for stdout, JSON only).'
+complete -c wsis -n '__wsis_in merge' -l expect-images -r -F -d 'The dataset whose images were sharded: every one of its images must be in the shards.'
+complete -c wsis -n '__wsis_in merge' -l expect-count -r -f -d 'The shards together must hold exactly N images.'
+complete -c wsis -n '__wsis_in merge' -l renumber -d 'Reassign annotation ids 1..N instead of requiring them unique across shards.'
+complete -c wsis -n '__wsis_in merge' -s q -l quiet -d 'Only warnings and errors on stderr.'
+complete -c wsis -n '__wsis_in merge' -s v -l verbose -d 'Debug logs and full tracebacks on stderr.'
 complete -c wsis -n '__wsis_in merge' -s h -l help -d 'Show this message and exit.'
+complete -c wsis -n '__wsis_in merge' -F
 
 # wsis refine-crf
 complete -c wsis -n '__wsis_in refine-crf' -s i -l images -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Folder the file_name of each image is relative to.'
