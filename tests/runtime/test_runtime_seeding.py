@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
-from wsis_cli.runtime.seeding import generator, seed_everything, worker_init_fn
+from wsis_cli.runtime.seeding import generator, seed_everything, set_deterministic_algorithms, worker_init_fn
 
 
 @pytest.fixture(autouse=True)
@@ -18,11 +19,12 @@ def _restore_torch_flags(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # seed_everything changes process-wide switches; leave other tests the defaults
     monkeypatch.setenv("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", "0"))
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", os.environ.get("CUBLAS_WORKSPACE_CONFIG", ""))
+    monkeypatch.setenv("TORCHINDUCTOR_DETERMINISTIC", os.environ.get("TORCHINDUCTOR_DETERMINISTIC", "0"))
     flags = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
              torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     yield
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[0], flags[1]
-    torch.use_deterministic_algorithms(flags[2], warn_only=flags[3])
+    set_deterministic_algorithms(flags[2], warn_only=flags[3])
 
 
 def _draw() -> tuple[float, float, list[float]]:
@@ -38,6 +40,9 @@ def test_same_seed_same_draws() -> None:
     assert _draw() != a
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    inductor = sys.modules.get("torch._inductor.config")  # torch.compile's flag: set, or set on import
+    assert inductor.deterministic if inductor else os.environ["TORCHINDUCTOR_DETERMINISTIC"] == "1"
     seed_everything(7, deterministic=False)
     assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
 
