@@ -229,23 +229,8 @@ def _join_records(shards: list[Path], parts: Sequence[list[dict[str, Any]]], sec
 def _merge_h5(settings: MergeSettings, shards: list[Path], progress: Progress) -> MergeSummary:
     readers: list[H5Reader] = []
     try:
-        for p in shards:
-            readers.append(H5Reader(p))
+        owner = _scan_h5(shards, readers)
         first = readers[0]
-        owner: dict[int, H5Reader] = {}
-        for r in readers:
-            if r.stage != first.stage:
-                raise BadInputError(r.path, None, f"written by stage '{r.stage}' but {first.path} by stage "
-                                    f"'{first.stage}': shards of one output must come from one stage")
-            diffs = diff_settings(r.settings, first.settings, MERGE_IGNORED)
-            if diffs:
-                raise BadInputError(r.path, None, f"settings differ from those of {first.path}: "
-                                    f"{'; '.join(diffs)} (this shard vs that)")
-            for image_id in r.ids():
-                if image_id in owner:
-                    raise BadInputError(r.path, f"image {image_id}", f"is also in {owner[image_id].path}: "
-                                        "shards overlap")
-                owner[image_id] = r
         _check_expected(settings, shards, {i: r.path for i, r in owner.items()})
         merged_settings = dict(first.settings)
         if "shard" in merged_settings:
@@ -254,9 +239,43 @@ def _merge_h5(settings: MergeSettings, shards: list[Path], progress: Progress) -
             merged_settings["output"] = str(settings.output)
         inputs = {**first.inputs, "merged_from": [str(p) for p in shards]}
         with H5Writer(settings.output, first.stage, merged_settings, inputs, keep_partial=False) as writer:
-            for image_id in track(sorted(owner), description="merge", progress=progress):
-                writer.copy_from(owner[image_id], image_id)
+            progress.start(len(owner), "merge")
+            try:
+                for r in readers:
+                    for image_id in r.ids():
+                        writer.copy_from(r, image_id)
+                        progress.advance()
+                    r.close()
+            finally:
+                progress.finish()
     finally:
         for r in readers:
             r.close()
     return MergeSummary("h5", len(shards), len(owner), 0, os.fspath(settings.output), first.stage)
+
+
+def _scan_h5(shards: list[Path], readers: list[H5Reader]) -> dict[int, H5Reader]:
+    """Open and check every shard (appending to ``readers``); map each image id to its shard.
+
+    Each shard is closed after its visit (a reader reopens lazily when copying), so merging a
+    thousand array-job shards never holds a thousand files open.
+    """
+    owner: dict[int, H5Reader] = {}
+    for p in shards:
+        r = H5Reader(p)
+        readers.append(r)
+        first = readers[0]
+        if r.stage != first.stage:
+            raise BadInputError(r.path, None, f"written by stage '{r.stage}' but {first.path} by stage "
+                                f"'{first.stage}': shards of one output must come from one stage")
+        diffs = diff_settings(r.settings, first.settings, MERGE_IGNORED)
+        if diffs:
+            raise BadInputError(r.path, None, f"settings differ from those of {first.path}: "
+                                f"{'; '.join(diffs)} (this shard vs that)")
+        for image_id in r.ids():
+            if image_id in owner:
+                raise BadInputError(r.path, f"image {image_id}", f"is also in {owner[image_id].path}: "
+                                    "shards overlap")
+            owner[image_id] = r
+        r.close()
+    return owner
