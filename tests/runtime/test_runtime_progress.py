@@ -108,3 +108,42 @@ def test_interval_from_environment() -> None:
 
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (0, 45, 120, 161, 1500, 3900)] == ["0s", "45s", "2m", "2m41s", "25m", "1h05m"]
+
+
+def test_rich_bar_on_a_terminal_keeps_log_lines_whole() -> None:
+    """On a real terminal (a pty) the bar is drawn and log lines print above it, not glued onto it."""
+    import os
+    import pty
+    import re
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        from wsis_cli.runtime import log
+        from wsis_cli.runtime.progress import RichProgress, make_progress, track
+        log.configure()
+        p = make_progress()
+        assert isinstance(p, RichProgress), p
+        for i in track(range(4), description="cam", progress=p):
+            if i == 2:
+                log.get_logger().info("a log line")
+    """)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=slave, stdout=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=60) == 0, b"".join(chunks).decode(errors="replace")
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", b"".join(chunks).decode(errors="replace"))
+    lines = [line.strip() for line in re.split(r"[\r\n]+", text) if line.strip()]
+    assert "wsis: a log line" in lines
+    assert any(line.startswith("cam") and "4/4 images" in line for line in lines)

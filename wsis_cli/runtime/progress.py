@@ -14,13 +14,14 @@ Rich is imported only when a bar is actually shown.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, Protocol, TypeVar, runtime_checkable
 
-from wsis_cli.runtime.log import get_logger
+from wsis_cli.runtime.log import LOGGER_NAME, get_logger
 
 T = TypeVar("T")
 
@@ -125,6 +126,7 @@ class RichProgress:
         self.stream = stream
         self._bar: Any = None
         self._task: Any = None
+        self._rerouted: list[tuple[logging.StreamHandler, IO[str]]] = []
 
     def start(self, total: int | None, description: str, unit: str = "images") -> None:
         from rich import progress as rp
@@ -138,6 +140,7 @@ class RichProgress:
         )
         self._bar.start()
         self._task = self._bar.add_task(description, total=total)
+        self._reroute_logs()
 
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:
@@ -145,8 +148,22 @@ class RichProgress:
 
     def finish(self) -> None:
         if self._bar is not None:
+            for handler, stream in self._rerouted:
+                handler.setStream(stream)
+            self._rerouted = []
             self._bar.stop()
             self._bar = None
+
+    def _reroute_logs(self) -> None:
+        """Send wsis log lines through Rich while the bar is live, so they print above it instead of
+        being glued onto the bar's line. (Rich swaps ``sys.stderr`` for a proxy that does this, but
+        logging handlers keep the stream they were created with.)"""
+        if self.stream is not None or sys.stderr is sys.__stderr__:
+            return  # not drawing on stderr, or Rich did not redirect it
+        logger = logging.getLogger(LOGGER_NAME)
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.__stderr__:
+                self._rerouted.append((handler, handler.setStream(sys.stderr)))
 
 
 def progress_interval(env: dict[str, str] | None = None) -> float:
