@@ -29,3 +29,16 @@ def test_demo_out_in_a_missing_folder_is_bad_input(tmp_path):
     r = _wsis("demo", "-n", "4", "--size", "64x64", "--out", str(tmp_path / "no" / "such"))
     assert r.returncode == 3
     assert len(r.stderr.strip().splitlines()) == 1 and "does not exist" in r.stderr
+
+
+def test_sigterm_exits_143_with_one_line(tmp_path):
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "wsis_cli", "demo", "-n", "200", "--out", str(tmp_path / "d")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # long enough to be inside the command
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143
+    assert "terminated" in err.splitlines()[-1]

@@ -64,8 +64,14 @@ def main(argv: list[str] | None = None) -> None:
     Typer (standalone mode) already turns usage errors into exit 2 and Ctrl-C into 130; our own
     :class:`WsisError` and anything unexpected are mapped here.
     """
-    from wsis_cli.runtime.errors import ExitCode, WsisError
+    import signal
 
+    from wsis_cli.runtime.errors import ExitCode, Terminated, WsisError
+
+    def _on_sigterm(signum: int, frame: object) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app(args=argv, prog_name="wsis")
     except WsisError as e:
@@ -73,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(e), int(e.exit_code))
     except KeyboardInterrupt:
         _fail("interrupted", int(ExitCode.INTERRUPTED))
+    except Terminated:
+        _fail("terminated (SIGTERM); finished work is kept, rerun with --resume", int(ExitCode.TERMINATED))
     except BrokenPipeError:
         # the reader of our stdout went away (e.g. `| head`): not worth a traceback
         devnull = os.open(os.devnull, os.O_WRONLY)

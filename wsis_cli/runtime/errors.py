@@ -15,6 +15,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad flags or arguments
     BAD_INPUT = 3  # input data that cannot be used as given
     INTERRUPTED = 130  # Ctrl-C / SIGINT
+    TERMINATED = 143  # SIGTERM (SLURM preemption or scancel): 128 + 15, as a shell reports it
 
 
 class WsisError(Exception):
@@ -44,3 +45,7 @@ class BadInputError(WsisError):
         self.message = message
         parts = [self.path] + ([record] if record else []) + [message]
         super().__init__(": ".join(parts))
+
+
+class Terminated(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt, not an error
+    """Raised from the SIGTERM handler so that ``with`` blocks close files and keep ``.partial`` state."""
