@@ -35,10 +35,14 @@ def test_sigterm_exits_143_with_one_line(tmp_path):
     import signal
     import time
 
-    p = subprocess.Popen([sys.executable, "-m", "wsis_cli", "demo", "-n", "200", "--out", str(tmp_path / "d")],
+    out = tmp_path / "d"
+    p = subprocess.Popen([sys.executable, "-m", "wsis_cli", "demo", "-n", "3000", "--out", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)  # long enough to be inside the command
+    deadline = time.monotonic() + 60
+    while not list(out.glob("data.partial-*")) and time.monotonic() < deadline:  # synth is under way
+        time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 143
-    assert "terminated" in err.splitlines()[-1]
+    assert p.returncode == 143, err
+    assert "terminated" in err.strip().splitlines()[-1]
+    assert not list(out.glob("data.partial-*")) and not (out / "data").exists()  # nothing half-made is left
