@@ -1,0 +1,262 @@
+"""Readable vectorised PyTorch mean-field CRF: the CPU production path and the truth for the Triton path.
+
+The pairwise kernel is never stored as a ``(k*k, H, W)`` tensor. Each iteration walks the window taps,
+recomputes that tap's weight map from two shifted views of the image and multiply-adds the shifted label
+map into one ``(B, L, H, W)`` message buffer, so memory stays O(L*H*W). Two facts halve the work:
+
+* the kernel is symmetric, ``k(i, i + d) = k(i + d, i)``, so one weight map serves taps ``d`` and ``-d``;
+* with two labels and the mean-field message, ``Q_bg = 1 - Q_fg`` makes ``m_bg = S - m_fg`` with
+  ``S = sum_j k(i, j)``, so only the foreground message is accumulated (``S`` is gathered once).
+
+Weights use ``exp2`` of a base-2 exponent (the image is pre-scaled by ``sqrt(log2(e) / (2 theta_beta^2))``)
+clamped at 126: PyTorch's ``exp`` is several times slower, and far slower on arguments whose result would
+be denormal. The Triton path evaluates the same expression.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .params import CRFParams
+
+LOG2E = 1.4426950408889634
+MAX_EXP2 = 126.0  # 2**-126 is the smallest normal float32; nothing below it changes a message
+
+
+@dataclass
+class _Taps:
+    """Window taps split for the symmetric accumulation (offsets in pixels)."""
+
+    half: list[tuple[int, int, float, float]]  # (dy, dx, a, g) with (dy, dx) > (0, 0) lexicographically
+    centre: float  # weight of the pixel itself (0 unless include_centre)
+
+
+def _taps(params: CRFParams, height: int, width: int) -> _Taps:
+    half, centre = [], 0.0
+    for dy, dx, a, g in params.offset_weights():
+        if dy == 0 and dx == 0:
+            centre = a + g
+        elif (dy > 0 or (dy == 0 and dx > 0)) and abs(dy) < height and abs(dx) < width and (a or g):
+            half.append((dy, dx, a, g))
+    return _Taps(half, centre)
+
+
+def exponent_scale(params: CRFParams) -> float:
+    """``log2(e) / (2 theta_beta^2)``: turns ``sum_c (I_i - I_j)^2`` into the base-2 exponent."""
+    return params.colour_scale**2 * LOG2E
+
+
+class _MessagePass:
+    """Accumulates ``msg(i) += sum_j k(i, j) * src(j)`` over the window with reusable scratch buffers."""
+
+    def __init__(self, img: Tensor, params: CRFParams) -> None:
+        batch, channels, height, width = img.shape
+        self.img, self.shape = img, (batch, channels, height, width)
+        self.scale = exponent_scale(params)
+        self.taps = _taps(params, height, width)
+        self._diff = torch.empty(batch * channels * height * width, dtype=torch.float32, device=img.device)
+        self._w = torch.empty(batch * height * width, dtype=torch.float32, device=img.device)
+
+    def _weights(self, dy: int, dx: int, a: float, g: float) -> Tensor | float:
+        """Kernel between pixels ``(y, x)`` and ``(y + dy, x + dx)`` over their overlap, ``(B, 1, h, w)``."""
+        batch, channels, height, width = self.shape
+        h, w = height - dy, width - abs(dx)
+        if a == 0.0:
+            return g
+        x0, x1 = max(0, -dx), max(0, dx)
+        diff = self._diff[: batch * channels * h * w].view(batch, channels, h, w)
+        torch.sub(self.img[:, :, :h, x0 : x0 + w], self.img[:, :, dy:, x1 : x1 + w], out=diff)
+        diff.mul_(diff)
+        wt = self._w[: batch * h * w].view(batch, 1, h, w)
+        if channels == 1:
+            wt.copy_(diff)
+        else:
+            torch.add(diff[:, 0:1], diff[:, 1:2], out=wt)
+            for c in range(2, channels):
+                wt.add_(diff[:, c : c + 1])
+        # Scaling after the sum (not the image before it) keeps the weights within ~3e-6 of float64.
+        wt.mul_(-self.scale).clamp_(min=-MAX_EXP2).exp2_()
+        if a != 1.0:
+            wt.mul_(a)
+        if g != 0.0:
+            wt.add_(g)
+        return wt
+
+    def run(self, msg: Tensor, src: Tensor, weight_sum: Tensor | None = None) -> None:
+        """``msg`` and ``src`` are ``(B, L, H, W)``; ``weight_sum`` (``(B, 1, H, W)``) also gets ``sum_j k``."""
+        height, width = self.shape[2], self.shape[3]
+        if self.taps.centre:
+            msg.add_(src, alpha=self.taps.centre)
+            if weight_sum is not None:
+                weight_sum.add_(self.taps.centre)
+        for dy, dx, a, g in self.taps.half:
+            wt = self._weights(dy, dx, a, g)
+            h, w = height - dy, width - abs(dx)
+            x0, x1 = max(0, -dx), max(0, dx)
+            here = (slice(None), slice(None), slice(0, h), slice(x0, x0 + w))
+            there = (slice(None), slice(None), slice(dy, dy + h), slice(x1, x1 + w))
+            if isinstance(wt, float):
+                msg[here].add_(src[there], alpha=wt)
+                msg[there].add_(src[here], alpha=wt)
+            else:
+                msg[here].addcmul_(src[there], wt)
+                msg[there].addcmul_(src[here], wt)
+            if weight_sum is not None:
+                weight_sum[here].add_(wt)
+                weight_sum[there].add_(wt)
+
+
+def _log_floor(x: Tensor, floor: float) -> Tensor:
+    return x.clamp_min(floor).log_()
+
+
+def _log_box(box: Tensor | None) -> Tensor | None:
+    """``log(box)``: 0 inside, ``-inf`` outside, so the box is one more additive term of the logits."""
+    return None if box is None else box.to(torch.float32).log()
+
+
+def normalise_labels(z: Tensor, log_box: Tensor | None, eps: float) -> Tensor:
+    """``box * exp(z) / (sum_labels box * exp(z) + eps)`` over dim 1, max-subtracted (``z`` is overwritten).
+
+    ``log_box`` is ``log(box)`` (``-inf`` outside). A pixel whose labels are all boxed out gets ``Q = 0``.
+    """
+    if log_box is not None:
+        z.add_(log_box)
+    if eps == 0:
+        q = torch.softmax(z, dim=1)
+        return q.nan_to_num_(nan=0.0) if log_box is not None else q
+    m = z.amax(dim=1, keepdim=True).clamp_(min=math.log(eps))
+    z.sub_(m).exp_()
+    den = z.sum(dim=1, keepdim=True).add_(m.neg_().add_(math.log(eps)).exp_())
+    return z.div_(den)
+
+
+def _normalise_binary(z_fg: Tensor, z_bg: Tensor, log_box_fg: Tensor | None, eps: float) -> Tensor:
+    """Two-label :func:`normalise_labels` returning the foreground only (inputs are overwritten)."""
+    if log_box_fg is not None:
+        z_fg.add_(log_box_fg)
+    if eps == 0:
+        return torch.sigmoid(z_fg.sub_(z_bg))
+    m = torch.maximum(z_fg, z_bg).clamp_(min=math.log(eps))
+    z_fg.sub_(m).exp_()
+    den = z_bg.sub_(m).exp_().add_(z_fg).add_(m.neg_().add_(math.log(eps)).exp_())
+    return z_fg.div_(den)
+
+
+def _binary(
+    img: Tensor,
+    p: Tensor,
+    unary_fg: Tensor | None,
+    unary_bg: Tensor | None,
+    log_box_fg: Tensor | None,
+    params: CRFParams,
+) -> Tensor:
+    """Iterate on the foreground probability ``p`` (``(B, 1, H, W)``, background ``1 - p``)."""
+    passes = _MessagePass(img, params)
+    weight_sum: Tensor | None = None
+    for _ in range(params.iterations):
+        if params.message == "mean_field":
+            msg = torch.zeros_like(p)
+            if weight_sum is None:  # S = sum_j k(i, j) does not change: gather it on the first pass
+                weight_sum = torch.zeros_like(p)
+                passes.run(msg, p, weight_sum)
+            else:
+                passes.run(msg, p)
+            z_fg, z_bg = msg, weight_sum - msg  # m_bg = sum_j k (1 - p_j) = S - m_fg
+        else:
+            src = torch.cat([_log_floor(1.0 - p, params.unary_floor), _log_floor(p, params.unary_floor)], 1)
+            msg = torch.zeros_like(src)
+            passes.run(msg, src)
+            z_bg, z_fg = msg[:, 0:1], msg[:, 1:2]
+        if unary_fg is not None and unary_bg is not None:
+            z_fg.add_(unary_fg)
+            z_bg.add_(unary_bg)
+        p = _normalise_binary(z_fg, z_bg, log_box_fg, params.norm_eps)
+        if params.clamp is not None:
+            p = p.clamp_(*params.clamp)
+    return p.contiguous()
+
+
+def _multi(img: Tensor, q: Tensor, unary: Tensor | None, log_box: Tensor | None, params: CRFParams) -> Tensor:
+    passes = _MessagePass(img, params)
+    for _ in range(params.iterations):
+        src = _log_floor(q, params.unary_floor) if params.message == "log_pool" else q
+        msg = torch.zeros_like(q) if unary is None else unary.clone()  # the unary term starts the sum
+        passes.run(msg, src)
+        q = normalise_labels(msg, log_box, params.norm_eps)
+        if params.clamp is not None:
+            q.clamp_(*params.clamp)
+    return q
+
+
+def expand_box(box: Tensor | None, labels: int) -> Tensor | None:
+    """A ``(B, 1, H, W)`` box constrains every label but 0 (the background); ``(B, L, H, W)`` is per label."""
+    if box is None or box.shape[1] == labels:
+        return box
+    ones = torch.ones_like(box)
+    return torch.cat([ones, box.expand(-1, labels - 1, -1, -1)], dim=1)
+
+
+def initial_state(probs: Tensor, box: Tensor | None, params: CRFParams) -> Tensor:
+    """``Q_0``: for one label ``clamp(box * p)``; otherwise ``box * max(P, floor)`` normalised, then clamped."""
+    probs = probs.to(torch.float32)
+    if probs.shape[1] == 1:
+        q = probs.clone() if box is None else probs * box
+    else:
+        boxes = expand_box(box, probs.shape[1])
+        q = normalise_labels(_log_floor(probs, params.unary_floor), _log_box(boxes), 0.0)
+    if params.clamp is not None:
+        q.clamp_(*params.clamp)
+    return q
+
+
+def unary_logits(probs: Tensor, params: CRFParams) -> Tensor | None:
+    """``unary_weight * log max(P, floor)`` as ``(B, L, H, W)``; for one label the rows are ``[bg, fg]``."""
+    if params.unary_weight == 0:
+        return None
+    probs = probs.to(torch.float32)
+    if probs.shape[1] == 1:
+        probs = torch.cat([1.0 - probs, probs], dim=1)
+    return _log_floor(probs, params.unary_floor).mul_(params.unary_weight)
+
+
+def mean_field_crf_reference(image: Tensor, probs: Tensor, box: Tensor | None, params: CRFParams) -> Tensor:
+    """Reference mean-field CRF. Shapes as in :func:`wsis_kernels.mean_field_crf` (validated there).
+
+    Returns float32 ``(B, L, H, W)``: the refined foreground probability for ``L = 1``, label
+    probabilities otherwise.
+    """
+    labels = probs.shape[1]
+    img = image.to(torch.float32).contiguous()
+    box32 = None if box is None else box.to(torch.float32)
+    q = initial_state(probs, box32, params)
+    unary = unary_logits(probs, params)
+    if labels == 1:
+        u_bg, u_fg = (None, None) if unary is None else (unary[:, 0:1], unary[:, 1:2])
+        return _binary(img, q, u_fg, u_bg, _log_box(box32), params)
+    boxes = expand_box(box32, labels)
+    two_label_fast = (
+        labels == 2
+        and params.message == "mean_field"
+        and params.clamp is None
+        and params.norm_eps == 0
+        and (boxes is None or bool((boxes[:, 0] == 1).all()))
+    )
+    if two_label_fast:
+        # Q_bg = 1 - Q_fg exactly in this mode, so iterate on the foreground alone.
+        u_bg, u_fg = (None, None) if unary is None else (unary[:, 0:1], unary[:, 1:2])
+        log_box_fg = None if boxes is None else _log_box(boxes[:, 1:2])
+        p = _binary(img, q[:, 1:2].contiguous(), u_fg, u_bg, log_box_fg, params)
+        return torch.cat([1.0 - p, p], dim=1)
+    return _multi(img, q, unary, _log_box(boxes), params)
+
+
+def crf_labels_reference(probs: Tensor, threshold: float = 0.5) -> Tensor:
+    """Hard labels ``(B, H, W)`` int64: ``p > threshold`` for one label, ``argmax`` over labels otherwise."""
+    if probs.shape[1] == 1:
+        return (probs[:, 0] > threshold).to(torch.int64)
+    return probs.argmax(dim=1)
