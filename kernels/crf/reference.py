@@ -8,9 +8,9 @@ map into one ``(B, L, H, W)`` message buffer, so memory stays O(L*H*W). Two fact
 * with two labels and the mean-field message, ``Q_bg = 1 - Q_fg`` makes ``m_bg = S - m_fg`` with
   ``S = sum_j k(i, j)``, so only the foreground message is accumulated (``S`` is gathered once).
 
-Weights use ``exp2`` of a base-2 exponent (the image is pre-scaled by ``sqrt(log2(e) / (2 theta_beta^2))``)
-clamped at 126: PyTorch's ``exp`` is several times slower, and far slower on arguments whose result would
-be denormal. The Triton path evaluates the same expression.
+Weights are ``exp2`` of the colour distance times ``-log2(e) / (2 theta_beta^2)``, clamped at -126:
+PyTorch's ``exp`` is several times slower on CPU, and far slower still where its result would be denormal.
+The Triton path evaluates the same expression.
 """
 
 from __future__ import annotations
@@ -184,10 +184,11 @@ def _binary(
 def _multi(img: Tensor, q: Tensor, unary: Tensor | None, log_box: Tensor | None, params: CRFParams) -> Tensor:
     passes = _MessagePass(img, params)
     for _ in range(params.iterations):
-        src = _log_floor(q, params.unary_floor) if params.message == "log_pool" else q
         msg = torch.zeros_like(q) if unary is None else unary.clone()  # the unary term starts the sum
-        passes.run(msg, src)
+        passes.run(msg, _log_floor(q, params.unary_floor) if params.message == "log_pool" else q)
+        del q  # free the old state before normalising allocates the new one: three (B, L, H, W) live
         q = normalise_labels(msg, log_box, params.norm_eps)
+        del msg
         if params.clamp is not None:
             q.clamp_(*params.clamp)
     return q
