@@ -10,10 +10,10 @@ import torch
 from torch import Tensor
 
 from .._dispatch import select_backend
-from .params import CRFParams, dense_crf_params, mal_crf_params
+from .params import CRFParams, mal_crf_params
 from .reference import crf_labels_reference, mean_field_crf_reference
 
-__all__ = ["CRFParams", "crf_labels", "dense_crf_params", "mal_crf_params", "mean_field_crf"]
+__all__ = ["CRFParams", "crf_labels", "mal_crf_params", "mean_field_crf"]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

@@ -139,7 +139,9 @@ def mal_crf_params(iterations: int = 100, zeta: float = 0.1, clamp: tuple[float,
     ``+1e-6``, clamp to [0.1, 0.9] after every update, 100 iterations. MAL feeds the ImageNet-normalised
     image, so ``zeta`` is in those units. Pass the foreground probability as a single label (``L = 1``)
     with the box mask to reproduce MAL exactly; MAL returns ``(p > 0.5)``, which is
-    :func:`wsis_kernels.crf_labels` of the result. (MAL's ``crf_omega`` is never used upstream.)
+    :func:`wsis_kernels.crf_labels` of the result. MAL adds 10 to its float32 features so that zero-padded
+    neighbours get no weight; out-of-image neighbours contribute nothing here, so that is not needed (pass
+    ``image + 10`` to reproduce its float32 rounding as well). MAL's ``crf_omega`` is never used upstream.
     """
     return CRFParams(
         kernel_size=3,
@@ -156,8 +158,3 @@ def mal_crf_params(iterations: int = 100, zeta: float = 0.1, clamp: tuple[float,
         norm_eps=1e-6,
         clamp=clamp,
     )
-
-
-def dense_crf_params(**overrides: object) -> CRFParams:
-    """The truncated dense-CRF (ConvCRF-style) defaults of :class:`CRFParams`, with ``overrides`` applied."""
-    return CRFParams(**overrides)  # type: ignore[arg-type]
