@@ -50,8 +50,16 @@ def exponent_scale(params: CRFParams) -> float:
     return params.colour_scale**2 * LOG2E
 
 
+BAND_BYTES = 4 * 1024 * 1024  # message rows per band for many labels: msg + src bands stay cache-resident
+
+
 class _MessagePass:
-    """Accumulates ``msg(i) += sum_j k(i, j) * src(j)`` over the window with reusable scratch buffers."""
+    """Accumulates ``msg(i) += sum_j k(i, j) * src(j)`` over the window with reusable scratch buffers.
+
+    With many labels the ``(B, L, H, W)`` message and source do not fit in cache, and streaming them from
+    DRAM once per tap dominates; processing row bands (all taps per band) keeps both in cache and halves
+    the time at 21 labels. A band recomputes the weight rows it shares with its neighbours (``dy`` rows).
+    """
 
     def __init__(self, img: Tensor, params: CRFParams) -> None:
         batch, channels, height, width = img.shape
@@ -61,15 +69,18 @@ class _MessagePass:
         self._diff = torch.empty(batch * channels * height * width, dtype=torch.float32, device=img.device)
         self._w = torch.empty(batch * height * width, dtype=torch.float32, device=img.device)
 
-    def _weights(self, dy: int, dx: int, a: float, g: float) -> Tensor | float:
-        """Kernel between pixels ``(y, x)`` and ``(y + dy, x + dx)`` over their overlap, ``(B, 1, h, w)``."""
-        batch, channels, height, width = self.shape
-        h, w = height - dy, width - abs(dx)
+    def _weights(self, r0: int, r1: int, dy: int, dx: int, a: float, g: float) -> Tensor | float:
+        """Kernel between pixels ``(y, x)`` and ``(y + dy, x + dx)`` for rows ``y`` in ``[r0, r1)``.
+
+        Returns ``(B, 1, r1 - r0, W - |dx|)`` over the columns where both exist, or the constant ``g``.
+        """
         if a == 0.0:
             return g
+        batch, channels, _, width = self.shape
+        h, w = r1 - r0, width - abs(dx)
         x0, x1 = max(0, -dx), max(0, dx)
         diff = self._diff[: batch * channels * h * w].view(batch, channels, h, w)
-        torch.sub(self.img[:, :, :h, x0 : x0 + w], self.img[:, :, dy:, x1 : x1 + w], out=diff)
+        torch.sub(self.img[:, :, r0:r1, x0 : x0 + w], self.img[:, :, r0 + dy : r1 + dy, x1 : x1 + w], out=diff)
         diff.mul_(diff)
         wt = self._w[: batch * h * w].view(batch, 1, h, w)
         if channels == 1:
@@ -86,6 +97,12 @@ class _MessagePass:
             wt.add_(g)
         return wt
 
+    def _band_rows(self, labels: int) -> int:
+        batch, _, height, width = self.shape
+        if labels < 4:
+            return height
+        return max(32, min(height, BAND_BYTES // (4 * batch * labels * width)))
+
     def run(self, msg: Tensor, src: Tensor, weight_sum: Tensor | None = None) -> None:
         """``msg`` and ``src`` are ``(B, L, H, W)``; ``weight_sum`` (``(B, 1, H, W)``) also gets ``sum_j k``."""
         height, width = self.shape[2], self.shape[3]
@@ -93,21 +110,35 @@ class _MessagePass:
             msg.add_(src, alpha=self.taps.centre)
             if weight_sum is not None:
                 weight_sum.add_(self.taps.centre)
-        for dy, dx, a, g in self.taps.half:
-            wt = self._weights(dy, dx, a, g)
-            h, w = height - dy, width - abs(dx)
-            x0, x1 = max(0, -dx), max(0, dx)
-            here = (slice(None), slice(None), slice(0, h), slice(x0, x0 + w))
-            there = (slice(None), slice(None), slice(dy, dy + h), slice(x1, x1 + w))
-            if isinstance(wt, float):
-                msg[here].add_(src[there], alpha=wt)
-                msg[there].add_(src[here], alpha=wt)
-            else:
-                msg[here].addcmul_(src[there], wt)
-                msg[there].addcmul_(src[here], wt)
-            if weight_sum is not None:
-                weight_sum[here].add_(wt)
-                weight_sum[there].add_(wt)
+        band = self._band_rows(src.shape[1])
+        for y0 in range(0, height, band):
+            y1 = min(height, y0 + band)
+            for dy, dx, a, g in self.taps.half:
+                # pairs (i, i + d) with i in rows [r0, r1): those whose i or i + d lies in this band
+                r0, r1 = max(0, y0 - dy), min(y1, height - dy)
+                if r1 <= r0:
+                    continue
+                wt = self._weights(r0, r1, dy, dx, a, g)
+                w = width - abs(dx)
+                x0, x1 = max(0, -dx), max(0, dx)
+                # rows i of the pairs where i is in the band (i receives from i + d), then where i + d is
+                for forward, lo, hi in ((True, max(y0, r0), min(y1, r1)), (False, max(y0 - dy, r0), min(y1 - dy, r1))):
+                    if hi <= lo:
+                        continue
+                    here = (slice(None), slice(None), slice(lo, hi), slice(x0, x0 + w))
+                    there = (slice(None), slice(None), slice(lo + dy, hi + dy), slice(x1, x1 + w))
+                    into, frm = (here, there) if forward else (there, here)
+                    part = wt if isinstance(wt, float) else wt[:, :, lo - r0 : hi - r0]
+                    _madd(msg[into], src[frm], part)
+                    if weight_sum is not None:
+                        weight_sum[into].add_(part)
+
+
+def _madd(out: Tensor, src: Tensor, weight: Tensor | float) -> None:
+    if isinstance(weight, float):
+        out.add_(src, alpha=weight)
+    else:
+        out.addcmul_(src, weight)
 
 
 def _log_floor(x: Tensor, floor: float) -> Tensor:
