@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from wsis_kernels.crf.triton import _crf_step_kernel
-    from wsis_kernels.score_maps.triton import _soft_mask_kernel, _stats_kernel
+    from wsis_kernels.score_maps.triton import _mask_stats_kernel, _minmax_kernel, _soft_mask_kernel
 
     target = GPUTarget("cuda", 90, 32)
 
@@ -41,9 +41,11 @@ SCRIPT = textwrap.dedent(
                                           BLOCK_P=block_p))
     for dt, ieee in [("fp32", True), ("fp16", False), ("bf16", False)]:
         flags = dict(BLOCK_N=64, BLOCK_HW=64, BLOCK_E=32, IEEE=ieee, UPCAST=False)
-        build(_stats_kernel, {"q_ptr": "*" + dt, "k_ptr": "*" + dt, "min_ptr": "*fp32", "max_ptr": "*fp32",
-                              "maskness_ptr": "*fp32", "area_ptr": "*i32", "N": "i32", "E": "i32", "HW": "i32",
-                              "threshold": "fp32"}, flags)
+        operands = {"q_ptr": "*" + dt, "k_ptr": "*" + dt}
+        sizes = {"N": "i32", "E": "i32", "HW": "i32", "TILES_PER_SPLIT": "i32", "SPLITS": "i32"}
+        build(_minmax_kernel, {**operands, "pmin_ptr": "*fp32", "pmax_ptr": "*fp32", **sizes}, flags)
+        build(_mask_stats_kernel, {**operands, "min_ptr": "*fp32", "max_ptr": "*fp32", "psum_ptr": "*fp32",
+                                   "pcnt_ptr": "*i32", **sizes, "threshold": "fp32"}, flags)
         build(_soft_mask_kernel, {"q_ptr": "*" + dt, "k_ptr": "*" + dt, "idx_ptr": "*i64", "min_ptr": "*fp32",
                                   "max_ptr": "*fp32", "out_ptr": "*fp32", "K": "i32", "E": "i32", "HW": "i32"},
                   flags)

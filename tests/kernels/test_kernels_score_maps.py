@@ -132,6 +132,7 @@ def test_invalid_soft_mask_arguments_raise():
         (3, 8, 1, 1, torch.float32),
         (65, 33, 1, 70, torch.float16),
         (64, 64, 8, 8, torch.bfloat16),
+        (40, 24, 10, 15, torch.float32),  # 3 column tiles in 2 splits: the last tile of split 2 is empty
     ],
 )
 def test_triton_matches_naive(triton_device, rng, n, e, h, w, dtype):
