@@ -303,7 +303,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--scenes", type=int, default=None, help="scenes averaged for quality (default 3, quick 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.quick:
         run(args.size or 256, [2, 21], [5], [(3, 1), (5, 2)], args.repeat or 2, device, args.scenes or 1)

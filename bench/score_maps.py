@@ -108,7 +108,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="E = 256, H*W = 100^2 only")
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.quick:
         run(2100, [(256, 100)], args.repeat or 3, device)

@@ -188,6 +188,7 @@ def mean_field_crf_triton(image: Tensor, probs: Tensor, box: Tensor | None, para
             HAS_CLAMP=params.clamp is not None,
             BLOCK_P=block_p,
             num_warps=4,
+            enable_fp_fusion=True,  # explicit: Triton 3.9 warns when left to its changing default
         )
         q, out = out, q
     return q

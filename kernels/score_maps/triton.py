@@ -181,7 +181,8 @@ def score_map_stats_triton(keys: Tensor, queries: Tensor, threshold: float) -> t
         empty = torch.empty(0, dtype=torch.float32, device=device)
         return empty, empty.clone(), empty.clone(), torch.empty(0, dtype=torch.int64, device=device)
     splits, per_split = _splits(n, hw, device)
-    blocks = dict(BLOCK_N=_BLOCK_N, BLOCK_HW=_BLOCK_HW, BLOCK_E=_BLOCK_E, num_warps=4, **flags)
+    blocks = dict(BLOCK_N=_BLOCK_N, BLOCK_HW=_BLOCK_HW, BLOCK_E=_BLOCK_E, num_warps=4, enable_fp_fusion=True,
+                  **flags)
     grid = (triton.cdiv(n, _BLOCK_N), splits)
     pmin = torch.empty(n, splits, dtype=torch.float32, device=device)
     pmax = torch.empty_like(pmin)
@@ -207,5 +208,5 @@ def soft_masks_triton(keys: Tensor, queries: Tensor, indices: Tensor, mins: Tens
         grid = (triton.cdiv(count, _BLOCK_N), triton.cdiv(hw, _BLOCK_HW))
         _soft_mask_kernel[grid](q, k, idx, mins.to(torch.float32).contiguous(), maxs.to(torch.float32).contiguous(),
                                 out, count, e, hw, BLOCK_N=_BLOCK_N, BLOCK_HW=_BLOCK_HW, BLOCK_E=_BLOCK_E,
-                                num_warps=4, **flags)
+                                num_warps=4, enable_fp_fusion=True, **flags)
     return out.view(count, h, w)
