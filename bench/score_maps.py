@@ -7,6 +7,15 @@ The baseline is Free Mask's scoring written the usual eager way: the whole ``(N,
 then min-max normalisation, threshold, maskness and area with out-of-place ops. Ours never holds more
 than one chunk of scores (CPU reference) or any (Triton). Time is the median of repeated calls in this
 run; peak memory is measured as described in ``_common`` (inputs excluded). Nothing asserts a timing.
+
+Measured on the 2-core development machine (CPU reference, 2 threads; areas identical, maskness within
+5e-7 of the materialising result):
+
+    E      H*W    materialising        ours (reference)     peak ratio
+    256    100^2  254 ms, 340 MiB      101 ms, 16 MiB       0.047
+    256    160^2  682 ms, 872 MiB      303 ms, 16 MiB       0.018
+    2048   100^2  759 ms, 340 MiB      543 ms, 16 MiB       0.047
+    2048   160^2  2.12 s, 872 MiB      1.63 s, 16 MiB       0.018
 """
 
 from __future__ import annotations
