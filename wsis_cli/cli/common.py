@@ -33,6 +33,29 @@ ImagesDir = Annotated[
 ]
 
 
+# --- learning stages: the same flags mean the same thing in every stage that trains
+RunOpt = Annotated[
+    Path | None,
+    typer.Option("--run", metavar="DIR", file_okay=False,
+                 help="Run folder: settings, checkpoints, metrics, model.pt. Default: beside the output."),
+]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", metavar="PATH", dir_okay=False,
+                 help="A model.pt from an earlier run: skip training and only predict."),
+]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (and output) where it stopped.")]
+Weights = Annotated[
+    str,
+    typer.Option("--weights", metavar="NAME|PATH|none",
+                 help="Backbone init: a torchvision weights name (DEFAULT, IMAGENET1K_V2...), a local checkpoint "
+                 "(torchvision, DenseCL, MoCo, DINO, MAE layouts) or none."),
+]
+Epochs = Annotated[int, typer.Option("--epochs", min=0, help="Training epochs.")]
+LearningRate = Annotated[float, typer.Option("--lr", min=0.0, help="Base learning rate.")]
+NoAmp = Annotated[bool, typer.Option("--no-amp", help="Disable mixed precision on GPU (AMP is never used on CPU).")]
+
+
 def setup(quiet: bool = False, verbose: bool = False) -> None:
     """Per-command start-up: logging to stderr, remembered verbosity for error reporting."""
     from wsis_cli.runtime import log

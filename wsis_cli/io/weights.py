@@ -1,0 +1,86 @@
+"""Read backbone weights named by ``--weights``: a torchvision weights name, a local file, or ``none``.
+
+torchvision names download into torchvision's cache (``$TORCH_HOME``) where the network allows; on a
+machine without network the error says so and suggests a local file. Local files are read with
+``weights_only`` unpickling (no code runs from a checkpoint); the layout inside is matched later by
+:func:`wsis_cli.models.weights.match_state_dict`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsis_cli.runtime.errors import BadInputError, UsageError
+from wsis_cli.runtime.log import get_logger
+
+log = get_logger("weights")
+
+FILE_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt", ".pkl")
+
+
+def looks_like_path(spec: str) -> bool:
+    """True when ``spec`` names a file rather than a torchvision weights enum value."""
+    return os.sep in spec or "/" in spec or spec.endswith(FILE_SUFFIXES) or Path(spec).exists()
+
+
+def read_checkpoint_file(path: str | os.PathLike) -> Any:
+    """``torch.load`` a checkpoint safely (tensors, containers, argparse namespaces only), on the CPU."""
+    p = Path(path)
+    if not p.exists():
+        raise BadInputError(str(p), None, "file not found")
+    if not p.is_file():
+        raise BadInputError(str(p), None, "not a file")
+    try:
+        # DINO/MoCo checkpoints carry their argparse namespace beside the weights
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInputError(str(p), None, f"cannot be read as a PyTorch checkpoint: {first}") from None
+
+
+def _torchvision_weights(spec: str, arch: str) -> Any:
+    from torchvision.models import get_model_weights, get_weight
+
+    if "." in spec:
+        try:
+            return get_weight(spec)
+        except (ValueError, KeyError, AttributeError):
+            raise UsageError(f"--weights {spec}: unknown torchvision weights name") from None
+    try:
+        enum = get_model_weights(arch)
+    except (ValueError, KeyError):
+        raise UsageError(f"--weights {spec}: architecture {arch!r} has no torchvision weights") from None
+    try:
+        return enum[spec] if spec != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        names = ", ".join(w.name for w in enum)
+        raise UsageError(f"--weights {spec}: not a weights name of {arch} (choose from DEFAULT, {names}, "
+                         "a checkpoint file, or none)") from None
+
+
+def load_weights(spec: str, arch: str) -> Any | None:
+    """The raw weights ``spec`` names for architecture ``arch`` (``None`` for ``none``).
+
+    Returns whatever the checkpoint holds (usually a dict); pass it to the model builder, which
+    matches its keys. Errors: :class:`UsageError` for an unknown name, :class:`BadInputError`
+    naming the file for an unreadable checkpoint, and a clear failure when a download is impossible.
+    """
+    spec = spec.strip()
+    if spec.lower() in ("", "none", "random", "scratch"):
+        return None
+    if looks_like_path(spec):
+        raw = read_checkpoint_file(spec)
+        log.info("weights: read %s", spec)
+        return raw
+    weights = _torchvision_weights(spec, arch)
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as e:  # noqa: BLE001 - urllib/SSL/HTTP errors alike
+        raise UsageError(f"--weights {spec}: cannot download torchvision weights {weights} ({e}); "
+                         "give a local checkpoint file, or --weights none") from None
