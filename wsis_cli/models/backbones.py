@@ -55,10 +55,17 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+def _wsis_resnet_keys(flat: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our own :class:`ResNetFeatures` layout (``stem.0`` = conv1, ``stem.1`` = bn1) → torchvision's, so a
+    backbone fine-tuned by one stage loads into another through ``--weights``."""
+    return {re.sub(r"(^|\.)stem\.1\.", r"\1bn1.", re.sub(r"(^|\.)stem\.0\.", r"\1conv1.", k)): v
+            for k, v in flat.items()}
+
+
 def _load(module: nn.Module, state: Any, source: str) -> None:
     if state is None:
         return
-    matched, report = match_state_dict(state, module, source=source)
+    matched, report = match_state_dict(state, module, source=source, rename=_wsis_resnet_keys)
     module.load_state_dict(matched, strict=False)
     log.info("%s: loaded %d/%d tensors (prefix %r)", source, report.matched, report.total, report.prefix)
 

@@ -1,0 +1,52 @@
+"""Run folders: run.json, atomic checkpoints, resume checks, model.pt for --checkpoint."""
+
+import json
+
+import pytest
+import torch
+
+from wsis_cli.io.run_dir import RunDir, default_run_dir, read_model
+from wsis_cli.runtime.errors import BadInputError, UsageError
+
+
+def test_default_run_dir_sits_beside_the_output(tmp_path):
+    assert default_run_dir(tmp_path / "cams.h5", "cam") == tmp_path / "cams.cam-run"
+    assert default_run_dir("-", "irnet").name == "wsis-irnet-run"
+
+
+def test_checkpoint_roundtrip_and_resume(tmp_path):
+    run = RunDir(tmp_path / "run", "cam", {"lr": 0.1, "epochs": 3}, resume=False)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["lr"] == 0.1
+    assert run.load_checkpoint() is None
+    run.save_checkpoint({"epoch": 1, "model": {"w": torch.ones(2)}})
+    run.log_metrics({"epoch": 1, "loss": 0.5})
+    again = RunDir(tmp_path / "run", "cam", {"lr": 0.1, "epochs": 5}, resume=True)  # more epochs is fine
+    state = again.load_checkpoint()
+    assert state["epoch"] == 1 and torch.equal(state["model"]["w"], torch.ones(2))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_existing_run_needs_resume_and_same_settings(tmp_path):
+    run = RunDir(tmp_path / "run", "cam", {"lr": 0.1}, resume=False)
+    run.save_checkpoint({"epoch": 0})
+    with pytest.raises(UsageError, match="--resume"):
+        RunDir(tmp_path / "run", "cam", {"lr": 0.1}, resume=False)
+    with pytest.raises(BadInputError, match="lr"):
+        RunDir(tmp_path / "run", "cam", {"lr": 0.2}, resume=True)
+    with pytest.raises(BadInputError, match="stage"):
+        RunDir(tmp_path / "run", "irnet", {"lr": 0.1}, resume=True)
+
+
+def test_model_file_for_checkpoint_flag(tmp_path):
+    run = RunDir(tmp_path / "run", "cam", {"arch": "resnet18"}, resume=False)
+    path = run.save_model({"w": torch.zeros(3)}, {"category_ids": [1, 2]})
+    obj = read_model(path, "cam")
+    assert obj["category_ids"] == [1, 2] and obj["settings"]["arch"] == "resnet18"
+    with pytest.raises(BadInputError, match="stage 'cam'"):
+        read_model(path, "irnet")
+    (tmp_path / "junk.pt").write_bytes(b"\x00" * 20)
+    with pytest.raises(BadInputError, match="junk.pt"):
+        read_model(tmp_path / "junk.pt", "cam")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "plain.pt")
+    with pytest.raises(BadInputError, match="not a wsis model"):
+        read_model(tmp_path / "plain.pt", "cam")

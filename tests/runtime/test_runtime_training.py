@@ -1,0 +1,53 @@
+"""Schedules, EMA teacher, RNG state round trip."""
+
+import random
+
+import pytest
+import torch
+
+from wsis_cli.runtime.training import (
+    EMA,
+    linear_ramp,
+    poly_lr,
+    rng_state,
+    set_lr,
+    set_rng_state,
+    warmup_cosine,
+)
+
+
+def test_schedules_endpoints():
+    assert poly_lr(0, 100) == 1.0 and poly_lr(100, 100) == 0.0 and 0 < poly_lr(50, 100) < 1
+    assert linear_ramp(0, 10) == 0.0 and linear_ramp(5, 10) == 0.5 and linear_ramp(50, 10) == 1.0
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine(10, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(100, 10, 100, final=0.2) == pytest.approx(0.2)
+    vals = [warmup_cosine(s, 10, 100) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(vals, vals[1:], strict=False))
+
+
+def test_set_lr_scales_each_group():
+    p1, p2 = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [p1], "lr": 0.1}, {"params": [p2], "lr": 1.0}])
+    set_lr(opt, [0.1, 1.0], 0.5)
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 0.5]
+
+
+def test_ema_starts_as_copy_and_moves_towards_student():
+    student = torch.nn.Linear(3, 2)
+    ema = EMA(student, momentum=0.9)
+    assert all(torch.equal(a, b) for a, b in zip(ema.teacher.parameters(), student.parameters(), strict=True))
+    assert not any(p.requires_grad for p in ema.teacher.parameters())
+    before = ema.teacher.weight.clone()
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    ema.update(student)
+    assert torch.allclose(ema.teacher.weight, before + 0.1)
+
+
+def test_rng_state_roundtrip():
+    state = rng_state()
+    a = (random.random(), torch.rand(2))
+    set_rng_state(state)
+    b = (random.random(), torch.rand(2))
+    assert a[0] == b[0] and torch.equal(a[1], b[1])
