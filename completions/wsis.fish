@@ -85,7 +85,7 @@ complete -c wsis -n '__wsis_in merge' -F
 
 # wsis refine-crf
 complete -c wsis -n '__wsis_in refine-crf' -s i -l images -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Folder the file_name of each image is relative to.'
-complete -c wsis -n '__wsis_in refine-crf' -s o -l out -r -F -a - -d 'Output COCO dataset (- for stdout).'
+complete -c wsis -n '__wsis_in refine-crf' -s o -l out -r -F -a - -d 'Output COCO dataset (- for stdout); HDF5 for map input.'
 complete -c wsis -n '__wsis_in refine-crf' -l margin -r -f -d 'Crop = box grown by this fraction of its side.'
 complete -c wsis -n '__wsis_in refine-crf' -l min-margin -r -f -d '...and by at least this many pixels.'
 complete -c wsis -n '__wsis_in refine-crf' -l confidence -r -f -d 'Trust in the input mask per pixel, in (0.5, 1).'
@@ -98,6 +98,8 @@ complete -c wsis -n '__wsis_in refine-crf' -l theta-alpha -r -f -d 'Spatial std 
 complete -c wsis -n '__wsis_in refine-crf' -l theta-beta -r -f -d 'Colour std of the bilateral kernel, on 0-1 intensities.'
 complete -c wsis -n '__wsis_in refine-crf' -l w-smooth -r -f -d 'Weight of the smoothness kernel.'
 complete -c wsis -n '__wsis_in refine-crf' -l theta-gamma -r -f -d 'Spatial std of the smoothness kernel, pixels.'
+complete -c wsis -n '__wsis_in refine-crf' -l bg-score -r -f -d 'Score maps: constant background score in front of the classes.'
+complete -c wsis -n '__wsis_in refine-crf' -l dataset -r -f -d 'Score maps: COCO file naming the images, when the store does not.'
 complete -c wsis -n '__wsis_in refine-crf' -l device -r -f -d 'auto, cpu, cuda or cuda:N (auto picks CUDA when available).'
 complete -c wsis -n '__wsis_in refine-crf' -l batch-size -r -f -d 'Images per batch.'
 complete -c wsis -n '__wsis_in refine-crf' -l shard -r -f -d 'Process shard I of N (0-based).'

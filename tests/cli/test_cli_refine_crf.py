@@ -61,3 +61,42 @@ def test_bad_parameters_are_usage_errors(data):
     r = subprocess.run([*WSIS, "refine-crf", str(data / "bad.json"), "--kernel-size", "4"],
                        capture_output=True, text=True)
     assert r.returncode == 2
+
+
+def _maps(data, path, file_names=True):
+    import numpy as np
+
+    from wsis_cli.io.h5 import H5Writer
+
+    gt = coco.load_dataset(data / "gt.json")
+    with H5Writer(path, "cam", {}, {}) as w:
+        for im in gt.images:
+            attrs = {"height": im["height"], "width": im["width"]}
+            if file_names:
+                attrs["file_name"] = im["file_name"]
+            cams = np.random.default_rng(im["id"]).random((2, 16, 20)).astype(np.float32)
+            w.put(im["id"], {"cams": cams}, attrs=attrs, dataset_attrs={"cams": {"stride": 4, "category_ids": [1, 2]}})
+
+
+def test_score_maps_in_hdf5_out(data, tmp_path):
+    _maps(data, tmp_path / "cams.h5")
+    r = subprocess.run([*WSIS, "refine-crf", str(tmp_path / "cams.h5"), "-i", str(data / "images"),
+                        "-o", str(tmp_path / "ref.h5"), "-q", "--device", "cpu"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from wsis_cli.io.h5 import H5Reader
+
+    with H5Reader(tmp_path / "ref.h5", expect_stage="refine-crf") as ref:
+        assert len(ref) == 3
+        got = ref.get(ref.ids()[0])
+        assert got["labels"].shape == (64, 80) and set(got["labels"].ravel()) <= {0, 1, 2}
+    r = subprocess.run([*WSIS, "refine-crf", str(tmp_path / "cams.h5"), "-i", str(data / "images"), "-o", "-"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "HDF5" in r.stderr
+
+
+def test_score_maps_without_names_exit_3(data, tmp_path):
+    _maps(data, tmp_path / "bare.h5", file_names=False)
+    r = subprocess.run([*WSIS, "refine-crf", str(tmp_path / "bare.h5"), "-i", str(data / "images"),
+                        "-o", str(tmp_path / "o.h5"), "-q"], capture_output=True, text=True)
+    assert r.returncode == 3 and "--dataset" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.h5").exists()

@@ -12,9 +12,11 @@ _CRF = "CRF model"
 
 
 def refine_crf(
-    pseudo: Annotated[str, typer.Argument(metavar="PSEUDO", help="COCO dataset with masks (- for stdin).")],
+    pseudo: Annotated[str, typer.Argument(metavar="PSEUDO", help="COCO dataset with masks (- for stdin), or an "
+                                          "HDF5 of class score maps such as cams.h5.")],
     images: ImagesDir = None,
-    out: Annotated[str, typer.Option("--out", "-o", help="Output COCO dataset (- for stdout).")] = "-",
+    out: Annotated[str, typer.Option("--out", "-o", help="Output COCO dataset (- for stdout); HDF5 for map input.")
+                   ] = "-",
     margin: Annotated[float, typer.Option(help="Crop = box grown by this fraction of its side.", min=0)] = 0.25,
     min_margin: Annotated[int, typer.Option(help="...and by at least this many pixels.", min=0)] = 8,
     confidence: Annotated[float, typer.Option(help="Trust in the input mask per pixel, in (0.5, 1).",
@@ -33,6 +35,10 @@ def refine_crf(
     w_smooth: Annotated[float, typer.Option(help="Weight of the smoothness kernel.", rich_help_panel=_CRF)] = 0.5,
     theta_gamma: Annotated[float, typer.Option(help="Spatial std of the smoothness kernel, pixels.",
                                                rich_help_panel=_CRF)] = 1.5,
+    bg_score: Annotated[float, typer.Option(help="Score maps: constant background score in front of the classes.",
+                                            rich_help_panel="Score maps (HDF5 input)")] = 0.15,
+    dataset: Annotated[str | None, typer.Option(help="Score maps: COCO file naming the images, when the store "
+                                                "does not.", rich_help_panel="Score maps (HDF5 input)")] = None,
     device: Device = "auto",
     batch_size: BatchSize = 16,
     shard: Shard = None,
@@ -43,10 +49,19 @@ def refine_crf(
     """Refine each instance mask with a two-label CRF on its box grown by a margin; keep ids, classes, scores.
 
     Reads a COCO dataset with masks (from irnet, mal-label, freemask, ...) and writes the same dataset with
-    sharper masks and recomputed boxes and areas. Shards with --shard (or the SLURM/torchrun env) and
-    resumes with --resume.
+    sharper masks and recomputed boxes and areas. Given an HDF5 of class score maps (cams.h5), refines each
+    image's maps as one (K+1)-label CRF and writes refined maps plus a full-resolution label map to an HDF5
+    output. Shards with --shard (or the SLURM/torchrun env) and resumes with --resume.
     """
     setup(quiet, verbose)
+    if pseudo != "-":
+        from wsis_cli.io.h5 import is_h5_file
+
+        if is_h5_file(pseudo):
+            _refine_maps(pseudo, images, out, dataset, bg_score, device, shard, resume, quiet, dict(
+                kernel_size=kernel_size, dilation=dilation, iterations=iterations, w_appearance=w_appearance,
+                theta_alpha=theta_alpha, theta_beta=theta_beta, w_smooth=w_smooth, theta_gamma=theta_gamma))
+            return
     if out != "-":
         from wsis_cli.io.atomic import check_output_path
 
@@ -69,3 +84,23 @@ def refine_crf(
     run(settings, job, make_progress(quiet))
 
 
+
+
+def _refine_maps(maps: str, images, out: str, dataset: str | None, bg_score: float, device: str,
+                 shard: str | None, resume: bool, quiet: bool, crf: dict) -> None:
+    if out == "-":
+        raise typer.BadParameter("score maps are written to HDF5, which needs a file: give -o OUT.h5",
+                                 param_hint="--out")
+    if not 0.0 < bg_score < 1.0:
+        raise typer.BadParameter("must be in (0, 1)", param_hint="--bg-score")
+    from wsis_cli.runtime.progress import make_progress
+    from wsis_cli.stages.refine_crf import RefineSettings
+    from wsis_cli.stages.refine_crf_maps import MapJob, run
+
+    try:
+        settings = RefineSettings(**crf)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    job = MapJob(maps=maps, images=str(images) if images else None, out=out, dataset=dataset, device=device,
+                 shard=shard, resume=resume)
+    run(settings, bg_score, job, make_progress(quiet))
