@@ -24,7 +24,7 @@ import torch
 
 from wsis_cli import __version__
 from wsis_cli.io.atomic import atomic_path, atomic_write_text
-from wsis_cli.io.h5 import diff_settings, to_jsonable
+from wsis_cli.io.provenance import diff_settings, to_jsonable
 from wsis_cli.io.weights import read_checkpoint_file
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.log import get_logger
