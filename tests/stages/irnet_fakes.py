@@ -1,0 +1,62 @@
+"""CAM-like maps made from ground truth, written as a ``cams.h5`` of stage ``cam`` (helpers for the IRNet tests).
+
+A real CAM peaks on the most discriminative part of each object, spills over its border and is blind to
+the border between two touching objects of one class; these maps do the same: per instance a blurred
+mask weighted towards its interior, the max over the instances of a class, normalised to 1, at stride 4.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from wsis_cli.io import coco, rle
+from wsis_cli.io.h5 import H5Writer
+
+
+def fake_cams(height: int, width: int, instances: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, list[int]]:
+    """``(K, ceil(H/4), ceil(W/4))`` float32 maps of the classes present and their category ids."""
+    cats = sorted({c for c, _ in instances})
+    h4, w4 = -(-height // 4), -(-width // 4)
+    out = np.zeros((len(cats), h4, w4), np.float32)
+    for k, cat in enumerate(cats):
+        full = np.zeros((height, width), np.float32)
+        for c, mask in instances:
+            if c != cat:
+                continue
+            m = mask.astype(np.uint8)
+            dist = cv2.distanceTransform(m, cv2.DIST_L2, 5)
+            inner = dist / max(float(dist.max()), 1e-6)
+            sigma = max(1.0, 0.12 * float(np.sqrt(m.sum())))
+            blur = cv2.GaussianBlur(m.astype(np.float32) * (0.5 + 0.5 * inner), (0, 0), sigma)
+            full = np.maximum(full, blur)
+        full /= max(float(full.max()), 1e-6)
+        padded = np.zeros((h4 * 4, w4 * 4), np.float32)
+        padded[:height, :width] = full
+        out[k] = cv2.resize(padded, (w4, h4), interpolation=cv2.INTER_AREA)
+        out[k] /= max(float(out[k].max()), 1e-6)
+    return out, cats
+
+
+def write_fake_cams(gt_path: str | Path, out: str | Path, *, checkpoint: str = "",
+                    labels: str | Path | None = None) -> dict[int, tuple[np.ndarray, list[int]]]:
+    """Write ``out`` (a cams.h5 of stage ``cam``) from the masks of ``gt_path``; returns the maps."""
+    gt = coco.load_dataset(gt_path)
+    by_image = gt.annotations_by_image()
+    maps: dict[int, tuple[np.ndarray, list[int]]] = {}
+    inputs: dict[str, Any] = {"labels": str(labels or gt_path), "checkpoint": checkpoint}
+    settings = {"method": "cam", "arch": "resnet18", "scales": [1.0]}
+    with H5Writer(out, "cam", settings, inputs) as w:
+        for im in gt.images:
+            h, wd = im["height"], im["width"]
+            inst = [(a["category_id"], rle.decode(rle.to_compressed(a["segmentation"], h, wd)).astype(bool))
+                    for a in by_image.get(im["id"], [])]
+            cams, cats = fake_cams(h, wd, inst)
+            maps[im["id"]] = (cams, cats)
+            w.put(im["id"], {"cams": cams}, attrs={"height": h, "width": wd},
+                  dataset_attrs={"cams": {"stride": 4, "category_ids": cats, "image_size": [h, wd]}},
+                  dtypes={"cams": np.float16})
+    return maps

@@ -1,0 +1,93 @@
+"""Instance synthesis of IRNet: centroids from a displacement field, clusters, fragments and scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from wsis_cli.stages.irnet_instances import (
+    argmax_with_background,
+    cluster_centroids,
+    detect_instances,
+    instance_cams,
+    refine_centroids,
+    synthesize,
+    upsample_scores,
+)
+
+
+def two_touching_squares() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A (2, 20, 30) field: every pixel of each of two touching 10x10 squares points at its square's centre."""
+    h, w = 20, 30
+    disp = np.zeros((2, h, w), np.float32)
+    a = np.zeros((h, w), bool)
+    b = np.zeros((h, w), bool)
+    a[5:15, 5:15] = True
+    b[5:15, 15:25] = True
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    for m, (cy, cx) in ((a, (9.5, 9.5)), (b, (9.5, 19.5))):
+        disp[0][m] = cy - ys[m]
+        disp[1][m] = cx - xs[m]
+    return disp, a, b
+
+
+def test_centroids_converge_and_clusters_split_touching_squares() -> None:
+    disp, a, b = two_touching_squares()
+    cent = refine_centroids(disp, 300)
+    assert cent.shape == (2, 20, 30) and cent.dtype == np.int64
+    assert np.all(np.abs(cent[0][a] - 9.5) <= 0.5) and np.all(np.abs(cent[1][a] - 9.5) <= 0.5)
+    inst = cluster_centroids(cent, disp, 2.5)
+    ia, ib = inst[:, a].argmax(0), inst[:, b].argmax(0)
+    assert len(set(ia.tolist())) == 1 and len(set(ib.tolist())) == 1 and ia[0] != ib[0]
+    assert inst.sum(0).max() == 1  # one-hot
+
+
+def test_refinement_interpolates_bilinearly_and_clips() -> None:
+    disp = np.zeros((2, 5, 5), np.float32)
+    disp[1] = 0.25  # everyone drifts right by a quarter pixel per step
+    cent = refine_centroids(disp, 3)
+    assert np.all(cent[1][:, :4] == np.arange(1, 5)) and np.all(cent[1][:, 4] == 4)  # 0.75 rounds up, clipped
+    disp[1] = 100.0
+    assert np.all(refine_centroids(disp, 2)[1] == 4)
+
+
+def test_detect_instances_fragments_and_scores() -> None:
+    labels = np.full((20, 20), -1)
+    labels[0:5, 0:5] = 0  # 25 px
+    labels[10:20, 10:20] = 0  # 100 px, same channel, another fragment
+    labels[0, 19] = 1  # 1 px: under 1% of 400 px
+    scores = np.zeros((2, 20, 20), np.float32)
+    scores[0, 2, 2] = 0.7
+    scores[0, 15, 15] = 0.9
+    scores[1, 0, 19] = 1.0
+    dets = detect_instances(scores, labels, [3, 5], 0.01)
+    got = sorted((d.channel, int(d.mask.sum()), round(d.score, 3)) for d in dets)
+    assert got == [(3, 25, 0.7), (3, 100, 0.9), (5, 1, 0.0)]
+
+
+def test_instance_cams_order_and_upsampling() -> None:
+    cams = np.stack([np.full((4, 4), 0.5), np.full((4, 4), 1.0)]).astype(np.float32)
+    inst = np.zeros((3, 4, 4), bool)
+    inst[0, :2], inst[1, 2:], inst[2] = True, True, False
+    out = instance_cams(cams, inst)
+    assert out.shape == (6, 4, 4)
+    assert out[1, 3, 0] == 0.5 and out[3, 0, 0] == 1.0 and out[5].sum() == 0  # class-major
+    up = upsample_scores(torch.from_numpy(out), 15, 14)
+    assert up.shape == (6, 15, 14) and float(up.max()) == 1.0
+    lab = argmax_with_background(up, 0.6)
+    assert lab[0, 0] == 3 and lab[14, 0] == 4
+
+
+def test_synthesize_separates_touching_instances() -> None:
+    disp, a, b = two_touching_squares()
+    union = a | b
+    cams = union.astype(np.float32)[None]
+    ring = np.zeros_like(union)  # background pixels next to the objects: the class boundary
+    ring[4:16, 4:26] = True
+    edge = torch.from_numpy((ring & ~union).astype(np.float32))
+    dets = synthesize(cams, edge, disp, 80, 120, steps=16)
+    big = [d for d in dets if d.score > 0]
+    assert len(big) == 2 and all(d.channel == 0 for d in big)
+    areas = sorted(int(d.mask.sum()) for d in big)
+    assert 1200 <= areas[0] <= 2000 and 1200 <= areas[1] <= 2000  # each ~ a 40x40 square
+    assert not (big[0].mask & big[1].mask).any()

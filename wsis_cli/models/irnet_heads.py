@@ -1,0 +1,135 @@
+"""IRNet's two branches on a frozen ResNet: the class-boundary (edge) branch and the displacement branch.
+
+Upstream ``resnet50_irn.Net``: the backbone (strides 2,2,2,1, so output stride 16) is fully frozen, and
+both branches read its five levels ``x1`` (stem, stride 4), ``x2`` (layer1, 4), ``x3`` (layer2, 8),
+``x4`` (layer3, 16) and ``x5`` (layer4, 16) through 1x1 convolutions with GroupNorm:
+
+* edge: each level → 32 channels (x3 upsampled x2, x4 and x5 x4), concatenated at stride 4 (160 channels)
+  → one boundary logit;
+* displacement: x1..x5 → 64/128/256/256/256 channels; x4 and x5 are upsampled x2 and fused with x3 at
+  stride 8 (→ 256), upsampled x2 and fused with x1 and x2 at stride 4 (→ 256) → 2 channels (dy, dx) in
+  stride-4 pixels, minus a stored mean shift at inference.
+
+Upsampled maps are cropped to the finer level's size, so any input size works (``ceil(H/4)`` outputs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from wsis_cli.models.backbones import ResNetFeatures
+
+
+def _block(cin: int, cout: int, groups: int, up: int = 1) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 1, bias=False), nn.GroupNorm(groups, cout)]
+    if up > 1:
+        layers.append(nn.Upsample(scale_factor=up, mode="bilinear", align_corners=False))
+    layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def _crop(x: Tensor, like: Tensor) -> Tensor:
+    return x[..., : like.shape[-2], : like.shape[-1]]
+
+
+class EdgeBranch(nn.Module):
+    """Five levels → ``(B, 1, h4, w4)`` boundary logits at stride 4."""
+
+    def __init__(self, channels: list[int]) -> None:
+        super().__init__()
+        ups = [1, 1, 2, 4, 4]
+        self.levels = nn.ModuleList(_block(c, 32, 4, u) for c, u in zip(channels, ups, strict=True))
+        self.out = nn.Conv2d(32 * 5, 1, 1, bias=True)
+
+    def forward(self, feats: list[Tensor]) -> Tensor:
+        ref = feats[1]
+        maps = [_crop(level(f), ref) for level, f in zip(self.levels, feats, strict=True)]
+        return self.out(torch.cat(maps, 1))
+
+
+class DisplacementBranch(nn.Module):
+    """Five levels → ``(B, 2, h4, w4)`` displacement (dy, dx) in stride-4 pixels."""
+
+    def __init__(self, channels: list[int]) -> None:
+        super().__init__()
+        self.dp1 = _block(channels[0], 64, 8)
+        self.dp2 = _block(channels[1], 128, 8)
+        self.dp3 = _block(channels[2], 256, 16)
+        self.dp4 = _block(channels[3], 256, 16, up=2)
+        self.dp5 = _block(channels[4], 256, 16, up=2)
+        self.dp6 = _block(768, 256, 16, up=2)
+        self.dp7 = nn.Sequential(_block(64 + 128 + 256, 256, 16), nn.Conv2d(256, 2, 1, bias=False))
+
+    def forward(self, feats: list[Tensor]) -> Tensor:
+        x1, x2, x3, x4, x5 = feats
+        d3 = self.dp3(x3)
+        mid = torch.cat([d3, _crop(self.dp4(x4), d3), _crop(self.dp5(x5), d3)], 1)
+        d2 = self.dp2(x2)
+        fine = torch.cat([_crop(self.dp1(x1), d2), d2, _crop(self.dp6(mid), d2)], 1)
+        return self.dp7(fine)
+
+
+class IRNet(nn.Module):
+    """A frozen :class:`ResNetFeatures` plus :class:`EdgeBranch` and :class:`DisplacementBranch`.
+
+    ``forward(x)`` takes ``(B, 3, H, W)`` normalised images and returns ``(edge_logits (B,1,h,w),
+    displacement (B,2,h,w))`` with ``h = ceil(H/4)``; the displacement has the mean shift subtracted
+    in eval mode only (training learns it up to a constant). The backbone never trains: it stays in
+    eval mode and its features are computed without gradients.
+    """
+
+    def __init__(self, backbone: ResNetFeatures) -> None:
+        super().__init__()
+        self.backbone = backbone
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        channels = [backbone.stem[0].out_channels, *backbone.channels]
+        if len(channels) != 5:
+            raise ValueError("IRNet needs a ResNet with all four stages")
+        self.edge = EdgeBranch(channels)
+        self.displacement = DisplacementBranch(channels)
+        self.register_buffer("mean_shift", torch.zeros(2))
+
+    def train(self, mode: bool = True) -> IRNet:
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        with torch.no_grad():
+            b = self.backbone
+            x1 = b.stem(x)
+            x2 = b.layer1(x1)
+            x3 = b.layer2(x2)
+            x4 = b.layer3(x3)
+            x5 = b.layer4(x4)
+        return [t.detach() for t in (x1, x2, x3, x4, x5)]
+
+    def forward(self, x: Tensor | None = None, feats: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Images ``x``, or the backbone's five levels ``feats`` when they were computed beforehand."""
+        if feats is None:
+            if x is None:
+                raise ValueError("IRNet needs images or features")
+            feats = self.features(x)
+        edge = self.edge(feats)
+        disp = self.displacement(feats)
+        if not self.training:
+            disp = disp - self.mean_shift.view(1, 2, 1, 1).to(disp.dtype)
+        return edge, disp
+
+    def head_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """``(edge params, displacement params)``: upstream trains them at lr 0.1 and 1.0."""
+        return list(self.edge.parameters()), list(self.displacement.parameters())
+
+
+@torch.no_grad()
+def infer_maps(model: IRNet, image: Tensor) -> tuple[Tensor, Tensor]:
+    """Upstream ``EdgeDisplacement`` without its 512 crop: one normalised ``(3, H, W)`` image →
+    ``(edge (h, w) probabilities, displacement (2, h, w))``; edge logits averaged over a horizontal flip,
+    displacement from the unflipped pass (minus the mean shift)."""
+    model.eval()
+    batch = torch.stack([image, image.flip(-1)])
+    edge, disp = model(batch)
+    logits = (edge[0, 0] + edge[1, 0].flip(-1)) / 2
+    return torch.sigmoid(logits.float()), disp[0].float()
