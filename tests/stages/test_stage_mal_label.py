@@ -1,0 +1,176 @@
+"""`mal-label` stage: paste-back, record keeping, EMA start, resume, bad boxes, and the quality it reaches."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from wsis_cli.io import coco
+from wsis_cli.io import rle as rle_utils
+from wsis_cli.runtime.errors import BadInputError
+from wsis_cli.runtime.training import EMA
+from wsis_cli.stages import baselines, synth
+from wsis_cli.stages.evaluate import EvalSettings, evaluate
+from wsis_cli.stages.mal_label import DEMO_SETTINGS, MalJob, check_boxes, demo_mal, paste_mask, run
+from wsis_cli.stages.mal_train import build_model
+
+# the smallest network that runs the whole path: for plumbing tests, not quality
+TINY = replace(DEMO_SETTINGS, crop_size=32, encoder_depth=1, decoder_dim=8, epochs=2, batch_size=4,
+               crf_iterations=3, min_train_area=16.0)
+
+
+# ---------------------------------------------------------------------------------------------- paste
+
+
+def test_paste_tiny_box():
+    prob = np.full((8, 8), 0.9, np.float32)
+    mask, score = paste_mask(prob, (10, 10, 12, 12), [10.0, 10.0, 1.0, 1.0], 20, 20, 0.5)
+    assert mask.sum() == 1 and mask[10, 10] == 1 and score == pytest.approx(0.9)
+
+
+def test_paste_clips_at_the_image_edges():
+    prob = np.zeros((16, 16), np.float32)
+    prob[:, :8] = 1.0  # left half of the crop window, most of it outside the image
+    mask, _ = paste_mask(prob, (-6, -6, 14, 14), [0.0, 0.0, 10.0, 10.0], 12, 12, 0.5)
+    assert mask.shape == (12, 12)
+    assert mask[:, 4:].sum() == 0 and mask[:10, :4].all() and mask[10:].sum() == 0
+
+
+def test_paste_image_filling_box():
+    prob = np.ones((16, 16), np.float32)
+    mask, _ = paste_mask(prob, (-3, -3, 23, 23), [0.0, 0.0, 20.0, 20.0], 20, 20, 0.5)
+    assert mask.all()
+
+
+def test_paste_never_empty():
+    prob = np.full((8, 8), 0.1, np.float32)
+    prob[3:5, 3:5] = 0.3
+    mask, _ = paste_mask(prob, (0, 0, 8, 8), [1.0, 1.0, 6.0, 6.0], 8, 8, 0.5)
+    assert mask.sum() > 0 and mask[3:5, 3:5].all() and mask[0].sum() == 0
+    mask, _ = paste_mask(np.zeros((4, 4), np.float32), (0, 0, 8, 8), [1.0, 1.0, 2.0, 2.0], 8, 8, 0.5)
+    assert mask.sum() == 4  # nothing at all: the box itself
+
+
+def test_ema_teacher_starts_as_the_student():
+    model = build_model(TINY.model_spec())
+    teacher = EMA(model, TINY.ema_momentum).teacher
+    for (k, a), (_, b) in zip(model.state_dict().items(), teacher.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mal") / "d"
+    synth.run(synth.SynthSettings(num_images=4, height=64, width=64, seed=3), root)
+    boxes = coco.load_dataset(root / "boxes.json")
+    anns = [dict(a, score=0.25 + 0.01 * i) if i % 2 else dict(a) for i, a in enumerate(boxes.annotations)]
+    coco.write_dataset(boxes.with_annotations(anns), root / "scored.json")
+    return root
+
+
+def _job(small, tmp_path, **kw):
+    base = {"boxes": str(small / "scored.json"), "images": str(small / "images"), "out": str(tmp_path / "m.json"),
+            "run": str(tmp_path / "run"), "device": "cpu"}
+    return MalJob(**{**base, **kw})
+
+
+def test_records_keep_ids_categories_scores_and_area_is_mask_area(small, tmp_path):
+    summary = run(TINY, _job(small, tmp_path))
+    src = coco.load_dataset(small / "scored.json")
+    out = coco.load_dataset(tmp_path / "m.json")
+    assert summary.boxes == len(src.annotations) and (tmp_path / "run" / "model.pt").exists()
+    assert len(out.annotations) == len(src.annotations)
+    for a, b in zip(src.annotations, out.annotations, strict=True):
+        assert (a["id"], a["image_id"], a["category_id"], a["bbox"]) == (b["id"], b["image_id"], b["category_id"],
+                                                                         b["bbox"])
+        if "score" in a:
+            assert b["score"] == a["score"]
+        else:
+            assert 0 < b["score"] <= 1
+        assert b["area"] == rle_utils.area(b["segmentation"]) > 0
+        inside = rle_utils.box_mask(a["bbox"], *b["segmentation"]["size"])
+        assert (rle_utils.decode(b["segmentation"]) <= inside).all()  # never outside its box
+    # --checkpoint labels without training, identically
+    again = tmp_path / "again.json"
+    run(TINY, _job(small, tmp_path, out=str(again), run=None, checkpoint=str(tmp_path / "run" / "model.pt")))
+    assert coco.load_dataset(again).annotations == out.annotations
+
+
+def test_training_resumes_to_the_same_result(small, tmp_path, monkeypatch):
+    from wsis_cli.io.run_dir import RunDir
+
+    run(TINY, _job(small, tmp_path, out=str(tmp_path / "full.json"), run=str(tmp_path / "full")))
+    real = RunDir.save_checkpoint
+
+    def save_then_die(self, state):
+        real(self, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(TINY, _job(small, tmp_path, out=str(tmp_path / "cut.json"), run=str(tmp_path / "cut")))
+    monkeypatch.setattr(RunDir, "save_checkpoint", real)
+    assert not (tmp_path / "cut.json").exists()
+    run(TINY, _job(small, tmp_path, out=str(tmp_path / "cut.json"), run=str(tmp_path / "cut"), resume=True))
+    full = coco.load_dataset(tmp_path / "full.json").annotations
+    assert coco.load_dataset(tmp_path / "cut.json").annotations == full
+
+
+def test_labelling_resumes_from_partial(small, tmp_path, monkeypatch):
+    from wsis_cli.io.checkpoint import ImageCheckpoint
+
+    run(TINY, _job(small, tmp_path, out=str(tmp_path / "ref.json"), run=str(tmp_path / "r")))
+    model = str(tmp_path / "r" / "model.pt")
+    real = ImageCheckpoint.add
+    seen = []
+
+    def add_then_die(self, image_id, records):
+        real(self, image_id, records)
+        seen.append(image_id)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ImageCheckpoint, "add", add_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(TINY, _job(small, tmp_path, checkpoint=model))
+    monkeypatch.setattr(ImageCheckpoint, "add", real)
+    assert (tmp_path / "m.json.partial").exists() and not (tmp_path / "m.json").exists()
+    calls = []
+    monkeypatch.setattr(ImageCheckpoint, "add", lambda self, i, r: (calls.append(i), real(self, i, r)))
+    run(TINY, _job(small, tmp_path, checkpoint=model, resume=True))
+    assert len(calls) == 2  # only the images not finished before
+    ref = coco.load_dataset(tmp_path / "ref.json").annotations
+    assert coco.load_dataset(tmp_path / "m.json").annotations == ref
+
+
+def test_box_outside_the_image_is_bad_input(small):
+    ds = coco.load_dataset(small / "boxes.json")
+    anns = [dict(a) for a in ds.annotations]
+    anns[1]["bbox"] = [64.2, 3.0, 0.5, 4.0]  # within io.coco's 1-pixel tolerance, yet outside the image
+    with pytest.raises(BadInputError, match=r"annotations\[1\] \(id \d+\).*outside"):
+        check_boxes(ds.with_annotations(anns))
+
+
+# --------------------------------------------------------------------------------------------- quality
+
+
+def test_quality_beats_box_filled_masks(tmp_path):
+    """Trained on the boxes only, MAL's masks must clearly beat filling each box (mean IoU and mask AP)."""
+    torch.set_num_threads(2)
+    root = tmp_path / "syn"
+    synth.run(synth.SynthSettings(num_images=40, height=256, width=256, seed=0), root)
+    boxes = coco.load_dataset(root / "boxes.json")
+    gt = coco.load_dataset(root / "gt.json")
+    labelled = demo_mal(root / "images", boxes, tmp_path / "work")
+    settings = EvalSettings(iou_type="segm")
+    ours = evaluate(gt, labelled.annotations, settings)
+    floor = evaluate(gt, baselines.box_filled_masks(boxes).annotations, settings)
+    assert ours.mean_iou > floor.mean_iou + 0.04, (ours.mean_iou, floor.mean_iou)
+    assert ours.mask_ap > floor.mask_ap + 0.04, (ours.mask_ap, floor.mask_ap)

@@ -1,0 +1,375 @@
+"""``wsis mal-label``: boxes in, instance masks out (MAL, Lan et al. CVPR 2023).
+
+Trains the class-agnostic MAL network on the boxes themselves (:mod:`wsis_cli.stages.mal_train`; or
+loads ``--checkpoint``), then labels every box: the 1.3 x crop around it is decoded, the probability map
+is resized into that window, pasted into the image (clipped at its borders), cut to the box, thresholded
+and written as RLE. Each output annotation keeps the input's ``id``, ``image_id``, ``bbox``,
+``category_id``, ``score`` and other keys; ``area`` is the *mask* area (upstream writes the box area).
+Without an input ``score`` the score is the mask's mean foreground probability, so that AP ranks
+confident masks first.
+
+Threshold: upstream thresholds ``sigmoid x box mask`` at 0.1 with its MAE-pretrained ViT after 10
+COCO epochs. Our default 0.5 was picked by measurement (mean IoU on ``wsis synth`` data, see the
+README text in the stage's report): the small encoders trained for minutes give soft maps whose 0.1
+level lies well outside the object. A mask never comes out empty: if nothing passes the threshold, the
+pixels of the box within half of the box's peak probability are kept.
+
+Training needs the whole box set on every process; label shards (``--shard``) are best produced with
+``--checkpoint`` from one training run. Under ``torchrun`` training is data-parallel and rank 0 labels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from wsis_cli.io import coco
+from wsis_cli.io import rle as rle_utils
+from wsis_cli.runtime.errors import BadInputError, UsageError
+from wsis_cli.runtime.log import get_logger
+from wsis_cli.stages.mal_data import OUTSIDE_MODES, RoiImageSet, RoiTrainSet, xywh_to_xyxy
+from wsis_cli.stages.mal_train import ModelSpec, TrainConfig, build_model, train
+
+log = get_logger("mal-label")
+STAGE = "mal-label"
+
+
+@dataclass(frozen=True)
+class MalSettings:
+    """Settings of ``wsis mal-label`` that shape the result (one field per flag)."""
+
+    encoder: str = "vit_b_16"
+    weights: str = "DEFAULT"
+    encoder_depth: int = 0  # >0: keep only the first N ViT blocks
+    crop_size: int = 512
+    decoder_dim: int = 256
+    scale_buckets: bool = True
+    epochs: int = 10
+    batch_size: int = 4
+    lr: float | None = None  # None: 1.5e-6 x global batch (upstream)
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    final_lr: float = 0.2
+    mil_weight: float = 4.0
+    crf_weight: float = 0.5
+    mil_warmup: int = 1000
+    crf_warmup: int = 4000
+    ema_momentum: float = 0.996
+    crf_iterations: int = 100
+    crf_zeta: float = 0.1
+    max_expand: float = 1.2
+    outside: str = "wrap"
+    min_train_area: float = 2048.0  # boxes smaller than this (pixels²) do not train, but are labelled
+    threshold: float = 0.5
+    predict_with: str = "student"
+    seed: int = 0
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        if self.crop_size < 32:
+            raise ValueError(f"crop size must be at least 32, got {self.crop_size}")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.outside not in OUTSIDE_MODES:
+            raise ValueError(f"outside must be one of {', '.join(OUTSIDE_MODES)}, got {self.outside!r}")
+        if self.predict_with not in ("student", "teacher"):
+            raise ValueError(f"predict-with must be student or teacher, got {self.predict_with!r}")
+        if not 0 <= self.ema_momentum <= 1:
+            raise ValueError(f"ema momentum must be in [0, 1], got {self.ema_momentum}")
+        if self.max_expand < 0 or self.min_train_area < 0 or self.decoder_dim < 1 or self.encoder_depth < 0:
+            raise ValueError("max-expand, min-train-area and encoder-depth must be >= 0, decoder-dim >= 1")
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(self.encoder, self.encoder_depth, self.crop_size, self.decoder_dim, self.scale_buckets)
+
+    def train_config(self, workers: int = 0) -> TrainConfig:
+        names = {f.name for f in fields(TrainConfig)} - {"workers"}
+        return TrainConfig(**{k: getattr(self, k) for k in names}, workers=workers)
+
+
+@dataclass(frozen=True)
+class MalJob:
+    """Where ``run`` reads and writes, and how it executes."""
+
+    boxes: str  # COCO dataset with boxes ("-" for stdin)
+    images: str | None
+    out: str  # "-" for stdout
+    run: str | None = None  # run folder (default beside the output)
+    checkpoint: str | None = None  # a model.pt: label only
+    resume: bool = False
+    device: str = "auto"
+    workers: int = 0
+    shard: str | None = None
+
+
+@dataclass
+class MalSummary:
+    boxes: int = 0
+    images: int = 0
+    trained_on: int = 0
+    train_seconds: float = 0.0
+    label_seconds: float = 0.0
+    run_dir: str | None = None
+
+    @property
+    def boxes_per_second(self) -> float:
+        return self.boxes / self.label_seconds if self.label_seconds > 0 else float("nan")
+
+
+# -------------------------------------------------------------------------------------------- inputs
+
+
+def check_boxes(ds: coco.Dataset) -> None:
+    """Refuse boxes that leave nothing inside the image once clipped (exit 3, naming the record).
+
+    ``io.coco`` already refuses zero/negative sizes and boxes beyond its 1-pixel tolerance.
+    """
+    sizes = {im["id"]: (im["height"], im["width"]) for im in ds.images}
+    for i, a in enumerate(ds.annotations):
+        h, w = sizes[a["image_id"]]
+        x0, y0, x1, y1 = xywh_to_xyxy(a["bbox"], h, w)
+        if x1 <= x0 or y1 <= y0:
+            raise BadInputError(ds.source, f"annotations[{i}] (id {a['id']})",
+                                f"bbox {a['bbox']} lies outside its {w}x{h} image")
+
+
+def training_boxes(ds: coco.Dataset, settings: MalSettings) -> list[dict[str, Any]]:
+    """Boxes that train: w, h > 2 pixels and area >= ``min_train_area`` (upstream: > 2048, w, h > 2)."""
+    out = []
+    for a in ds.annotations:
+        _, _, w, h = a["bbox"]
+        if w > 2 and h > 2 and w * h >= settings.min_train_area and not a.get("iscrowd", 0):
+            out.append(a)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- write-back
+
+
+def paste_mask(prob: np.ndarray, bounds: tuple[int, int, int, int], bbox: list[float], height: int,
+               width: int, threshold: float) -> tuple[np.ndarray, float]:
+    """Paste a crop's ``(h, w)`` float foreground probability map back into its ``height x width`` image.
+
+    ``bounds`` is the crop window (XYXY ints, may leave the image). The map is resized bilinearly into
+    the window, clipped to the image, limited to the pixels the box touches and thresholded. Returns the
+    ``(H, W)`` uint8 mask (never empty) and its mean probability.
+    """
+    x0, y0, x1, y1 = bounds
+    full = cv2.resize(prob.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    canvas = np.zeros((height, width), dtype=np.float32)
+    canvas[iy0:iy1, ix0:ix1] = full[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+    inside = rle_utils.box_mask(bbox, height, width).astype(bool)
+    canvas[~inside] = 0.0
+    mask = canvas >= threshold
+    if not mask.any():  # a faint or tiny object: keep the most confident part of its box
+        peak = float(canvas.max())
+        mask = (canvas >= 0.5 * peak) & inside if peak > 0 else inside
+    score = float(canvas[mask].mean()) if mask.any() else 0.0
+    return mask.astype(np.uint8), score
+
+
+def _records(item: dict[str, Any], probs: np.ndarray, anns: list[dict[str, Any]], image: dict[str, Any],
+             threshold: float) -> list[dict[str, Any]]:
+    out = []
+    for k, ann in enumerate(anns):
+        bounds = tuple(int(v) for v in item["bounds"][k].tolist())
+        mask, confidence = paste_mask(probs[k], bounds, ann["bbox"], image["height"], image["width"], threshold)
+        seg = rle_utils.encode(mask)
+        score = float(ann["score"]) if ann.get("score") is not None else confidence
+        out.append({**ann, "segmentation": seg, "area": float(rle_utils.area(seg)), "score": score,
+                    "iscrowd": ann.get("iscrowd", 0)})
+    return out
+
+
+@torch.no_grad()
+def label_images(model: torch.nn.Module, dataset: RoiImageSet, device: torch.device, batch_size: int,
+                 threshold: float, workers: int = 0, amp: bool = True) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """Yield ``(image_id, labelled annotations)`` for every image of ``dataset``, in order.
+
+    RoIs of consecutive images are batched together up to ``batch_size``.
+    """
+    from torch.utils.data import DataLoader
+
+    from wsis_cli.runtime.device import autocast
+
+    model.eval().to(device)
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers)
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        crops = [it["crops"] for it in pending]
+        buckets = [it["buckets"] for it in pending]
+        probs = []
+        if sum(len(c) for c in crops):
+            x, b = torch.cat(crops), torch.cat(buckets)
+            for i in range(0, len(x), batch_size):
+                with autocast(device, amp):
+                    logits = model(x[i : i + batch_size].to(device), b[i : i + batch_size].to(device))
+                probs.append(torch.sigmoid(logits.float()).cpu())
+        flat = torch.cat(probs).numpy() if probs else np.zeros((0, 1, 1), np.float32)
+        start = 0
+        for it in pending:
+            n = len(it["crops"])
+            image_id = it["image_id"]
+            anns = dataset.boxes_by_image[image_id]
+            yield image_id, _records(it, flat[start : start + n], anns, dataset.images[image_id], threshold)
+            start += n
+        pending.clear()
+
+    waiting = 0
+    for item in loader:
+        pending.append(item)
+        waiting += len(item["crops"])
+        if waiting >= batch_size:
+            yield from flush()
+            waiting = 0
+    if pending:
+        yield from flush()
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def _load_model(path: str, settings: MalSettings) -> torch.nn.Module:
+    from wsis_cli.io.run_dir import read_model
+
+    obj = read_model(path, STAGE)
+    try:
+        spec = ModelSpec(**obj["spec"])
+        model = build_model(spec, "none")
+        model.load_state_dict(obj["teacher"] if settings.predict_with == "teacher" else obj["model"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise BadInputError(path, None, f"does not hold a mal-label model ({type(e).__name__}: {e})") from None
+    log.info("mal-label: loaded %s (%s, crop %d)", path, spec.encoder, spec.crop_size)
+    return model
+
+
+def _train(ds: coco.Dataset, settings: MalSettings, job: MalJob, ctx: Any, progress: Any,
+           summary: MalSummary) -> torch.nn.Module:
+    from wsis_cli.io.run_dir import RunDir, default_run_dir
+
+    run_path = Path(job.run) if job.run else default_run_dir(job.out, STAGE)
+    run_dir = RunDir(run_path, STAGE, {**asdict(settings), "boxes": str(job.boxes)}, resume=job.resume)
+    summary.run_dir = str(run_path)
+    boxes = training_boxes(ds, settings)
+    if not boxes:
+        raise UsageError(f"mal-label: no box is large enough to train on (w, h > 2 and area >= "
+                         f"{settings.min_train_area:g}); lower --min-train-area or pass --checkpoint")
+    summary.trained_on = len(boxes)
+    try:
+        model = build_model(settings.model_spec(), settings.weights)
+    except ValueError as e:  # e.g. a crop size that is not a multiple of the encoder's stride
+        raise UsageError(f"mal-label: {e}") from None
+    dataset = RoiTrainSet(boxes, ds.image_index, job.images, ds.source, settings.crop_size,
+                          max_rate=settings.max_expand, outside=settings.outside,  # type: ignore[arg-type]
+                          seed=settings.seed)
+    t0 = time.perf_counter()
+    student, teacher = train(model, dataset, settings.train_config(job.workers), run_dir, ctx, progress,
+                             extra={"spec": asdict(settings.model_spec())})
+    summary.train_seconds = time.perf_counter() - t0
+    return teacher if settings.predict_with == "teacher" else student
+
+
+def run(settings: MalSettings, job: MalJob, progress: Any = None) -> MalSummary:
+    """Train (or load ``job.checkpoint``), then label every box of this shard's images into ``job.out``.
+
+    With ``job.resume`` both the training run (its ``last.pt``) and the labelling pass (``<out>.partial``)
+    continue where they stopped.
+    """
+    from wsis_cli.io.checkpoint import ImageCheckpoint
+    from wsis_cli.runtime.distributed import init_distributed
+    from wsis_cli.runtime.progress import NullProgress
+    from wsis_cli.runtime.seeding import seed_everything
+    from wsis_cli.runtime.sharding import Shard, parse_shard, resolve_shard, shard_ids
+
+    progress = progress or NullProgress()
+    summary = MalSummary()
+    ds = coco.load_dataset(job.boxes, need="bbox")
+    check_boxes(ds)
+    seed_everything(settings.seed)
+    ctx = init_distributed(job.device)
+    try:
+        if job.checkpoint:
+            model = _load_model(job.checkpoint, settings)
+        else:
+            model = _train(ds, settings, job, ctx, progress, summary)
+        if not ctx.is_main:
+            return summary
+        # under torchrun the ranks were the training's data-parallel workers, not label shards
+        if ctx.enabled:
+            shard = parse_shard(job.shard) if job.shard else Shard()
+        else:
+            shard = resolve_shard(job.shard)
+        ids = shard_ids([im["id"] for im in ds.images], shard)
+        by_image = ds.annotations_by_image()
+        to_stdout = job.out == "-"
+        identity = {**asdict(settings), "boxes": str(job.boxes), "shard": [shard.index, shard.count],
+                    "checkpoint": str(Path(job.checkpoint).resolve()) if job.checkpoint else None}
+        ckpt = None if to_stdout else ImageCheckpoint(job.out, STAGE, identity, resume=job.resume)
+        done = ckpt.done if ckpt else set()
+        todo = [i for i in ids if i not in done]
+        results: dict[int, list[dict[str, Any]]] = {}
+        dataset = RoiImageSet(todo, by_image, ds.image_index, job.images, ds.source, settings.crop_size,
+                              settings.outside)  # type: ignore[arg-type]
+        completed = False
+        t0 = time.perf_counter()
+        try:
+            progress.start(len(ids), "mal-label: labelling")
+            progress.advance(len(ids) - len(todo))
+            for image_id, records in label_images(model, dataset, ctx.device, settings.batch_size,
+                                                  settings.threshold, job.workers, settings.amp):
+                if ckpt:
+                    ckpt.add(image_id, records)
+                else:
+                    results[image_id] = records
+                summary.boxes += len(records)
+                progress.advance(1)
+            progress.finish()
+            summary.label_seconds = time.perf_counter() - t0
+            annotations = list(ckpt.records()) if ckpt else [a for rs in results.values() for a in rs]
+            annotations.sort(key=lambda a: a["id"])
+            keep = set(ids)
+            images = [im for im in ds.images if im["id"] in keep]
+            coco.write_dataset(coco.Dataset(images, annotations, ds.categories, dict(ds.extra), ds.source), job.out)
+            completed = True
+        finally:
+            if ckpt:
+                ckpt.close(completed=completed)
+        summary.images = len(ids)
+        log.info("mal-label: labelled %d boxes on %d images in %.1f s (%.1f boxes/s)", summary.boxes, len(ids),
+                 summary.label_seconds, summary.boxes_per_second)
+        return summary
+    finally:
+        ctx.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+DEMO_SETTINGS = MalSettings(
+    encoder="vit_tiny", weights="none", encoder_depth=2, crop_size=64, decoder_dim=64, epochs=8,
+    batch_size=16, lr=1e-3, warmup_epochs=0.5, mil_warmup=20, crf_warmup=60, crf_iterations=20,
+    min_train_area=64.0,
+)
+
+
+def demo_mal(images_dir: Path, boxes: coco.Dataset, work: Path, settings: MalSettings = DEMO_SETTINGS) -> coco.Dataset:
+    """The demo's box → mask path: train a small MAL on ``boxes`` and label them (CPU-friendly)."""
+    work.mkdir(parents=True, exist_ok=True)
+    boxes_path = work / "mal-boxes.json"
+    coco.write_dataset(boxes, boxes_path)
+    out = work / "mal-label.json"
+    job = MalJob(boxes=str(boxes_path), images=str(images_dir), out=str(out), run=str(work / "mal-label-run"),
+                 device="cpu")
+    if (work / "mal-label-run" / "model.pt").exists():
+        job = MalJob(boxes=job.boxes, images=job.images, out=job.out, run=job.run,
+                     checkpoint=str(work / "mal-label-run" / "model.pt"), device="cpu")
+    run(settings, job)
+    return coco.load_dataset(out)

@@ -1,0 +1,193 @@
+"""Training loop of ``wsis mal-label``: student + EMA teacher, MIL and CRF losses, AdamW, warm-up + cosine.
+
+One step (MAL, ``upstream-implementations.md`` §2.2):
+
+1. the student predicts mask logits for the colour-augmented crops, the EMA teacher (no gradient) for
+   the un-augmented ones (same crop and flip);
+2. ``L = 4 · ramp(1000) · MIL(student, box) + 0.5 · ramp(4000) · CRF(student, teacher, box)``, the ramps
+   counted in steps and applied during epoch 0 only, as upstream;
+3. AdamW (betas 0.9/0.9, weight decay 5e-4) with a one-epoch linear warm-up, then cosine to 0.2 x lr;
+4. the teacher follows the student: ``θ_t ← 0.996 θ_t + 0.004 θ_s`` (it starts as an exact copy; the
+   official code gives it its own random initialisation, which only makes the first targets noise).
+
+The CRF sees the teacher's (un-augmented) normalised crop bilinearly resized to the mask grid: MAL's
+choice of the normalised image keeps ``zeta = 0.1`` in its units. The CRF target must not depend on
+which colour augmentation the student happened to get.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from wsis_cli.models.mal import MalEncoder, MalNet
+from wsis_cli.models.mal_losses import crf_loss, mil_loss
+from wsis_cli.runtime.device import autocast, grad_scaler
+from wsis_cli.runtime.log import get_logger
+from wsis_cli.runtime.training import EMA, linear_ramp, rng_state, set_lr, set_rng_state, warmup_cosine
+from wsis_kernels.crf import mal_crf_params
+
+log = get_logger("mal-label")
+
+LR_PER_SAMPLE = 1.5e-6  # upstream: lr = 1.5e-6 x GPUs x batch per GPU
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What rebuilds the network (saved in ``model.pt`` so ``--checkpoint`` needs no other flag)."""
+
+    encoder: str = "vit_b_16"
+    encoder_depth: int = 0
+    crop_size: int = 512
+    decoder_dim: int = 256
+    scale_buckets: bool = True
+
+
+def build_model(spec: ModelSpec, weights: str = "none") -> MalNet:
+    """The MAL network with the encoder's ``weights`` (a name, a file or ``none``; decoders start random)."""
+    from wsis_cli.models.backbones import RESNETS, VITS
+    from wsis_cli.stages.backbone import build_resnet, build_vit
+
+    if spec.encoder in VITS:
+        backbone = build_vit(spec.encoder, weights)
+    elif spec.encoder in RESNETS:
+        # last stage at stride 16 without dilation (IRNet's strides), trainable BN would suffer from
+        # small RoI batches: keep it frozen
+        backbone = build_resnet(spec.encoder, weights, last_stride=1, frozen_bn=True)
+    else:
+        raise ValueError(f"unknown encoder {spec.encoder!r}")
+    return MalNet(MalEncoder(backbone, spec.encoder_depth), spec.crop_size, spec.decoder_dim, spec.scale_buckets)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (a subset of the stage settings)."""
+
+    epochs: int = 10
+    batch_size: int = 4
+    lr: float | None = None  # None: 1.5e-6 x global batch
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    final_lr: float = 0.2
+    mil_weight: float = 4.0
+    crf_weight: float = 0.5
+    mil_warmup: int = 1000
+    crf_warmup: int = 4000
+    ema_momentum: float = 0.996
+    crf_iterations: int = 100
+    crf_zeta: float = 0.1
+    seed: int = 0
+    amp: bool = True
+    workers: int = 0
+
+
+def _loss_ramp(epoch: int, step: int, steps: int) -> float:
+    return 1.0 if epoch > 0 else linear_ramp(step, steps)
+
+
+def train(model: MalNet, dataset: Any, cfg: TrainConfig, run_dir: Any, ctx: Any, progress: Any = None,
+          extra: dict[str, Any] | None = None) -> tuple[MalNet, MalNet]:
+    """Train ``model`` (in place) on the :class:`RoiTrainSet` ``dataset``; returns (student, EMA teacher).
+
+    ``model.pt`` gets the student, the teacher and ``extra`` (e.g. what rebuilds the network).
+
+    ``run_dir`` (:class:`wsis_cli.io.run_dir.RunDir`) receives ``last.pt`` after every epoch and
+    ``metrics.jsonl`` lines; a resumed run continues from its last finished epoch with the same
+    optimiser, scaler, EMA teacher, step count and RNG state. ``ctx`` is the
+    :class:`wsis_cli.runtime.distributed.DistContext` (DDP when launched by torchrun).
+    """
+    from wsis_cli.runtime.progress import NullProgress
+    from wsis_cli.runtime.seeding import worker_init_fn
+
+    progress = progress or NullProgress()
+    device = ctx.device
+    model.to(device)
+    ema = EMA(model, cfg.ema_momentum)
+    global_batch = cfg.batch_size * ctx.world_size
+    lr = cfg.lr if cfg.lr is not None else LR_PER_SAMPLE * global_batch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.9), eps=1e-8,
+                                  weight_decay=cfg.weight_decay)
+    scaler = grad_scaler(device, cfg.amp)
+    start_epoch, step = 0, 0
+    state = run_dir.load_checkpoint()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["teacher"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+        set_rng_state(state["rng"])
+    student = ctx.wrap(model)
+    sampler = ctx.sampler(dataset, shuffle=True, seed=cfg.seed)
+    drop_last = len(dataset) > global_batch  # a lone short batch would get an outsized step
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                        drop_last=drop_last, worker_init_fn=worker_init_fn, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.workers > 0)
+    per_epoch = max(len(loader), 1)
+    total = cfg.epochs * per_epoch
+    warmup = int(round(cfg.warmup_epochs * per_epoch))
+    crf_params = mal_crf_params(iterations=cfg.crf_iterations, zeta=cfg.crf_zeta)
+    out = model.decoder.out
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    log.info("mal-label: training on %d boxes, %d epochs x %d steps (batch %d x %d processes), lr %.3g, on %s",
+             len(dataset), cfg.epochs, per_epoch, cfg.batch_size, ctx.world_size, lr, device)
+    progress.start(max(total - start_epoch * per_epoch, 0), "mal-label: training", unit="steps")
+    for epoch in range(start_epoch, cfg.epochs):
+        dataset.set_epoch(epoch)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        elif getattr(sampler, "generator", None) is not None:
+            # one order per epoch, not one stream per process: a resumed run replays the same epochs
+            sampler.generator.manual_seed(cfg.seed * 1_000_003 + epoch)
+        student.train()
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        t0 = time.perf_counter()
+        for batch in loader:
+            set_lr(optimizer, base_lrs, warmup_cosine(step, warmup, total, cfg.final_lr))
+            x_s = batch["student"].to(device, non_blocking=True)
+            x_t = batch["teacher"].to(device, non_blocking=True)
+            box = batch["box"].to(device, non_blocking=True)
+            bucket = batch["bucket"].to(device, non_blocking=True)
+            with autocast(device, cfg.amp):
+                logits = student(x_s, bucket)
+                with torch.no_grad():
+                    t_logits = ema.teacher(x_t, bucket)
+            prob = torch.sigmoid(logits.float())
+            t_prob = torch.sigmoid(t_logits.float())
+            crf_image = F.interpolate(x_t, size=(out, out), mode="bilinear", align_corners=False)
+            mil = mil_loss(prob, box).mean()
+            crf = crf_loss(crf_image, prob, t_prob, box, crf_params).mean()
+            loss = (cfg.mil_weight * _loss_ramp(epoch, step, cfg.mil_warmup) * mil
+                    + cfg.crf_weight * _loss_ramp(epoch, step, cfg.crf_warmup) * crf)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"mal-label: loss became {loss.item()} at step {step}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            ema.update(model)
+            step += 1
+            sums += torch.stack([loss.detach(), mil.detach(), crf.detach()]).double()
+            progress.advance(1)
+        ctx.all_reduce_sum(sums)
+        n = per_epoch * ctx.world_size
+        record = {"epoch": epoch, "step": step, "loss": sums[0].item() / n, "mil": sums[1].item() / n,
+                  "crf": sums[2].item() / n, "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": time.perf_counter() - t0}
+        if ctx.is_main:
+            log.info("mal-label: epoch %d/%d  loss %.4f  mil %.4f  crf %.4f  (%.1f s)", epoch + 1, cfg.epochs,
+                     record["loss"], record["mil"], record["crf"], record["seconds"])
+            run_dir.log_metrics(record)
+            run_dir.save_checkpoint({"model": model.state_dict(), "teacher": ema.state_dict(),
+                                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                                     "epoch": epoch, "step": step, "rng": rng_state()})
+        ctx.barrier()
+    progress.finish()
+    if ctx.is_main:
+        run_dir.save_model(model.state_dict(), {"teacher": ema.state_dict(), **(extra or {})})
+    return model, ema.teacher
