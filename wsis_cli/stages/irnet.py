@@ -348,3 +348,27 @@ def run(settings: IRNetSettings, job: IRNetJob, progress: Any = None) -> IRNetRe
     log.info("irnet: %d instances on %d images (%.2f s per image)", len(annotations), len(ids),
              t_infer / max(len(ids), 1))
     return IRNetResult(len(ids), len(annotations), t_train, t_infer, out)
+
+
+# ------------------------------------------------------------------------------------------- demo
+
+
+DEMO_SETTINGS = IRNetSettings(epochs=6, batch_size=8, crf_iterations=5, walk_steps=128, refine_steps=100, amp=False)
+
+
+def demo_irnet(images_dir: Path, cams_h5: Path, work: Path, settings: IRNetSettings | None = None) -> Any:
+    """A quick IRNet run for ``wsis demo``: trains briefly on the CAMs of ``cams_h5`` and labels instances.
+
+    Uses the CAM classifier's backbone when ``cams_h5`` records one, otherwise a random ResNet-18. Writes
+    ``work/pseudo.json`` and the run folder ``work/irnet-run``; returns the :class:`~wsis_cli.io.coco.Dataset`.
+    """
+    from wsis_cli.io.h5 import H5Reader
+
+    settings = settings or DEMO_SETTINGS
+    with H5Reader(cams_h5, expect_stage="cam") as reader:
+        has_classifier = bool(reader.inputs.get("checkpoint"))
+    if not has_classifier and settings.weights == FROM_CAM:
+        settings = IRNetSettings(**{**settings.to_json(), "weights": "none", "arch": "resnet18"})
+    job = IRNetJob(cams=str(cams_h5), out=str(Path(work) / "pseudo.json"), images=str(images_dir),
+                   run=str(Path(work) / "irnet-run"), device="auto")
+    return run(settings, job).dataset

@@ -107,10 +107,13 @@ class RelationDataset(Dataset):
         return img, lab
 
 
+MIN_CROP = 80  # the radius-10 pairs need a stride-4 grid of at least 19 columns: smaller images are padded
+
+
 def crop_size(sizes: Sequence[tuple[int, int]], crop: int) -> tuple[int, int]:
-    """Common training crop: ``crop`` or the largest image side if smaller, a multiple of 16."""
+    """Common training crop: ``crop`` or the largest image side if smaller, a multiple of 16, at least 80."""
     def side(n: int) -> int:
-        return max(16, math.ceil(min(n, crop) / 16) * 16)
+        return max(MIN_CROP, math.ceil(min(n, max(crop, MIN_CROP)) / 16) * 16)
     return side(max(h for h, _ in sizes)), side(max(w for _, w in sizes))
 
 
