@@ -30,6 +30,7 @@ __wsis_node() {
     vopts) __wsis_r='  ' ;;
     sub)
         case $2 in
+        'cam') __wsis_r=__wsis_node__cam ;;
         'completion') __wsis_r=__wsis_node__completion ;;
         'demo') __wsis_r=__wsis_node__demo ;;
         'eval') __wsis_r=__wsis_node__eval ;;
@@ -43,7 +44,49 @@ __wsis_node() {
             __wsis_words '--help --version -h'
             return
         fi
-        if [[ $npos == 0 ]]; then __wsis_words 'completion demo eval merge refine-crf synth'; fi
+        if [[ $npos == 0 ]]; then __wsis_words 'cam completion demo eval merge refine-crf synth'; fi
+        ;;
+    esac
+}
+
+# wsis cam
+__wsis_node__cam() {
+    case $1 in
+    vopts) __wsis_r=' -o --out -i --images --run --checkpoint --arch --weights --last-stride --epochs --batch-size --lr --head-lr-mult --momentum --weight-decay --resize-long --crop --val-fraction --val --method --scales --gradcam-stage --device --workers --seed --shard ' ;;
+    complete)
+        case $prev in
+        -o|--out) __wsis_files 0; return ;;
+        -i|--images) __wsis_dirs 0; return ;;
+        --run) __wsis_dirs 0; return ;;
+        --checkpoint) __wsis_files 0; return ;;
+        --arch) __wsis_words 'resnet18 resnet34 resnet50 resnet101 resnet152'; return ;;
+        --weights) :; return ;;
+        --last-stride) :; return ;;
+        --epochs) :; return ;;
+        --batch-size) :; return ;;
+        --lr) :; return ;;
+        --head-lr-mult) :; return ;;
+        --momentum) :; return ;;
+        --weight-decay) :; return ;;
+        --resize-long) :; return ;;
+        --crop) :; return ;;
+        --val-fraction) :; return ;;
+        --val) __wsis_files 0; return ;;
+        --method) __wsis_words 'cam gradcam'; return ;;
+        --scales) :; return ;;
+        --gradcam-stage) :; return ;;
+        --device) :; return ;;
+        --workers) :; return ;;
+        --seed) :; return ;;
+        --shard) :; return ;;
+        esac
+        if [[ $ddash == 0 && $cur == -* ]]; then
+            __wsis_words '--arch --batch-size --checkpoint --crop --device --epochs --gradcam-stage --head-lr-mult --help --images --last-stride --lr --method --momentum --no-amp --no-flip --out --quiet --resize-long --resume --run --scales --seed --shard --train-early --val --val-fraction --verbose --weight-decay --weights --workers -h -i -o -q -v'
+            return
+        fi
+        case $npos in
+        0) __wsis_files 1 ;;
+        esac
         ;;
     esac
 }

@@ -34,6 +34,7 @@ end
 complete -c wsis -f  # file names only where an option or argument takes them
 
 # wsis
+complete -c wsis -n '__wsis_at' -a 'cam' -d 'Class attention maps from image-level labels: train a multi-label CAM classifier (or load...'
 complete -c wsis -n '__wsis_at' -a 'completion' -d 'Print a shell-completion script for bash, zsh or fish.'
 complete -c wsis -n '__wsis_at' -a 'demo' -d 'Make a synthetic dataset, label it with every path wsis has, and score each against the ground...'
 complete -c wsis -n '__wsis_at' -a 'eval' -d 'Evaluate predictions against a ground truth: COCO AP/AR (masks and boxes) and mean mask IoU.'
@@ -42,6 +43,40 @@ complete -c wsis -n '__wsis_at' -a 'refine-crf' -d 'Refine each instance mask wi
 complete -c wsis -n '__wsis_at' -a 'synth' -d 'Write a deterministic synthetic dataset to train and test weakly supervised segmentation on.'
 complete -c wsis -n '__wsis_at' -l version -d 'Print the version.'
 complete -c wsis -n '__wsis_at' -s h -l help -d 'Show this message and exit.'
+
+# wsis cam
+complete -c wsis -n '__wsis_in cam' -s o -l out -r -F -d 'Output HDF5 file of CAMs (cams.h5).'
+complete -c wsis -n '__wsis_in cam' -s i -l images -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Folder the file_name of each image is relative to.'
+complete -c wsis -n '__wsis_in cam' -l run -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Run folder: settings, checkpoints, metrics, model.pt.'
+complete -c wsis -n '__wsis_in cam' -l checkpoint -r -F -d 'A model.pt from an earlier run: skip training and only predict.'
+complete -c wsis -n '__wsis_in cam' -l resume -d 'Continue an interrupted run (and output) where it stopped.'
+complete -c wsis -n '__wsis_in cam' -l arch -r -f -a 'resnet18 resnet34 resnet50 resnet101 resnet152' -d 'Classifier backbone.'
+complete -c wsis -n '__wsis_in cam' -l weights -r -f -d 'Backbone init: a torchvision weights name (DEFAULT, IMAGENET1K_V2...), a local checkpoint...'
+complete -c wsis -n '__wsis_in cam' -l last-stride -r -f -d 'Stride of the last stage: 1 = output stride 16 (IRNet), 2 = 32.'
+complete -c wsis -n '__wsis_in cam' -l train-early -d 'Also train stages 1-2 (upstream freezes them; helps from scratch).'
+complete -c wsis -n '__wsis_in cam' -l epochs -r -f -d 'Training epochs.'
+complete -c wsis -n '__wsis_in cam' -l batch-size -r -f -d 'Images per batch.'
+complete -c wsis -n '__wsis_in cam' -l lr -r -f -d 'Base learning rate.'
+complete -c wsis -n '__wsis_in cam' -l head-lr-mult -r -f -d 'Classifier LR = lr x this.'
+complete -c wsis -n '__wsis_in cam' -l momentum -r -f -d 'SGD momentum.'
+complete -c wsis -n '__wsis_in cam' -l weight-decay -r -f -d 'SGD weight decay.'
+complete -c wsis -n '__wsis_in cam' -l resize-long -r -f -d 'Random long-side resize range, pixels (auto: 0.64-1.28 x the median long side).'
+complete -c wsis -n '__wsis_in cam' -l crop -r -f -d 'Random crop side, pixels (0: the median long side rounded up to 16).'
+complete -c wsis -n '__wsis_in cam' -l val-fraction -r -f -d 'Share of the images held out (deterministically) to report validation mAP.'
+complete -c wsis -n '__wsis_in cam' -l val -r -F -d 'Separate validation labels (instead of --val-fraction).'
+complete -c wsis -n '__wsis_in cam' -l no-amp -d 'Disable mixed precision on GPU (AMP is never used on CPU).'
+complete -c wsis -n '__wsis_in cam' -l method -r -f -a 'cam gradcam' -d 'cam, or gradcam (Grad-CAM of the same classifier).'
+complete -c wsis -n '__wsis_in cam' -l scales -r -f -d 'Inference scales (each also mirrored).'
+complete -c wsis -n '__wsis_in cam' -l no-flip -d 'Skip the mirrored pass.'
+complete -c wsis -n '__wsis_in cam' -l gradcam-stage -r -f -d 'Grad-CAM target stage (4 = last).'
+complete -c wsis -n '__wsis_in cam' -l device -r -f -d 'auto, cpu, cuda or cuda:N (auto picks CUDA when available).'
+complete -c wsis -n '__wsis_in cam' -l workers -r -f -d 'Data-loading worker processes.'
+complete -c wsis -n '__wsis_in cam' -l seed -r -f -d 'Random seed; the same seed gives the same output.'
+complete -c wsis -n '__wsis_in cam' -l shard -r -f -d 'Process shard I of N (0-based).'
+complete -c wsis -n '__wsis_in cam' -s q -l quiet -d 'Only warnings and errors on stderr.'
+complete -c wsis -n '__wsis_in cam' -s v -l verbose -d 'Debug logs and full tracebacks on stderr.'
+complete -c wsis -n '__wsis_in cam' -s h -l help -d 'Show this message and exit.'
+complete -c wsis -n '__wsis_in cam' -F -a -
 
 # wsis completion
 complete -c wsis -n '__wsis_in completion' -l write -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Write all three scripts (wsis.bash, _wsis, wsis.fish) into DIR instead of printing one.'
