@@ -218,7 +218,7 @@ def train_model(inputs: Inputs, settings: IRNetSettings, job: IRNetJob, ctx: Any
     from wsis_cli.io.run_dir import RunDir, default_run_dir
     from wsis_cli.models.irnet_heads import IRNet
     from wsis_cli.runtime.seeding import seed_everything
-    from wsis_cli.stages.irnet_train import TrainConfig, measure_mean_shift, train
+    from wsis_cli.stages.irnet_train import Sample, TrainConfig, measure_mean_shift, train
 
     run_path = Path(job.run) if job.run else default_run_dir(job.out, STAGE)
     run = RunDir(run_path, STAGE, {**settings.to_json(), "cams": str(Path(job.cams).resolve())}, resume=job.resume)
@@ -227,7 +227,10 @@ def train_model(inputs: Inputs, settings: IRNetSettings, job: IRNetJob, ctx: Any
         return load_irnet(str(run.model_path))
     seed_everything(settings.seed)
     model = IRNet(build_backbone(settings, inputs.reader)).to(ctx.device)
-    samples = mine_relations(inputs, job.images, settings, ctx.device, progress)
+    if settings.epochs > 0:
+        samples = mine_relations(inputs, job.images, settings, ctx.device, progress)
+    else:  # nothing to learn: only the mean shift is measured
+        samples = [Sample(i, _loader(inputs, job.images, i), np.zeros((1, 1), np.uint8)) for i in inputs.ids]
     amp = settings.amp and ctx.device.type == "cuda"
     cfg = TrainConfig(settings.epochs, settings.batch_size, settings.crop, settings.edge_lr, settings.dp_lr,
                       settings.weight_decay, 0.9, settings.seed, amp, job.workers)

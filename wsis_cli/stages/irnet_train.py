@@ -188,6 +188,8 @@ def train(model: IRNet, samples: Sequence[Sample], cfg: TrainConfig, ctx: DistCo
     from wsis_cli.runtime.training import poly_lr, rng_state, set_lr, set_rng_state
 
     device = ctx.device
+    if cfg.epochs == 0:
+        return
     crop = crop_size([(s.labels.shape[0] * STRIDE, s.labels.shape[1] * STRIDE) for s in samples], cfg.crop)
     dataset = RelationDataset(samples, crop, cfg.seed)
     sampler = ctx.sampler(dataset, shuffle=True, seed=cfg.seed, drop_last=False)
