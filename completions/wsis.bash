@@ -34,6 +34,7 @@ __wsis_node() {
         'completion') __wsis_r=__wsis_node__completion ;;
         'demo') __wsis_r=__wsis_node__demo ;;
         'eval') __wsis_r=__wsis_node__eval ;;
+        'irnet') __wsis_r=__wsis_node__irnet ;;
         'merge') __wsis_r=__wsis_node__merge ;;
         'refine-crf') __wsis_r=__wsis_node__refine_crf ;;
         'synth') __wsis_r=__wsis_node__synth ;;
@@ -44,7 +45,7 @@ __wsis_node() {
             __wsis_words '--help --version -h'
             return
         fi
-        if [[ $npos == 0 ]]; then __wsis_words 'cam completion demo eval merge refine-crf synth'; fi
+        if [[ $npos == 0 ]]; then __wsis_words 'cam completion demo eval irnet merge refine-crf synth'; fi
         ;;
     esac
 }
@@ -149,6 +150,50 @@ __wsis_node__eval() {
         fi
         case $npos in
         0) __wsis_files 1 ;;
+        esac
+        ;;
+    esac
+}
+
+# wsis irnet
+__wsis_node__irnet() {
+    case $1 in
+    vopts) __wsis_r=' -i --images -o --out --labels --semantic --weights --arch --fg-threshold --bg-threshold --crf-iterations --epochs --batch-size --crop --edge-lr --dp-lr --beta --walk-steps --ins-bg-threshold --sem-bg-threshold --centroid-threshold --min-score --run --checkpoint --device --workers --seed --shard ' ;;
+    complete)
+        case $prev in
+        -i|--images) __wsis_dirs 0; return ;;
+        -o|--out) __wsis_files 1; return ;;
+        --labels) __wsis_files 0; return ;;
+        --semantic) __wsis_dirs 0; return ;;
+        --weights) :; return ;;
+        --arch) :; return ;;
+        --fg-threshold) :; return ;;
+        --bg-threshold) :; return ;;
+        --crf-iterations) :; return ;;
+        --epochs) :; return ;;
+        --batch-size) :; return ;;
+        --crop) :; return ;;
+        --edge-lr) :; return ;;
+        --dp-lr) :; return ;;
+        --beta) :; return ;;
+        --walk-steps) :; return ;;
+        --ins-bg-threshold) :; return ;;
+        --sem-bg-threshold) :; return ;;
+        --centroid-threshold) :; return ;;
+        --min-score) :; return ;;
+        --run) __wsis_dirs 0; return ;;
+        --checkpoint) __wsis_files 0; return ;;
+        --device) :; return ;;
+        --workers) :; return ;;
+        --seed) :; return ;;
+        --shard) :; return ;;
+        esac
+        if [[ $ddash == 0 && $cur == -* ]]; then
+            __wsis_words '--arch --batch-size --beta --bg-threshold --centroid-threshold --checkpoint --crf-iterations --crop --device --dp-lr --edge-lr --epochs --fg-threshold --help --images --ins-bg-threshold --labels --min-score --no-amp --out --quiet --resume --run --seed --sem-bg-threshold --semantic --shard --verbose --walk-steps --weights --workers -h -i -o -q -v'
+            return
+        fi
+        case $npos in
+        0) __wsis_files 0 ;;
         esac
         ;;
     esac
