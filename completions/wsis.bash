@@ -34,6 +34,7 @@ __wsis_node() {
         'completion') __wsis_r=__wsis_node__completion ;;
         'demo') __wsis_r=__wsis_node__demo ;;
         'eval') __wsis_r=__wsis_node__eval ;;
+        'freemask') __wsis_r=__wsis_node__freemask ;;
         'irnet') __wsis_r=__wsis_node__irnet ;;
         'merge') __wsis_r=__wsis_node__merge ;;
         'refine-crf') __wsis_r=__wsis_node__refine_crf ;;
@@ -45,7 +46,7 @@ __wsis_node() {
             __wsis_words '--help --version -h'
             return
         fi
-        if [[ $npos == 0 ]]; then __wsis_words 'cam completion demo eval irnet merge refine-crf synth'; fi
+        if [[ $npos == 0 ]]; then __wsis_words 'cam completion demo eval freemask irnet merge refine-crf synth'; fi
         ;;
     esac
 }
@@ -150,6 +151,53 @@ __wsis_node__eval() {
         fi
         case $npos in
         0) __wsis_files 1 ;;
+        esac
+        ;;
+    esac
+}
+
+# wsis freemask
+__wsis_node__freemask() {
+    case $1 in
+    vopts) __wsis_r=' -i --images -o --out --embeddings --category --arch --weights --stage --last-stride --short-side --max-size --scales --threshold --sigma --top-k --min-score --min-center-y --max-width --labeled --epochs --lr --tau --match-iou --run --checkpoint --seed --device --batch-size --workers --shard ' ;;
+    complete)
+        case $prev in
+        -i|--images) __wsis_dirs 0; return ;;
+        -o|--out) __wsis_files 1; return ;;
+        --embeddings) __wsis_files 0; return ;;
+        --category) :; return ;;
+        --arch) :; return ;;
+        --weights) :; return ;;
+        --stage) :; return ;;
+        --last-stride) :; return ;;
+        --short-side) :; return ;;
+        --max-size) :; return ;;
+        --scales) :; return ;;
+        --threshold) :; return ;;
+        --sigma) :; return ;;
+        --top-k) :; return ;;
+        --min-score) :; return ;;
+        --min-center-y) :; return ;;
+        --max-width) :; return ;;
+        --labeled) __wsis_files 0; return ;;
+        --epochs) :; return ;;
+        --lr) :; return ;;
+        --tau) :; return ;;
+        --match-iou) :; return ;;
+        --run) __wsis_dirs 0; return ;;
+        --checkpoint) __wsis_files 0; return ;;
+        --seed) :; return ;;
+        --device) :; return ;;
+        --batch-size) :; return ;;
+        --workers) :; return ;;
+        --shard) :; return ;;
+        esac
+        if [[ $ddash == 0 && $cur == -* ]]; then
+            __wsis_words '--arch --batch-size --category --checkpoint --device --embeddings --epochs --help --images --labeled --last-stride --lr --match-iou --max-size --max-width --min-center-y --min-score --no-amp --out --quiet --resume --run --scales --seed --shard --short-side --sigma --stage --tau --threshold --top-k --verbose --weights --workers -h -i -o -q -v'
+            return
+        fi
+        case $npos in
+        0) __wsis_files 0 ;;
         esac
         ;;
     esac

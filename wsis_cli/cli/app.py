@@ -39,6 +39,7 @@ def _root(
 
 
 def _register() -> None:
+    from wsis_cli.cli import freemask
     from wsis_cli.cli import cam, completion, demo, evaluate, irnet, merge, refine_crf, synth
 
     app.command("synth")(synth.synth)
@@ -47,6 +48,7 @@ def _register() -> None:
     app.command("refine-crf")(refine_crf.refine_crf)
     app.command("cam")(cam.cam)
     app.command("irnet")(irnet.irnet)
+    app.command("freemask")(freemask.freemask)
     app.command("demo")(demo.demo)
     app.command("completion")(completion.completion)
 

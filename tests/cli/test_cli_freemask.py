@@ -1,0 +1,110 @@
+"""`wsis freemask` through real processes: output, sidecar, few labels, bad input (exit 3), resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import h5py
+import pytest
+
+from wsis_cli.io import coco
+from wsis_cli.stages import synth
+
+WSIS = [sys.executable, "-m", "wsis_cli"]
+# a tiny random backbone at the images' own size: fast, no network
+FAST = ["--arch", "resnet18", "--weights", "none", "--stage", "2", "--short-side", "0", "--min-score", "0",
+        "--device", "cpu", "-q"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-freemask") / "d"
+    synth.run(synth.SynthSettings(num_images=4, height=48, width=48, seed=3), root)
+    return root
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*WSIS, "freemask", *args], capture_output=True, text=True)
+
+
+def test_folder_to_coco_with_embeddings(data, tmp_path):
+    out, emb = tmp_path / "coarse.json", tmp_path / "emb.h5"
+    r = _run(str(data / "images"), "-o", str(out), "--embeddings", str(emb), "--category", "thing", *FAST)
+    assert r.returncode == 0, r.stderr
+    ds = coco.load_dataset(out)
+    assert [c["name"] for c in ds.categories] == ["thing"] and len(ds.images) == 4
+    assert ds.annotations and all("emb" not in a and 0 < a["score"] <= 1 for a in ds.annotations)
+    with h5py.File(emb) as f:
+        g = f["images"]["1"]
+        ids = [a["id"] for a in ds.annotations if a["image_id"] == 1]
+        assert g["embeddings"].shape == (len(ids), 128) and list(g["annotation_ids"][()]) == ids
+
+
+def test_stdout_and_coco_listing_input(data, tmp_path):
+    r = _run(str(data / "gt.json"), "--images", str(data / "images"), "-o", "-", "--shard", "1/2", *FAST)
+    assert r.returncode == 0, r.stderr
+    ds = json.loads(r.stdout)
+    assert [im["id"] for im in ds["images"]] == [2, 4]
+
+
+def test_empty_folder_is_bad_input(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    r = _run(str(tmp_path / "imgs"), "-o", str(tmp_path / "o.json"), *FAST)
+    assert r.returncode == 3 and "no images found" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_unreadable_image_is_bad_input(data, tmp_path):
+    imgs = tmp_path / "imgs"
+    shutil.copytree(data / "images", imgs)
+    (imgs / "000002.png").write_bytes(b"not a png")
+    r = _run(str(imgs), "-o", str(tmp_path / "o.json"), *FAST)
+    assert r.returncode == 3 and "000002.png" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.json").exists()
+
+
+def test_labeled_file_without_masks_is_bad_input(data, tmp_path):
+    boxes = tmp_path / "boxes.json"
+    shutil.copy(data / "boxes.json", boxes)
+    r = _run(str(data / "images"), "-o", str(tmp_path / "o.json"), "--labeled", str(boxes), *FAST)
+    assert r.returncode == 3 and "boxes.json" in r.stderr and "segmentation" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_labeled_fine_tunes_checkpoints_and_reuses(data, tmp_path):
+    gt = coco.load_dataset(data / "gt.json")
+    few = gt.with_annotations([a for a in gt.annotations if a["image_id"] == 1])
+    few = coco.Dataset([im for im in gt.images if im["id"] == 1], few.annotations, gt.categories)
+    coco.write_dataset(few, tmp_path / "few.json")
+    out, run = tmp_path / "l.json", tmp_path / "run"
+    r = _run(str(data / "images"), "-o", str(out), "--labeled", str(tmp_path / "few.json"), "--epochs", "1",
+             "--run", str(run), *FAST)
+    assert r.returncode == 0, r.stderr
+    assert (run / "model.pt").exists() and (run / "last.pt").exists()
+    again = tmp_path / "again.json"
+    r = _run(str(data / "images"), "-o", str(again), "--checkpoint", str(run / "model.pt"), *FAST)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(again.read_text())["annotations"] == json.loads(out.read_text())["annotations"]
+
+
+def test_resume_finishes_an_interrupted_run(data, tmp_path):
+    imgs = tmp_path / "imgs"
+    shutil.copytree(data / "images", imgs)
+    out = tmp_path / "o.json"
+    fresh = tmp_path / "fresh.json"
+    one = ["--batch-size", "1", *FAST]  # batched convolutions may differ in the last bits
+    assert _run(str(data / "gt.json"), "--images", str(imgs), "-o", str(fresh), *one).returncode == 0
+    (imgs / "000003.png").unlink()  # the run dies on image 3, after finishing 1 and 2
+    r = _run(str(data / "gt.json"), "--images", str(imgs), "-o", str(out), *one)
+    assert r.returncode == 3 and not out.exists()
+    partial = tmp_path / "o.json.partial"
+    assert partial.exists() and len(partial.read_text().splitlines()) == 3  # header + 2 images
+    shutil.copy(data / "images" / "000003.png", imgs / "000003.png")
+    r = _run(str(data / "gt.json"), "--images", str(imgs), "-o", str(out), "--resume", *one)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["annotations"] == json.loads(fresh.read_text())["annotations"]
+    assert not partial.exists()

@@ -1,0 +1,130 @@
+"""``wsis freemask``: coarse class-agnostic masks with no labels (Free Mask), or a few (``--labeled``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wsis_cli.cli.common import (
+    BatchSize,
+    CheckpointOpt,
+    Device,
+    Epochs,
+    ImagesDir,
+    LearningRate,
+    NoAmp,
+    Quiet,
+    Resume,
+    RunOpt,
+    Shard,
+    Verbose,
+    Weights,
+    Workers,
+    setup,
+)
+
+_FM = "Free Mask"
+_FILTERS = "Filters (FreeSOLO's; 0 disables)"
+_FEW = "Few labels (--labeled)"
+
+
+def _scales(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(s) for s in value.split(",") if s.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {value!r}", param_hint="--scales") from None
+
+
+def freemask(
+    inputs: Annotated[str, typer.Argument(metavar="IMAGES|COCO",
+                                          help="A folder of images, or a COCO file listing images (with --images).")],
+    images: ImagesDir = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output COCO dataset (- for stdout).")] = "-",
+    embeddings: Annotated[Path | None, typer.Option("--embeddings", help="Also write the 128-d query embeddings "
+                                                    "of every mask to this HDF5 file.")] = None,
+    category: Annotated[str, typer.Option("--category", help="Name of the single output category.")] = "object",
+    arch: Annotated[str, typer.Option("--arch", help="Backbone: resnet18..152 or vit_* (patch tokens).")] = "resnet50",
+    weights: Weights = "DEFAULT",
+    stage: Annotated[int, typer.Option("--stage", min=1, max=4, help="ResNet stage whose output is used.")] = 4,
+    last_stride: Annotated[int, typer.Option("--last-stride", min=1, max=2,
+                                             help="Stride of ResNet stage 4: 2 (C5 at 1/32, FreeSOLO) or 1 (1/16).")] = 2,
+    short_side: Annotated[int, typer.Option("--short-side", min=0, help="Resize so the short side is this "
+                                            "(0: keep; FreeSOLO uses 800).")] = 512,
+    max_size: Annotated[int, typer.Option("--max-size", min=16, help="...and the long side at most this.")] = 1333,
+    scales: Annotated[str, typer.Option("--scales", help="Query pyramid scales.", rich_help_panel=_FM)] = "1.0,0.5,0.25",
+    threshold: Annotated[float, typer.Option("--threshold", help="Soft-mask threshold.", rich_help_panel=_FM)] = 0.5,
+    sigma: Annotated[float, typer.Option("--sigma", help="Matrix NMS Gaussian sigma (decay exp(-sigma*iou^2)).",
+                                         rich_help_panel=_FM)] = 2.0,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, max=999, help="Masks kept per image after NMS.",
+                                       rich_help_panel=_FM)] = 20,
+    min_score: Annotated[float, typer.Option("--min-score", min=0, help="Keep masks with decayed maskness >= this.",
+                                             rich_help_panel=_FILTERS)] = 0.7,
+    min_center_y: Annotated[float, typer.Option("--min-center-y", min=0, help="Keep masks whose centre lies below "
+                                                "this fraction of the height.", rich_help_panel=_FILTERS)] = 0.2,
+    max_width: Annotated[float, typer.Option("--max-width", min=0, help="Keep masks narrower than this fraction of "
+                                             "the width.", rich_help_panel=_FILTERS)] = 0.95,
+    labeled: Annotated[Path | None, typer.Option("--labeled", help="COCO dataset with masks of a few input images: "
+                                                 "fine-tune the backbone on them first.", rich_help_panel=_FEW)] = None,
+    epochs: Epochs = 10,
+    lr: LearningRate = 0.005,
+    tau: Annotated[float, typer.Option("--tau", min=0.0, help="Contrastive temperature.", rich_help_panel=_FEW)] = 0.5,
+    match_iou: Annotated[float, typer.Option("--match-iou", help="IoU at which a generated mask counts as its ground "
+                                             "truth's view.", rich_help_panel=_FEW)] = 0.5,
+    run: RunOpt = None,
+    checkpoint: CheckpointOpt = None,
+    resume: Resume = False,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")] = 0,
+    device: Device = "auto",
+    batch_size: BatchSize = 8,
+    workers: Workers = 0,
+    shard: Shard = None,
+    no_amp: NoAmp = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Coarse class-agnostic instance masks from a self-supervised backbone (FreeSOLO's Free Mask).
+
+    Every location of the backbone's features, at three pyramid scales, is a query; its cosine score map
+    against all locations, min-max normalised, is a soft mask ranked by maskness; matrix NMS and the top-k
+    keep the best. With --labeled, the backbone is first fine-tuned contrastively on the few labelled images
+    (run folder --run, --resume, --checkpoint to reuse it). Writes a COCO dataset; --embeddings adds the
+    query embeddings as HDF5.
+    """
+    setup(quiet, verbose)
+    if out != "-":
+        from wsis_cli.io.atomic import check_output_path
+
+        check_output_path(out)
+    elif resume and not labeled:
+        raise typer.BadParameter("--resume needs a file output, not stdout", param_hint="--resume")
+    if embeddings is not None:
+        from wsis_cli.io.atomic import check_output_path
+
+        check_output_path(embeddings)
+    from wsis_cli.runtime.progress import make_progress
+    from wsis_cli.stages.freemask import FreeMaskJob, FreeMaskSettings
+    from wsis_cli.stages.freemask import run as run_stage
+    from wsis_cli.stages.freemask_features import BackboneSpec
+    from wsis_cli.stages.freemask_masks import FreeMaskParams
+    from wsis_cli.stages.freemask_tune import TuneSettings
+
+    try:
+        settings = FreeMaskSettings(
+            backbone=BackboneSpec(arch=arch, weights=weights, stage=stage, last_stride=last_stride,
+                                  short_side=short_side, max_size=max_size),
+            params=FreeMaskParams(scales=_scales(scales), threshold=threshold, sigma=sigma, top_k=top_k,
+                                  min_score=min_score or None, min_center_y=min_center_y or None,
+                                  max_width=max_width or None),
+            tune=TuneSettings(epochs=epochs, lr=lr, tau=tau, match_iou=match_iou, seed=seed),
+            category=category, seed=seed,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    job = FreeMaskJob(inputs=inputs, out=out, images=str(images) if images else None,
+                      labeled=str(labeled) if labeled else None, embeddings=str(embeddings) if embeddings else None,
+                      run=str(run) if run else None, checkpoint=str(checkpoint) if checkpoint else None,
+                      device=device, batch_size=batch_size, workers=workers, shard=shard, resume=resume,
+                      amp=not no_amp)
+    run_stage(settings, job, make_progress(quiet))

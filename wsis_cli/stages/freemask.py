@@ -1,0 +1,256 @@
+"""``wsis freemask``: coarse class-agnostic instance masks without labels (FreeSOLO's Free Mask), or with a
+few labelled masks that fine-tune the backbone first (``--labeled``).
+
+Input: a folder of images (ids 1..N from the sorted file names) or a COCO file listing images with an
+images root. Output: a COCO dataset with one category ("object" unless told otherwise), each annotation a
+mask (RLE), its tight XYWH box, mask area and ``score`` = the decayed maskness; optionally the 128-d query
+embeddings in an HDF5 sidecar (``/images/<id>``: ``embeddings`` (K, 128) float16, ``annotation_ids`` (K,)).
+Shards with ``--shard``; resumes with ``--resume`` (finished images in ``<out>.partial``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsis_cli.io import coco
+from wsis_cli.runtime.errors import BadInputError
+from wsis_cli.runtime.log import get_logger
+from wsis_cli.stages.freemask_features import (
+    MAX_TOP_K,
+    BackboneSpec,
+    annotations_for,
+    build_backbone,
+    generate,
+    load_backbone_state,
+)
+from wsis_cli.stages.freemask_masks import FreeMaskParams
+from wsis_cli.stages.freemask_tune import Sample, TuneSettings, fine_tune, make_sample
+
+log = get_logger("freemask")
+STAGE = "freemask"
+
+
+@dataclass(frozen=True)
+class FreeMaskSettings:
+    """Everything that shapes the output of ``wsis freemask`` (one field per flag)."""
+
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    params: FreeMaskParams = field(default_factory=FreeMaskParams)
+    tune: TuneSettings = field(default_factory=TuneSettings)
+    category: str = "object"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.params.top_k > MAX_TOP_K:
+            raise ValueError(f"top-k must be at most {MAX_TOP_K}, got {self.params.top_k}")
+        if not self.category.strip():
+            raise ValueError("category name must not be empty")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FreeMaskJob:
+    """Where ``run`` reads and writes and how it executes (does not change the result)."""
+
+    inputs: str  # a folder of images, or a COCO file listing images (with ``images``)
+    out: str  # COCO dataset ("-" for stdout)
+    images: str | None = None
+    labeled: str | None = None  # COCO dataset with masks for a few images
+    embeddings: str | None = None  # HDF5 sidecar
+    run: str | None = None  # run folder of the fine-tuning (default beside the output)
+    checkpoint: str | None = None  # a fine-tuned backbone (model.pt of a freemask run): no training
+    device: str = "auto"
+    batch_size: int = 8
+    workers: int = 0
+    shard: str | None = None
+    resume: bool = False
+    amp: bool = True
+
+
+def input_images(job: FreeMaskJob) -> tuple[list[dict[str, Any]], str | None, str]:
+    """``(image records, images root, source name)`` of the job's input (folder or COCO file)."""
+    from wsis_cli.io.images import folder_images
+
+    p = Path(job.inputs)
+    if p.is_dir():
+        return folder_images(p), str(p), str(p)
+    ds = coco.load_dataset(job.inputs)
+    if not ds.images:
+        raise BadInputError(ds.source, "images", "lists no images")
+    return ds.images, job.images, ds.source
+
+
+def _read(records: list[dict[str, Any]], root: str | None, source: str):
+    from wsis_cli.io.images import load_image_for
+
+    for im in records:
+        yield im["id"], load_image_for(root, im, source)
+
+
+def labelled_samples(labeled: coco.Dataset, records: list[dict[str, Any]], root: str | None, source: str,
+                     net: torch.nn.Module, settings: FreeMaskSettings, device: torch.device,
+                     batch_size: int) -> list[Sample]:
+    """Contrastive samples of the labelled images: Free Mask's masks matched to their ground truth.
+
+    Labelled images are found among the inputs by ``file_name``; an image of the labels file that is not
+    an input image is bad input, as is a labels file without any mask.
+    """
+    from wsis_cli.io import rle as rle_utils
+
+    if not labeled.annotations:
+        raise BadInputError(labeled.source, "annotations", "has no masks (--labeled needs instance masks)")
+    by_name = {Path(im["file_name"]).as_posix(): im for im in records}
+    by_image = labeled.annotations_by_image()
+    chosen: list[tuple[dict[str, Any], np.ndarray]] = []
+    for i, im in enumerate(labeled.images):
+        if not by_image[im["id"]]:
+            continue
+        rec = by_name.get(Path(im["file_name"]).as_posix())
+        if rec is None:
+            raise BadInputError(labeled.source, f"images[{i}] (id {im['id']})",
+                                f"file_name {im['file_name']!r} is not one of the input images")
+        gts = np.stack([rle_utils.decode(rle_utils.to_compressed(a["segmentation"], im["height"], im["width"]))
+                        for a in by_image[im["id"]]]).astype(bool)
+        chosen.append((rec, gts))
+    if not chosen:
+        raise BadInputError(labeled.source, "annotations", "has no masks on any image")
+    images = dict(_read([rec for rec, _ in chosen], root, source))
+    for rec, gts in chosen:
+        if gts.shape[1:] != images[rec["id"]].shape[:2]:
+            raise BadInputError(labeled.source, f"image {rec['file_name']}", "mask size differs from the image")
+    generated = dict(generate(net, ((rec["id"], images[rec["id"]]) for rec, _ in chosen), settings.backbone,
+                              settings.params, device, batch_size=batch_size))
+    return [make_sample(images[rec["id"]], gts, generated[rec["id"]].masks.cpu().numpy(), settings.tune.match_iou)
+            for rec, gts in chosen]
+
+
+def prepare_backbone(settings: FreeMaskSettings, job: FreeMaskJob, records: list[dict[str, Any]],
+                     root: str | None, source: str, device: torch.device, progress: Any = None) -> torch.nn.Module:
+    """The backbone Free Mask runs on: as ``--weights`` gives it, loaded from ``--checkpoint``, or
+    fine-tuned on ``--labeled`` (in the run folder, checkpointed every epoch, ``--resume``-able)."""
+    from wsis_cli.io.run_dir import RunDir, default_run_dir, read_model
+
+    if job.checkpoint:
+        saved = read_model(job.checkpoint, STAGE)
+        net = build_backbone(settings.backbone, weights="none").to(device)
+        load_backbone_state(net, saved["model"])
+        log.info("freemask: backbone from %s", job.checkpoint)
+        return net
+    net = build_backbone(settings.backbone).to(device)
+    if not job.labeled:
+        return net
+    labeled = coco.load_dataset(job.labeled, need="segmentation")
+    torch.manual_seed(settings.seed)
+    run = RunDir(job.run or default_run_dir(job.out, STAGE), STAGE,
+                 {**settings.to_json(), "labeled": str(job.labeled)}, resume=job.resume)
+    samples = labelled_samples(labeled, records, root, source, net, settings, device, job.batch_size)
+    log.info("freemask: fine-tuning on %d labelled images (%d masks)", len(samples),
+             sum(len(s.labels) for s in samples))
+    result = fine_tune(net, samples, settings.backbone, settings.tune, device, run, progress)
+    run.save_model(net.state_dict(), {"loss": result["loss"], "labeled_images": len(samples)})
+    log.info("freemask: fine-tuned backbone in %s", run.model_path)
+    return net
+
+
+def run(settings: FreeMaskSettings, job: FreeMaskJob, progress: Any = None) -> coco.Dataset:
+    """Label every input image of this shard with Free Mask and write ``job.out`` (and the sidecar)."""
+    from wsis_cli.io.checkpoint import ImageCheckpoint
+    from wsis_cli.runtime.device import resolve_device
+    from wsis_cli.runtime.progress import NullProgress
+    from wsis_cli.runtime.seeding import seed_everything
+    from wsis_cli.runtime.sharding import resolve_shard, shard_ids
+
+    progress = progress or NullProgress()
+    seed_everything(settings.seed)
+    records, root, source = input_images(job)
+    device = resolve_device(job.device)
+    net = prepare_backbone(settings, job, records, root, source, device, progress)
+    shard = resolve_shard(job.shard)
+    ids = set(shard_ids([im["id"] for im in records], shard))
+    todo_records = [im for im in records if im["id"] in ids]
+    identity = {**settings.to_json(), "inputs": str(job.inputs), "labeled": job.labeled,
+                "checkpoint": job.checkpoint, "shard": [shard.index, shard.count]}
+    to_stdout = job.out == "-"
+    ckpt = None if to_stdout else ImageCheckpoint(job.out, STAGE, identity, resume=job.resume)
+    writer = None
+    if job.embeddings:
+        from wsis_cli.io.h5 import H5Writer
+
+        writer = H5Writer(job.embeddings, STAGE, identity, {"inputs": str(job.inputs)}, resume=job.resume)
+        writer.open()
+    done = ckpt.done if ckpt else set()
+    if writer is not None:
+        done &= writer.done_ids
+    results: dict[int, list[dict[str, Any]]] = {}
+    progress.start(len(todo_records), "freemask")
+    progress.advance(len([im for im in todo_records if im["id"] in done]))
+    completed = False
+    try:
+        pending = [im for im in todo_records if im["id"] not in done]
+        for image_id, res in generate(net, _read(pending, root, source), settings.backbone, settings.params,
+                                      device, batch_size=job.batch_size, amp=job.amp):
+            anns = annotations_for(image_id, res)
+            if writer is not None and not writer.has(image_id):
+                writer.put(image_id, {"embeddings": res.embeddings.cpu().numpy(),
+                                      "annotation_ids": np.asarray([a["id"] for a in anns], np.int64),
+                                      "scores": res.scores.cpu().numpy()},
+                           dtypes={"embeddings": np.float16},
+                           dataset_attrs={"embeddings": {"dim": settings.params.embed_dim}})
+            if ckpt:
+                ckpt.add(image_id, anns)
+            else:
+                results[image_id] = anns
+            progress.advance(1)
+        progress.finish()
+        annotations = list(ckpt.records()) if ckpt else [a for anns in results.values() for a in anns]
+        annotations.sort(key=lambda a: a["id"])
+        out = coco.Dataset(todo_records, annotations, [{"id": 1, "name": settings.category}],
+                           {"info": {"description": "wsis freemask coarse masks"}}, source)
+        coco.write_dataset(out, job.out)
+        if writer is not None:
+            writer.close()
+            writer = None
+        completed = True
+    finally:
+        if ckpt:
+            ckpt.close(completed=completed)
+        if writer is not None:
+            writer.abort()
+    log.info("freemask: %d masks on %d images", len(out.annotations), len(todo_records))
+    return out
+
+
+def demo_freemask(images_dir: Path, work: Path, labels: coco.Dataset | None) -> coco.Dataset:
+    """Fast demo: a small ResNet trained briefly on ``labels`` (the demo images' class tags) as a
+    classifier, or left at random initialisation without labels, then Free Mask on ``images_dir``.
+
+    The backbone is learnt from nothing in seconds, so expect coarse masks (see the closing note of
+    the freemask report: Free Mask's quality is the quality of the backbone's features).
+    """
+    from wsis_cli.stages.freemask_train import train_tag_backbone
+
+    spec = BackboneSpec(arch="resnet18", weights="none", stage=2, last_stride=2, short_side=0)
+    records, root, source = input_images(FreeMaskJob(inputs=str(images_dir), out="-"))
+    images = dict(_read(records, root, source))
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    if labels is not None:
+        tags = coco.label_sets(labels)
+        by_name = {im["file_name"]: im["id"] for im in labels.images}
+        tagged = [(images[r["id"]], tags.get(by_name.get(r["file_name"], -1), set())) for r in records]
+        net = train_tag_backbone(tagged, [c["id"] for c in labels.categories], spec, epochs=3, device=device)
+    else:
+        net = build_backbone(spec)
+    params = FreeMaskParams(min_score=None)
+    anns: list[dict[str, Any]] = []
+    for image_id, res in generate(net, images.items(), spec, params, device, batch_size=8):
+        anns += annotations_for(image_id, res)
+    work.mkdir(parents=True, exist_ok=True)
+    return coco.Dataset(records, anns, [{"id": 1, "name": "object"}], {}, source)
