@@ -107,6 +107,7 @@ class Inputs:
     reader: Any  # H5Reader of the CAMs
     dataset: Any  # coco.Dataset of the image records and categories
     ids: list[int]  # every image id in the CAM store, sorted
+    images: str | None  # the images folder: --images, else the one cams.h5 records
 
 
 def open_inputs(job: IRNetJob) -> Inputs:
@@ -116,7 +117,7 @@ def open_inputs(job: IRNetJob) -> Inputs:
 
     reader = H5Reader(job.cams, expect_stage="cam")
     labels = job.labels or reader.inputs.get("labels")
-    if not labels:
+    if not labels or labels == "-":
         raise BadInputError(job.cams, None, "records no labels file; pass --labels with the image records")
     ds = coco.load_dataset(labels)
     index = ds.image_index
@@ -124,7 +125,8 @@ def open_inputs(job: IRNetJob) -> Inputs:
     for image_id in ids:
         if image_id not in index:
             raise BadInputError(job.cams, f"image {image_id}", f"not an image of {labels}")
-    return Inputs(reader, ds, ids)
+    images = job.images or reader.inputs.get("images")  # wsis cam records its image folder
+    return Inputs(reader, ds, ids, images)
 
 
 def image_cams(inputs: Inputs, image_id: int) -> tuple[np.ndarray, list[int]]:
@@ -228,9 +230,9 @@ def train_model(inputs: Inputs, settings: IRNetSettings, job: IRNetJob, ctx: Any
     seed_everything(settings.seed)
     model = IRNet(build_backbone(settings, inputs.reader)).to(ctx.device)
     if settings.epochs > 0:
-        samples = mine_relations(inputs, job.images, settings, ctx.device, progress)
+        samples = mine_relations(inputs, inputs.images, settings, ctx.device, progress)
     else:  # nothing to learn: only the mean shift is measured
-        samples = [Sample(i, _loader(inputs, job.images, i), np.zeros((1, 1), np.uint8)) for i in inputs.ids]
+        samples = [Sample(i, _loader(inputs, inputs.images, i), np.zeros((1, 1), np.uint8)) for i in inputs.ids]
     amp = settings.amp and ctx.device.type == "cuda"
     cfg = TrainConfig(settings.epochs, settings.batch_size, settings.crop, settings.edge_lr, settings.dp_lr,
                       settings.weight_decay, 0.9, settings.seed, amp, job.workers)
@@ -323,7 +325,7 @@ def run(settings: IRNetSettings, job: IRNetJob, progress: Any = None) -> IRNetRe
                 continue
             rec = inputs.dataset.image_index[image_id]
             cams, cats = image_cams(inputs, image_id)
-            image = _loader(inputs, job.images, image_id)()
+            image = _loader(inputs, inputs.images, image_id)()
             dets, sem = predict_image(model, image, cams, settings, ctx.device, semantic=job.semantic is not None)
             anns = to_annotations(image_id, dets, cats, settings.min_score)
             if sem is not None:
