@@ -60,6 +60,16 @@ def test_vit_encoder_grid_and_depth():
         MalEncoder(ViTFeatures("vit_tiny"), depth=13)
 
 
+def test_patch_override_gives_a_finer_grid():
+    vit = ViTFeatures("vit_tiny")
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    before = vit.conv_proj(flat)[0, :, 0, 0]
+    enc = MalEncoder(vit, depth=1, patch=8)
+    assert enc.stride == 8 and enc(torch.randn(1, 3, 64, 64)).shape == (1, 192, 8, 8)
+    # a flat patch embeds (nearly) as before: the kernel was resampled, not re-initialised
+    torch.testing.assert_close(vit.conv_proj(flat)[0, :, 0, 0], before, rtol=0.05, atol=0.02)
+
+
 def test_dice_eps_form():
     a = torch.tensor([[1.0, 0.0, 1.0]])
     assert dice_loss(a, a).item() == pytest.approx(1 - 4 / (4 + 0.002), rel=1e-3)

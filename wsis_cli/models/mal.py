@@ -49,16 +49,24 @@ class MalEncoder(nn.Module):
 
     ``ViTFeatures`` already does; for ``ResNetFeatures`` (which returns every stage) the last stage is
     taken. ``depth`` > 0 keeps only the first ``depth`` transformer blocks of a ViT (a cheap encoder for
-    laptops and tests; pretrained weights of the kept blocks still apply).
+    laptops and tests; pretrained weights of the kept blocks still apply); a ResNet's stages are chosen
+    when it is built. ``patch`` > 0 replaces the
+    ViT's patch embedding by one of that patch size (its kernel resized from the original, like MAL,
+    which swaps the patch embedding for a convolutional stem): a finer token grid for small crops.
     """
 
-    def __init__(self, backbone: nn.Module, depth: int = 0) -> None:
+    def __init__(self, backbone: nn.Module, depth: int = 0, patch: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.is_vit = hasattr(backbone, "patch")
+        if patch > 0 and self.is_vit and patch != backbone.patch:
+            backbone.conv_proj = _resized_patch_embedding(backbone.conv_proj, patch)
+            backbone.patch = patch
+        elif patch > 0 and not self.is_vit:
+            raise ValueError("a patch size applies to ViT encoders only")
         if depth > 0:
             if not self.is_vit:
-                raise ValueError("encoder depth applies to ViT encoders only")
+                raise ValueError("pass the stages of a ResNet to its constructor")
             layers = backbone.layers
             if depth > len(layers):
                 raise ValueError(f"encoder depth {depth} exceeds the {len(layers)} blocks of {backbone.arch}")
@@ -70,6 +78,19 @@ class MalEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.backbone(x)
         return out[-1] if isinstance(out, (list, tuple)) else out
+
+
+def _resized_patch_embedding(conv: nn.Conv2d, patch: int) -> nn.Conv2d:
+    """A stride-``patch`` patch embedding whose kernel is the old one resampled to ``patch x patch``,
+    scaled so that a flat patch gives the same embedding."""
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, patch, stride=patch, bias=conv.bias is not None)
+    with torch.no_grad():
+        old = conv.weight.shape[-1]
+        w = F.interpolate(conv.weight, size=(patch, patch), mode="bilinear", align_corners=False)
+        new.weight.copy_(w * (old * old) / (patch * patch))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
 
 
 class InstanceHead(nn.Module):

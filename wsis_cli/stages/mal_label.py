@@ -47,7 +47,8 @@ class MalSettings:
 
     encoder: str = "vit_b_16"
     weights: str = "DEFAULT"
-    encoder_depth: int = 0  # >0: keep only the first N ViT blocks
+    encoder_depth: int = 0  # >0: keep only the first N ViT blocks or ResNet stages
+    patch: int = 0  # >0: ViT patch size override (a finer token grid for small crops)
     crop_size: int = 512
     decoder_dim: int = 256
     scale_buckets: bool = True
@@ -83,11 +84,12 @@ class MalSettings:
             raise ValueError(f"predict-with must be student or teacher, got {self.predict_with!r}")
         if not 0 <= self.ema_momentum <= 1:
             raise ValueError(f"ema momentum must be in [0, 1], got {self.ema_momentum}")
-        if self.max_expand < 0 or self.min_train_area < 0 or self.decoder_dim < 1 or self.encoder_depth < 0:
-            raise ValueError("max-expand, min-train-area and encoder-depth must be >= 0, decoder-dim >= 1")
+        if min(self.max_expand, self.min_train_area, self.encoder_depth, self.patch) < 0 or self.decoder_dim < 1:
+            raise ValueError("max-expand, min-train-area, encoder-depth and patch must be >= 0, decoder-dim >= 1")
 
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(self.encoder, self.encoder_depth, self.crop_size, self.decoder_dim, self.scale_buckets)
+        return ModelSpec(self.encoder, self.encoder_depth, self.crop_size, self.decoder_dim, self.scale_buckets,
+                         self.patch)
 
     def train_config(self, workers: int = 0) -> TrainConfig:
         names = {f.name for f in fields(TrainConfig)} - {"workers"}
@@ -317,8 +319,8 @@ def run(settings: MalSettings, job: MalJob, progress: Any = None) -> MalSummary:
         done = ckpt.done if ckpt else set()
         todo = [i for i in ids if i not in done]
         results: dict[int, list[dict[str, Any]]] = {}
-        dataset = RoiImageSet(todo, by_image, ds.image_index, job.images, ds.source, settings.crop_size,
-                              settings.outside)  # type: ignore[arg-type]
+        crop_size = model.crop_size  # a --checkpoint's own, whatever the flags say
+        dataset = RoiImageSet(todo, by_image, ds.image_index, job.images, ds.source, crop_size, settings.outside)  # type: ignore[arg-type]
         completed = False
         t0 = time.perf_counter()
         try:

@@ -46,6 +46,7 @@ class ModelSpec:
     crop_size: int = 512
     decoder_dim: int = 256
     scale_buckets: bool = True
+    patch: int = 0  # >0: ViT patch size override
 
 
 def build_model(spec: ModelSpec, weights: str = "none") -> MalNet:
@@ -56,12 +57,15 @@ def build_model(spec: ModelSpec, weights: str = "none") -> MalNet:
     if spec.encoder in VITS:
         backbone = build_vit(spec.encoder, weights)
     elif spec.encoder in RESNETS:
-        # last stage at stride 16 without dilation (IRNet's strides), trainable BN would suffer from
-        # small RoI batches: keep it frozen
-        backbone = build_resnet(spec.encoder, weights, last_stride=1, frozen_bn=True)
+        # last stage at stride 16 without dilation (IRNet's strides);
+        # encoder_depth = stages kept; BN frozen on pretrained weights (small RoI batches would wreck its
+        # statistics), trainable when learning from scratch
+        stages = spec.encoder_depth or 4
+        backbone = build_resnet(spec.encoder, weights, last_stride=1, frozen_bn=weights != "none", stages=stages)
+        spec = ModelSpec(**{**spec.__dict__, "encoder_depth": 0})
     else:
         raise ValueError(f"unknown encoder {spec.encoder!r}")
-    return MalNet(MalEncoder(backbone, spec.encoder_depth), spec.crop_size, spec.decoder_dim, spec.scale_buckets)
+    return MalNet(MalEncoder(backbone, spec.encoder_depth, spec.patch), spec.crop_size, spec.decoder_dim, spec.scale_buckets)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,90 @@
+"""`wsis mal-label` through real processes: a tiny train-and-label run, --checkpoint via stdout, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from wsis_cli.io import coco
+from wsis_cli.stages import synth
+
+WSIS = [sys.executable, "-m", "wsis_cli"]
+TINY = ["--encoder", "vit_tiny", "--weights", "none", "--encoder-depth", "1", "--crop-size", "32",
+        "--decoder-dim", "8", "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--crf-iterations", "3",
+        "--min-train-area", "16", "--device", "cpu", "-q"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-mal") / "d"
+    synth.run(synth.SynthSettings(num_images=3, height=64, width=64, seed=2), root)
+    return root
+
+
+def _bad(data, tmp_path, change):
+    ds = json.loads((data / "boxes.json").read_text())
+    change(ds["annotations"])
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(ds))
+    return path
+
+
+def test_train_then_label_from_checkpoint_to_stdout(data, tmp_path):
+    out = tmp_path / "masks.json"
+    r = subprocess.run([*WSIS, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"), "-o", str(out),
+                        *TINY], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ds = coco.load_dataset(out)
+    assert all(a["segmentation"] and a["area"] > 0 for a in ds.annotations)
+    model = tmp_path / "masks.mal-label-run" / "model.pt"
+    assert model.exists() and (tmp_path / "masks.mal-label-run" / "last.pt").exists()
+    # a second training run into the same folder is refused (usage error) ...
+    r = subprocess.run([*WSIS, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"), "-o", str(out),
+                        *TINY], capture_output=True, text=True)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    # ... while --checkpoint only labels, here through a pipe
+    r = subprocess.run([*WSIS, "mal-label", "-", "-i", str(data / "images"), "-o", "-", "--checkpoint", str(model),
+                        "--device", "cpu", "-q"], input=(data / "boxes.json").read_text(), capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["annotations"] == json.loads(out.read_text())["annotations"]
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda anns: anns[0].update(bbox=[3, 3, 0, 5]), "zero width"),
+    (lambda anns: anns[1].update(bbox=[3, 3, -2, 5]), "negative width"),
+    (lambda anns: anns[0].update(bbox=[64.5, 3, 0.4, 5]), "outside"),
+    (lambda anns: anns[0].update(bbox=[100, 3, 4, 5]), "beyond"),
+    (lambda anns: anns[0].pop("bbox"), "has no 'bbox'"),
+])
+def test_bad_boxes_exit_3_with_one_line(data, tmp_path, change, words):
+    bad = _bad(data, tmp_path, change)
+    out = tmp_path / "o.json"
+    r = subprocess.run([*WSIS, "mal-label", str(bad), "-i", str(data / "images"), "-o", str(out), *TINY],
+                       capture_output=True, text=True)
+    assert r.returncode == 3, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.json" in lines[0] and "annotations[" in lines[0] and words in lines[0]
+    assert not out.exists()
+
+
+def test_missing_image_and_bad_checkpoint_exit_3(data, tmp_path):
+    r = subprocess.run([*WSIS, "mal-label", str(data / "boxes.json"), "-i", str(tmp_path), "-o",
+                        str(tmp_path / "o.json"), *TINY], capture_output=True, text=True)
+    assert r.returncode == 3 and "not found" in r.stderr
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    r = subprocess.run([*WSIS, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"), "-o",
+                        str(tmp_path / "o.json"), "--checkpoint", str(junk), "-q"], capture_output=True, text=True)
+    assert r.returncode == 3 and "junk.pt" in r.stderr
+
+
+def test_bad_options_exit_2(data, tmp_path):
+    for extra in (["--encoder", "vgg16"], ["--threshold", "1.5"], ["--outside", "zeros"], ["--crop-size", "40"]):
+        args = [*TINY, *extra]
+        r = subprocess.run([*WSIS, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"), "-o",
+                            str(tmp_path / "o.json"), *args], capture_output=True, text=True)
+        assert r.returncode == 2, (extra, r.stderr)

@@ -1,0 +1,137 @@
+"""``wsis mal-label``: turn box annotations into instance masks with MAL (trains on the boxes themselves)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from wsis_cli.cli.common import (
+    BatchSize,
+    CheckpointOpt,
+    Device,
+    Epochs,
+    ImagesDir,
+    NoAmp,
+    Quiet,
+    Resume,
+    RunOpt,
+    Seed,
+    Shard,
+    Verbose,
+    Weights,
+    Workers,
+    setup,
+)
+
+_MODEL = "Model"
+_TRAIN = "Training"
+_LOSS = "Losses"
+_ENCODERS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14", "vit_tiny", "vit_small",
+             "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+def _encoder_names(incomplete: str) -> list[str]:
+    return [e for e in _ENCODERS if e.startswith(incomplete)]
+
+
+def mal_label(
+    boxes: Annotated[str, typer.Argument(metavar="BOXES", help="COCO dataset with boxes (- for stdin).")],
+    images: ImagesDir = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output COCO dataset with masks (- for stdout).")] = "-",
+    run: RunOpt = None,
+    checkpoint: CheckpointOpt = None,
+    resume: Resume = False,
+    encoder: Annotated[str, typer.Option(help="Image encoder: a torchvision ViT (vit_b_16, vit_b_32, ...), "
+                                         "vit_tiny / vit_small (DeiT shapes) or a ResNet (resnet18..152).",
+                                         autocompletion=_encoder_names, rich_help_panel=_MODEL)] = "vit_b_16",
+    weights: Weights = "DEFAULT",
+    encoder_depth: Annotated[int, typer.Option(min=0, help="Keep only the first N ViT blocks (0: all).",
+                                               rich_help_panel=_MODEL)] = 0,
+    patch: Annotated[int, typer.Option(min=0, help="ViT patch size override (0: the encoder's own); a finer "
+                                       "token grid for small crops, its embedding resampled.",
+                                       rich_help_panel=_MODEL)] = 0,
+    crop_size: Annotated[int, typer.Option(min=32, help="Side of the square RoI crop fed to the encoder "
+                                           "(a multiple of its stride).", rich_help_panel=_MODEL)] = 512,
+    decoder_dim: Annotated[int, typer.Option(min=1, help="Channels of the attention decoder.",
+                                             rich_help_panel=_MODEL)] = 256,
+    scale_buckets: Annotated[bool, typer.Option("--scale-buckets/--no-scale-buckets", help="Decode small/medium/large boxes at "
+                                                "crop/32, /16, /8 (on by default).",
+                                                rich_help_panel=_MODEL)] = True,
+    outside: Annotated[str, typer.Option(help="Crop parts outside the image: wrap (as MAL), reflect or replicate.",
+                                         rich_help_panel=_MODEL)] = "wrap",
+    threshold: Annotated[float, typer.Option(help="Foreground probability that becomes mask.",
+                                             rich_help_panel=_MODEL)] = 0.5,
+    predict_with: Annotated[str, typer.Option(help="Label with the student (as MAL) or the EMA teacher.",
+                                              rich_help_panel=_MODEL)] = "student",
+    epochs: Epochs = 10,
+    lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="Base learning rate "
+                                             "(default 1.5e-6 x global batch, as MAL).",
+                                             rich_help_panel=_TRAIN)] = None,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.", rich_help_panel=_TRAIN)] = 5e-4,
+    warmup_epochs: Annotated[float, typer.Option(min=0.0, help="Linear LR warm-up, in epochs (then cosine).",
+                                                 rich_help_panel=_TRAIN)] = 1.0,
+    final_lr: Annotated[float, typer.Option(min=0.0, help="Final LR as a fraction of --lr.",
+                                            rich_help_panel=_TRAIN)] = 0.2,
+    ema_momentum: Annotated[float, typer.Option(min=0.0, max=1.0, help="EMA teacher momentum.",
+                                                rich_help_panel=_TRAIN)] = 0.996,
+    max_expand: Annotated[float, typer.Option(min=0.0, help="Upper bound of the random box expansion in training.",
+                                              rich_help_panel=_TRAIN)] = 1.2,
+    min_train_area: Annotated[float, typer.Option(min=0.0, help="Boxes smaller than this (pixels²) are labelled "
+                                                  "but not trained on.", rich_help_panel=_TRAIN)] = 2048.0,
+    mil_weight: Annotated[float, typer.Option(min=0.0, help="MIL loss weight.", rich_help_panel=_LOSS)] = 4.0,
+    crf_weight: Annotated[float, typer.Option(min=0.0, help="CRF loss weight.", rich_help_panel=_LOSS)] = 0.5,
+    mil_warmup: Annotated[int, typer.Option(min=0, help="MIL loss warm-up steps.", rich_help_panel=_LOSS)] = 1000,
+    crf_warmup: Annotated[int, typer.Option(min=0, help="CRF loss warm-up steps.", rich_help_panel=_LOSS)] = 4000,
+    crf_iterations: Annotated[int, typer.Option(min=0, help="Mean-field iterations of the CRF loss.",
+                                                rich_help_panel=_LOSS)] = 100,
+    crf_zeta: Annotated[float, typer.Option(min=0.0, help="Colour std of the CRF kernel (normalised image units).",
+                                            rich_help_panel=_LOSS)] = 0.1,
+    device: Device = "auto",
+    batch_size: BatchSize = 4,
+    workers: Workers = 0,
+    shard: Shard = None,
+    seed: Seed = 0,
+    no_amp: NoAmp = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Label every box with an instance mask: train MAL on the boxes (or load --checkpoint), then predict.
+
+    Each box is cut out at 1.3 x its size, encoded by a ViT (or ResNet) and decoded by MAL's attention
+    decoder; training uses only the boxes (MIL loss on row/column projections, CRF loss against an EMA
+    teacher). Writes the input dataset with segmentation (RLE), area (the mask's) and score on every
+    annotation; ids, boxes, categories and scores are kept. The run folder (--run, default beside the
+    output) holds settings, per-epoch checkpoints and model.pt for --checkpoint. Runs data-parallel under
+    torchrun; label shards with --shard and a --checkpoint.
+    """
+    setup(quiet, verbose)
+    if out != "-":
+        from wsis_cli.io.atomic import check_output_path
+
+        check_output_path(out)
+    elif resume and checkpoint is not None:
+        raise typer.BadParameter("--resume of the labelling needs a file output, not stdout", param_hint="--resume")
+    from wsis_cli.runtime.progress import make_progress
+    from wsis_cli.stages.mal_label import MalJob, MalSettings
+    from wsis_cli.stages.mal_label import run as run_stage
+
+    if encoder not in _ENCODERS:
+        raise typer.BadParameter(f"unknown encoder {encoder!r}; choose from {', '.join(_ENCODERS)}",
+                                 param_hint="--encoder")
+    try:
+        settings = MalSettings(
+            encoder=encoder, weights=weights, encoder_depth=encoder_depth, patch=patch, crop_size=crop_size,
+            decoder_dim=decoder_dim, scale_buckets=scale_buckets, epochs=epochs, batch_size=batch_size, lr=lr,
+            weight_decay=weight_decay, warmup_epochs=warmup_epochs, final_lr=final_lr, mil_weight=mil_weight,
+            crf_weight=crf_weight, mil_warmup=mil_warmup, crf_warmup=crf_warmup, ema_momentum=ema_momentum,
+            crf_iterations=crf_iterations, crf_zeta=crf_zeta, max_expand=max_expand, outside=outside,
+            min_train_area=min_train_area, threshold=threshold, predict_with=predict_with, seed=seed,
+            amp=not no_amp,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    job = MalJob(boxes=boxes, images=str(images) if images else None, out=out, run=str(run) if run else None,
+                 checkpoint=str(checkpoint) if checkpoint else None, resume=resume, device=device,
+                 workers=workers, shard=shard)
+    run_stage(settings, job, make_progress(quiet))
