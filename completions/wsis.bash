@@ -30,9 +30,12 @@ __wsis_node() {
     vopts) __wsis_r='  ' ;;
     sub)
         case $2 in
+        'cam') __wsis_r=__wsis_node__cam ;;
         'completion') __wsis_r=__wsis_node__completion ;;
         'demo') __wsis_r=__wsis_node__demo ;;
         'eval') __wsis_r=__wsis_node__eval ;;
+        'freemask') __wsis_r=__wsis_node__freemask ;;
+        'irnet') __wsis_r=__wsis_node__irnet ;;
         'mal-label') __wsis_r=__wsis_node__mal_label ;;
         'merge') __wsis_r=__wsis_node__merge ;;
         'refine-crf') __wsis_r=__wsis_node__refine_crf ;;
@@ -44,7 +47,49 @@ __wsis_node() {
             __wsis_words '--help --version -h'
             return
         fi
-        if [[ $npos == 0 ]]; then __wsis_words 'completion demo eval mal-label merge refine-crf synth'; fi
+        if [[ $npos == 0 ]]; then __wsis_words 'cam completion demo eval freemask irnet mal-label merge refine-crf synth'; fi
+        ;;
+    esac
+}
+
+# wsis cam
+__wsis_node__cam() {
+    case $1 in
+    vopts) __wsis_r=' -o --out -i --images --run --checkpoint --arch --weights --last-stride --epochs --batch-size --lr --head-lr-mult --momentum --weight-decay --resize-long --crop --val-fraction --val --method --scales --gradcam-stage --device --workers --seed --shard ' ;;
+    complete)
+        case $prev in
+        -o|--out) __wsis_files 0; return ;;
+        -i|--images) __wsis_dirs 0; return ;;
+        --run) __wsis_dirs 0; return ;;
+        --checkpoint) __wsis_files 0; return ;;
+        --arch) __wsis_words 'resnet18 resnet34 resnet50 resnet101 resnet152'; return ;;
+        --weights) :; return ;;
+        --last-stride) :; return ;;
+        --epochs) :; return ;;
+        --batch-size) :; return ;;
+        --lr) :; return ;;
+        --head-lr-mult) :; return ;;
+        --momentum) :; return ;;
+        --weight-decay) :; return ;;
+        --resize-long) :; return ;;
+        --crop) :; return ;;
+        --val-fraction) :; return ;;
+        --val) __wsis_files 0; return ;;
+        --method) __wsis_words 'cam gradcam'; return ;;
+        --scales) :; return ;;
+        --gradcam-stage) :; return ;;
+        --device) :; return ;;
+        --workers) :; return ;;
+        --seed) :; return ;;
+        --shard) :; return ;;
+        esac
+        if [[ $ddash == 0 && $cur == -* ]]; then
+            __wsis_words '--arch --batch-size --checkpoint --crop --device --epochs --gradcam-stage --head-lr-mult --help --images --last-stride --lr --method --momentum --no-amp --no-flip --out --quiet --resize-long --resume --run --scales --seed --shard --train-early --val --val-fraction --verbose --weight-decay --weights --workers -h -i -o -q -v'
+            return
+        fi
+        case $npos in
+        0) __wsis_files 1 ;;
+        esac
         ;;
     esac
 }
@@ -107,6 +152,97 @@ __wsis_node__eval() {
         fi
         case $npos in
         0) __wsis_files 1 ;;
+        esac
+        ;;
+    esac
+}
+
+# wsis freemask
+__wsis_node__freemask() {
+    case $1 in
+    vopts) __wsis_r=' -i --images -o --out --embeddings --category --arch --weights --stage --last-stride --short-side --max-size --scales --threshold --sigma --top-k --min-score --min-center-y --max-width --labeled --epochs --lr --tau --match-iou --run --checkpoint --seed --device --batch-size --workers --shard ' ;;
+    complete)
+        case $prev in
+        -i|--images) __wsis_dirs 0; return ;;
+        -o|--out) __wsis_files 1; return ;;
+        --embeddings) __wsis_files 0; return ;;
+        --category) :; return ;;
+        --arch) :; return ;;
+        --weights) :; return ;;
+        --stage) :; return ;;
+        --last-stride) :; return ;;
+        --short-side) :; return ;;
+        --max-size) :; return ;;
+        --scales) :; return ;;
+        --threshold) :; return ;;
+        --sigma) :; return ;;
+        --top-k) :; return ;;
+        --min-score) :; return ;;
+        --min-center-y) :; return ;;
+        --max-width) :; return ;;
+        --labeled) __wsis_files 0; return ;;
+        --epochs) :; return ;;
+        --lr) :; return ;;
+        --tau) :; return ;;
+        --match-iou) :; return ;;
+        --run) __wsis_dirs 0; return ;;
+        --checkpoint) __wsis_files 0; return ;;
+        --seed) :; return ;;
+        --device) :; return ;;
+        --batch-size) :; return ;;
+        --workers) :; return ;;
+        --shard) :; return ;;
+        esac
+        if [[ $ddash == 0 && $cur == -* ]]; then
+            __wsis_words '--arch --batch-size --category --checkpoint --device --embeddings --epochs --help --images --labeled --last-stride --lr --match-iou --max-size --max-width --min-center-y --min-score --no-amp --out --quiet --resume --run --scales --seed --shard --short-side --sigma --stage --tau --threshold --top-k --verbose --weights --workers -h -i -o -q -v'
+            return
+        fi
+        case $npos in
+        0) __wsis_files 0 ;;
+        esac
+        ;;
+    esac
+}
+
+# wsis irnet
+__wsis_node__irnet() {
+    case $1 in
+    vopts) __wsis_r=' -i --images -o --out --labels --semantic --weights --arch --fg-threshold --bg-threshold --crf-iterations --epochs --batch-size --crop --edge-lr --dp-lr --beta --walk-steps --ins-bg-threshold --sem-bg-threshold --centroid-threshold --min-score --run --checkpoint --device --workers --seed --shard ' ;;
+    complete)
+        case $prev in
+        -i|--images) __wsis_dirs 0; return ;;
+        -o|--out) __wsis_files 1; return ;;
+        --labels) __wsis_files 0; return ;;
+        --semantic) __wsis_dirs 0; return ;;
+        --weights) :; return ;;
+        --arch) :; return ;;
+        --fg-threshold) :; return ;;
+        --bg-threshold) :; return ;;
+        --crf-iterations) :; return ;;
+        --epochs) :; return ;;
+        --batch-size) :; return ;;
+        --crop) :; return ;;
+        --edge-lr) :; return ;;
+        --dp-lr) :; return ;;
+        --beta) :; return ;;
+        --walk-steps) :; return ;;
+        --ins-bg-threshold) :; return ;;
+        --sem-bg-threshold) :; return ;;
+        --centroid-threshold) :; return ;;
+        --min-score) :; return ;;
+        --run) __wsis_dirs 0; return ;;
+        --checkpoint) __wsis_files 0; return ;;
+        --device) :; return ;;
+        --workers) :; return ;;
+        --seed) :; return ;;
+        --shard) :; return ;;
+        esac
+        if [[ $ddash == 0 && $cur == -* ]]; then
+            __wsis_words '--arch --batch-size --beta --bg-threshold --centroid-threshold --checkpoint --crf-iterations --crop --device --dp-lr --edge-lr --epochs --fg-threshold --help --images --ins-bg-threshold --labels --min-score --no-amp --out --quiet --resume --run --seed --sem-bg-threshold --semantic --shard --verbose --walk-steps --weights --workers -h -i -o -q -v'
+            return
+        fi
+        case $npos in
+        0) __wsis_files 0 ;;
         esac
         ;;
     esac

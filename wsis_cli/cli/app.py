@@ -39,12 +39,16 @@ def _root(
 
 
 def _register() -> None:
-    from wsis_cli.cli import completion, demo, evaluate, mal_label, merge, refine_crf, synth
+    from wsis_cli.cli import freemask
+    from wsis_cli.cli import cam, completion, demo, evaluate, irnet, mal_label, merge, refine_crf, synth
 
     app.command("synth")(synth.synth)
     app.command("eval")(evaluate.eval_cmd)
     app.command("merge")(merge.merge)
     app.command("refine-crf")(refine_crf.refine_crf)
+    app.command("cam")(cam.cam)
+    app.command("irnet")(irnet.irnet)
+    app.command("freemask")(freemask.freemask)
     app.command("mal-label")(mal_label.mal_label)
     app.command("demo")(demo.demo)
     app.command("completion")(completion.completion)
