@@ -86,3 +86,16 @@ def test_generated_masks_are_labelled_by_their_best_ground_truth() -> None:
     s = make_sample(np.zeros((10, 10, 3), np.uint8), gt, gen, 0.5)
     assert s.labels.tolist() == [0, 1, 0, 1, 2, 3]  # gts, generated, background
     assert s.masks.shape == (6, 10, 10) and s.masks[5].sum() == 50
+
+
+def test_demo_entry_point_labels_every_image(tmp_path) -> None:
+    from wsis_cli.io import coco
+    from wsis_cli.stages import synth
+    from wsis_cli.stages.freemask import demo_freemask
+
+    synth.run(synth.SynthSettings(num_images=6, height=64, width=64, seed=2), tmp_path / "d")
+    tags = coco.load_dataset(tmp_path / "d" / "labels.json")
+    out = demo_freemask(tmp_path / "d" / "images", tmp_path / "work", tags)
+    assert [im["file_name"] for im in out.images] == [im["file_name"] for im in tags.images]
+    assert out.annotations and {a["image_id"] for a in out.annotations} <= {im["id"] for im in out.images}
+    coco.validate_dataset(out.to_json(), "demo")

@@ -214,8 +214,11 @@ def _finish(queries: Tensor, kept: Tensor, scores: Tensor, soft: Tensor, image_s
     """Upsample the kept soft masks, threshold, apply the filters and compute the embeddings."""
     H, W = image_size
     if kept.numel():
-        up = F.interpolate(soft[None], size=(H, W), mode="bilinear", align_corners=False)[0]
-        masks = up >= p.mask_threshold
+        # one mask at a time: only the bool masks are kept at image size, never K float32 maps
+        masks = torch.stack([
+            F.interpolate(s[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0] >= p.mask_threshold
+            for s in soft
+        ])
     else:
         masks = torch.zeros((0, H, W), dtype=torch.bool, device=soft.device)
     cy, width = upstream_box_stats(masks)
