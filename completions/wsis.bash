@@ -40,6 +40,7 @@ __wsis_node() {
         'merge') __wsis_r=__wsis_node__merge ;;
         'refine-crf') __wsis_r=__wsis_node__refine_crf ;;
         'synth') __wsis_r=__wsis_node__synth ;;
+        'train-student') __wsis_r=__wsis_node__train_student ;;
         esac
         ;;
     complete)
@@ -47,7 +48,7 @@ __wsis_node() {
             __wsis_words '--help --version -h'
             return
         fi
-        if [[ $npos == 0 ]]; then __wsis_words 'cam completion demo eval freemask irnet mal-label merge refine-crf synth'; fi
+        if [[ $npos == 0 ]]; then __wsis_words 'cam completion demo eval freemask irnet mal-label merge refine-crf synth train-student'; fi
         ;;
     esac
 }
@@ -373,6 +374,54 @@ __wsis_node__synth() {
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
             __wsis_words '--classes --force --height --help --max-instances --min-instances --num-images --quiet --seed --size --verbose --width -h -k -n -q -v'
+            return
+        fi
+        case $npos in
+        0) __wsis_files 0 ;;
+        esac
+        ;;
+    esac
+}
+
+# wsis train-student
+__wsis_node__train_student() {
+    case $1 in
+    vopts) __wsis_r=' -i --images -o --out --checkpoint --arch --weights --init-weights --mask-loss --min-size --max-size --rois-per-image --mask-head-channels --epochs --batch-size --accumulate --optimizer --lr --weight-decay --warmup-iters --clip-grad --pairwise-warmup --val --score-threshold --max-dets --format --rounds --round-score --round-max --seed --device --workers ' ;;
+    complete)
+        case $prev in
+        -i|--images) __wsis_dirs 0; return ;;
+        -o|--out) __wsis_files 1; return ;;
+        --checkpoint) __wsis_files 0; return ;;
+        --arch) :; return ;;
+        --weights) :; return ;;
+        --init-weights) __wsis_files 0; return ;;
+        --mask-loss) :; return ;;
+        --min-size) :; return ;;
+        --max-size) :; return ;;
+        --rois-per-image) :; return ;;
+        --mask-head-channels) :; return ;;
+        --epochs) :; return ;;
+        --batch-size) :; return ;;
+        --accumulate) :; return ;;
+        --optimizer) :; return ;;
+        --lr) :; return ;;
+        --weight-decay) :; return ;;
+        --warmup-iters) :; return ;;
+        --clip-grad) :; return ;;
+        --pairwise-warmup) :; return ;;
+        --val) __wsis_files 0; return ;;
+        --score-threshold) :; return ;;
+        --max-dets) :; return ;;
+        --format) :; return ;;
+        --rounds) :; return ;;
+        --round-score) :; return ;;
+        --round-max) :; return ;;
+        --seed) :; return ;;
+        --device) :; return ;;
+        --workers) :; return ;;
+        esac
+        if [[ $ddash == 0 && $cur == -* ]]; then
+            __wsis_words '--accumulate --arch --batch-size --checkpoint --clip-grad --device --epochs --format --help --images --init-weights --lr --mask-head-channels --mask-loss --max-dets --max-size --min-size --no-amp --no-flip --optimizer --out --pairwise-warmup --quiet --resume --rois-per-image --round-max --round-score --rounds --score-threshold --seed --val --verbose --warmup-iters --weight-decay --weights --workers -h -i -o -q -v'
             return
         fi
         case $npos in

@@ -39,8 +39,19 @@ def _root(
 
 
 def _register() -> None:
-    from wsis_cli.cli import freemask
-    from wsis_cli.cli import cam, completion, demo, evaluate, irnet, mal_label, merge, refine_crf, synth
+    from wsis_cli.cli import (
+        cam,
+        completion,
+        demo,
+        evaluate,
+        freemask,
+        irnet,
+        mal_label,
+        merge,
+        refine_crf,
+        synth,
+        train_student,
+    )
 
     app.command("synth")(synth.synth)
     app.command("eval")(evaluate.eval_cmd)
@@ -49,6 +60,7 @@ def _register() -> None:
     app.command("cam")(cam.cam)
     app.command("irnet")(irnet.irnet)
     app.command("freemask")(freemask.freemask)
+    app.command("train-student")(train_student.train_student)
     app.command("mal-label")(mal_label.mal_label)
     app.command("demo")(demo.demo)
     app.command("completion")(completion.completion)

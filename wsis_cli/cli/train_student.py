@@ -1,0 +1,197 @@
+"""``wsis train-student``: train a Mask R-CNN student on pseudo-labels, or predict with a trained one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wsis_cli.cli.common import (
+    BatchSize,
+    CheckpointOpt,
+    Device,
+    Epochs,
+    ImagesDir,
+    NoAmp,
+    Quiet,
+    Resume,
+    Seed,
+    Verbose,
+    Weights,
+    Workers,
+    setup,
+)
+
+_MODEL = "Model"
+_OPT = "Optimisation"
+_PRED = "Prediction"
+_SELF = "Self-training"
+
+
+def train_student(
+    labels: Annotated[str, typer.Argument(
+        metavar="LABELS", help="Training: a COCO dataset with masks (pseudo-labels or ground truth). With "
+        "--checkpoint: the images to predict on, as a COCO dataset or a folder of images.")],
+    images: ImagesDir = None,
+    out: Annotated[str, typer.Option(
+        "--out", "-o", help="Training: the run folder (run.json, last.pt, metrics.jsonl, model.pt). With "
+        "--checkpoint: the COCO results file (- for stdout).")] = ...,  # type: ignore[assignment]
+    checkpoint: CheckpointOpt = None,
+    arch: Annotated[str, typer.Option(help="resnet50-fpn, resnet18-fpn or mobilenet-v3-fpn.",
+                                      rich_help_panel=_MODEL)] = "resnet50-fpn",
+    weights: Weights = "DEFAULT",
+    init_weights: Annotated[Path | None, typer.Option(
+        "--init-weights", metavar="PATH", dir_okay=False, rich_help_panel=_MODEL,
+        help="Start from the weights of a train-student model.pt (weights only; --resume continues a run).")] = None,
+    mask_loss: Annotated[str, typer.Option(
+        help="standard (per-pixel) or projection (FreeSOLO's projection Dice + colour-affinity losses for coarse "
+        "masks; box-only annotations then train on their box).", rich_help_panel=_MODEL)] = "standard",
+    min_size: Annotated[int, typer.Option(help="Short side images are resized to.", min=16,
+                                          rich_help_panel=_MODEL)] = 800,
+    max_size: Annotated[int, typer.Option(help="Long side limit after resizing.", min=16,
+                                          rich_help_panel=_MODEL)] = 1333,
+    rois_per_image: Annotated[int, typer.Option(help="RoIs sampled per training image (fewer: faster on CPU).",
+                                                min=4, rich_help_panel=_MODEL)] = 512,
+    mask_head_channels: Annotated[int, typer.Option(help="Width of the 4-conv mask head (torchvision: 256).", min=8,
+                                                    rich_help_panel=_MODEL)] = 256,
+    epochs: Epochs = 12,
+    batch_size: BatchSize = 4,
+    accumulate: Annotated[int, typer.Option(help="Micro-batches per optimizer step (gradient accumulation).",
+                                            min=1, rich_help_panel=_OPT)] = 1,
+    optimizer: Annotated[str, typer.Option(help="sgd (momentum 0.9) or adamw.", rich_help_panel=_OPT)] = "sgd",
+    lr: Annotated[float | None, typer.Option(help="Base learning rate [default: 0.01 sgd, 1e-4 adamw].", min=0.0,
+                                             rich_help_panel=_OPT)] = None,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.", min=0.0, rich_help_panel=_OPT)] = 1e-4,
+    warmup_iters: Annotated[int, typer.Option(help="Linear LR warm-up steps (then cosine decay).", min=0,
+                                              rich_help_panel=_OPT)] = 100,
+    clip_grad: Annotated[float, typer.Option(help="Max gradient norm (0: off).", min=0.0,
+                                             rich_help_panel=_OPT)] = 10.0,
+    pairwise_warmup: Annotated[int, typer.Option(help="Projection loss: warm-up steps of the pairwise term.",
+                                                 min=0, rich_help_panel=_OPT)] = 1000,
+    no_flip: Annotated[bool, typer.Option("--no-flip", help="No random horizontal flips.",
+                                          rich_help_panel=_OPT)] = False,
+    val: Annotated[Path | None, typer.Option(
+        metavar="VAL.json", dir_okay=False, help="Ground truth scored after every epoch (images under --images).")
+    ] = None,
+    score_threshold: Annotated[float, typer.Option(help="Keep detections scoring at least this.", min=0.0, max=1.0,
+                                                   rich_help_panel=_PRED)] = 0.05,
+    max_dets: Annotated[int, typer.Option(help="At most this many detections per image.", min=1,
+                                          rich_help_panel=_PRED)] = 100,
+    output_format: Annotated[str, typer.Option(
+        "--format", help="With --checkpoint: results (a COCO results list) or dataset (images + annotations, "
+        "trainable as labels).", rich_help_panel=_PRED)] = "results",
+    rounds: Annotated[int, typer.Option(help="Training rounds; each round after the first trains on the previous "
+                                        "round's confident predictions.", min=1, rich_help_panel=_SELF)] = 1,
+    round_score: Annotated[float, typer.Option(help="Self-training: keep predictions scoring at least this.",
+                                               min=0.0, max=1.0, rich_help_panel=_SELF)] = 0.5,
+    round_max: Annotated[int, typer.Option(help="Self-training: at most this many masks per image.", min=1,
+                                           rich_help_panel=_SELF)] = 20,
+    resume: Resume = False,
+    seed: Seed = 0,
+    device: Device = "auto",
+    workers: Workers = 2,
+    no_amp: NoAmp = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Train torchvision's Mask R-CNN on LABELS, or (with --checkpoint) predict COCO results with one.
+
+    Training writes the run folder -o RUN: run.json (resolved settings), last.pt (checkpoint after every
+    epoch), metrics.jsonl (losses and, with --val, AP per epoch) and model.pt. Runs data-parallel under
+    torchrun or srun. On SIGTERM or SIGUSR1 it saves a checkpoint and exits with 143: rerun with --resume.
+    """
+    setup(quiet, verbose)
+    if output_format not in ("results", "dataset"):
+        raise typer.BadParameter("expected results or dataset", param_hint="--format")
+    if checkpoint is not None:
+        _predict(labels, images, out, checkpoint, score_threshold, max_dets, output_format, batch_size, device,
+                 not no_amp, quiet)
+        return
+    if out == "-":
+        raise typer.BadParameter("training writes a run folder, not stdout", param_hint="--out")
+    if labels == "-":
+        raise typer.BadParameter("training reads its labels from a file (- is only for --checkpoint input)",
+                                 param_hint="LABELS")
+    from wsis_cli.stages.train_student import StudentSettings
+
+    try:
+        settings = StudentSettings(
+            arch=arch, weights=weights, init_weights=str(init_weights) if init_weights else None, mask_loss=mask_loss,
+            min_size=min_size, max_size=max_size, epochs=epochs, batch_size=batch_size, accumulate=accumulate,
+            optimizer=optimizer, lr=lr, weight_decay=weight_decay, warmup_iters=warmup_iters, clip_grad=clip_grad,
+            rois_per_image=rois_per_image, mask_head_channels=mask_head_channels,
+            pairwise_warmup=pairwise_warmup, flip=not no_flip,
+            val=str(val) if val else None, score_threshold=score_threshold, max_dets=max_dets, rounds=rounds,
+            round_score=round_score, round_max=round_max, seed=seed, amp=not no_amp, workers=workers)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    _train(settings, labels, images, Path(out), val, init_weights, resume, device)
+
+
+def _train(settings: object, labels: str, images: Path | None, run_path: Path, val: Path | None,
+           init_weights: Path | None, resume: bool, device: str) -> None:
+    from wsis_cli.io.coco import load_dataset
+    from wsis_cli.io.run_dir import read_model
+    from wsis_cli.io.weights import load_weights
+    from wsis_cli.models.student import weights_arch
+    from wsis_cli.runtime.distributed import init_distributed
+    from wsis_cli.runtime.seeding import seed_everything
+    from wsis_cli.stages import train_student as stage
+    from wsis_cli.stages.student_data import check_images
+
+    assert isinstance(settings, stage.StudentSettings)
+    ds = load_dataset(labels)
+    val_ds = load_dataset(val) if val is not None else None
+    root = str(images) if images is not None else None
+    check_images(ds, root)
+    if val_ds is not None:
+        check_images(val_ds, root)
+    init_state = read_model(init_weights, stage.STAGE)["model"] if init_weights is not None else None
+    backbone = load_weights(settings.weights, weights_arch(settings.arch))
+    ctx = init_distributed(device)
+    try:
+        seed_everything(settings.seed)
+        result = stage.run(settings, ds, root, run_path, ctx, resume=resume, backbone_state=backbone,
+                           init_state=init_state, init_source=str(init_weights), val_ds=val_ds)
+    finally:
+        ctx.shutdown()
+    if ctx.is_main:
+        from wsis_cli.runtime.log import get_logger
+
+        get_logger("train-student").info("train-student: model written to %s", result.model_path)
+
+
+def _predict(source: str, images: Path | None, out: str, checkpoint: Path, score_threshold: float, max_dets: int,
+             output_format: str, batch_size: int, device: str, amp: bool, quiet: bool) -> None:
+    from wsis_cli.io.atomic import check_output_path
+    from wsis_cli.io.coco import Dataset, load_dataset, write_dataset
+    from wsis_cli.io.images import folder_images
+    from wsis_cli.io.run_dir import read_model
+    from wsis_cli.io.stdio import write_json
+    from wsis_cli.runtime.device import resolve_device
+    from wsis_cli.runtime.progress import make_progress
+    from wsis_cli.stages.student_data import check_images
+    from wsis_cli.stages.student_predict import load_student, predict, results_to_dataset_annotations
+    from wsis_cli.stages.train_student import STAGE
+
+    if out != "-":
+        check_output_path(out)
+    if source != "-" and Path(source).is_dir():
+        records, root, name = folder_images(source), source, source
+    else:
+        ds = load_dataset(source)
+        records, root, name = ds.images, (str(images) if images is not None else None), ds.source
+        check_images(ds, root)
+    payload = read_model(checkpoint, STAGE)
+    model, _spec, category_ids = load_student(payload, str(checkpoint))
+    dev = resolve_device(device)
+    model.to(dev)
+    results = predict(model, category_ids, records, root, name, dev, score_threshold=score_threshold,
+                      max_dets=max_dets, batch_size=batch_size, amp=amp, progress=make_progress(quiet))
+    if output_format == "results":
+        write_json(results, out)
+        return
+    anns = results_to_dataset_annotations(results, score_threshold=score_threshold, max_per_image=max_dets)
+    write_dataset(Dataset(list(records), anns, list(payload.get("categories", [])),
+                          {"info": {"description": f"wsis train-student predictions of {checkpoint}"}}), out)

@@ -1,0 +1,221 @@
+"""The student: torchvision's Mask R-CNN with a selectable FPN backbone and a pluggable mask loss.
+
+No detector code of our own: the backbone comes from torchvision's ``resnet_fpn_backbone`` /
+``mobilenet_backbone``, the detector is ``torchvision.models.detection.MaskRCNN``. What we add is
+:class:`StudentRoIHeads`, a ``RoIHeads`` whose *training* mask loss can be swapped for FreeSOLO's
+projection + pairwise losses (:mod:`wsis_cli.models.student_losses`); inference is torchvision's.
+
+Anchor sizes: torchvision's (32..512 px, one size per FPN level) are meant for images resized to a short
+side of 800. With a smaller ``min_size`` they are scaled by ``min_size / 800`` (at least 1/4), so the
+anchors keep the same size relative to the resized image (``min_size=128`` gives 8..128 px).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, project_masks_on_boxes
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.ops import FrozenBatchNorm2d, roi_align
+
+from wsis_cli.models.student_losses import ProjectionLossWeights, projection_mask_loss
+from wsis_cli.models.weights import MatchReport, match_state_dict
+
+# CLI name -> (torchvision backbone family, torchvision model name used for --weights)
+ARCHES: dict[str, tuple[str, str]] = {
+    "resnet50-fpn": ("resnet", "resnet50"),
+    "resnet18-fpn": ("resnet", "resnet18"),
+    "mobilenet-v3-fpn": ("mobilenet", "mobilenet_v3_large"),
+}
+MASK_LOSSES = ("standard", "projection")
+
+
+def weights_arch(arch: str) -> str:
+    """The torchvision classification model whose weights initialise ``arch``'s backbone."""
+    return ARCHES[arch][1]
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """Everything needed to rebuild a student (stored in ``model.pt``)."""
+
+    arch: str = "resnet50-fpn"
+    num_classes: int = 1  # object categories, background excluded
+    min_size: int = 800
+    max_size: int = 1333
+    frozen_bn: bool = False  # FrozenBatchNorm2d (pretrained backbones) or trainable BatchNorm2d (scratch)
+    mask_loss: str = "standard"
+    rois_per_image: int = 512  # sampled RoIs per training image (torchvision's 512; fewer is much cheaper on CPUs)
+    mask_head_channels: int = 256  # width of the 4-conv mask head (torchvision's 256; most of a CPU step's cost)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHES:
+            raise ValueError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHES)}")
+        if self.mask_loss not in MASK_LOSSES:
+            raise ValueError(f"mask loss must be one of {', '.join(MASK_LOSSES)}, got {self.mask_loss!r}")
+        if self.num_classes < 1 or self.min_size < 16 or self.max_size < self.min_size or self.rois_per_image < 4 \
+                or self.mask_head_channels < 8:
+            raise ValueError("need num_classes >= 1, min_size >= 16, max_size >= min_size, rois_per_image >= 4 "
+                             "and mask_head_channels >= 8")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> StudentSpec:
+        return cls(**{k: obj[k] for k in cls.__dataclass_fields__ if k in obj})
+
+
+class ProjectionMaskLoss:
+    """FreeSOLO's coarse-mask loss on the positive RoIs of one batch (see :mod:`.student_losses`).
+
+    Targets are cropped to each proposal and resized to the ``M×M`` logit grid exactly as torchvision's
+    standard loss does (``roi_align`` of the binary mask); the Lab colour crops come from each target's
+    ``"lab"`` image ``(3, H0, W0)``, kept at the original resolution by the detector's transform, so the
+    proposals are scaled back to it first.
+    """
+
+    def __init__(self, weights: ProjectionLossWeights | None = None) -> None:
+        self.weights = weights or ProjectionLossWeights()
+        self.step = 0  # the trainer sets the iteration (pairwise warm-up)
+
+    def __call__(self, mask_logits: Tensor, proposals: Sequence[Tensor], matched_idxs: Sequence[Tensor],
+                 labels: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]],
+                 image_shapes: Sequence[tuple[int, int]]) -> dict[str, Tensor]:
+        m = mask_logits.shape[-1]
+        flat_labels = torch.cat(list(labels)) if labels else mask_logits.new_zeros((0,), dtype=torch.long)
+        if flat_labels.numel() == 0:
+            empty = mask_logits[:0, 0]  # keeps the graph connected: zero losses with gradients
+            return projection_mask_loss(empty, empty, None, self.step, self.weights)
+        logits = mask_logits[torch.arange(flat_labels.numel(), device=flat_labels.device), flat_labels].float()
+        crops, labs = [], []
+        for props, idx, t, (h, w) in zip(proposals, matched_idxs, targets, image_shapes, strict=True):
+            if props.numel() == 0:
+                continue
+            crops.append(project_masks_on_boxes(t["masks"], props, idx, m))
+            lab = t.get("lab")
+            if lab is not None:
+                h0, w0 = lab.shape[-2:]
+                scale = props.new_tensor([w0 / w, h0 / h, w0 / w, h0 / h])
+                labs.append(roi_align(lab[None].float(), [props.float() * scale], (m, m), 1.0, sampling_ratio=2,
+                                      aligned=True))
+        target = torch.cat(crops).clamp(0, 1)
+        lab_crops = torch.cat(labs) if len(labs) == len(crops) and labs else None
+        return projection_mask_loss(logits, target, lab_crops, self.step, self.weights)
+
+
+class StudentRoIHeads(RoIHeads):
+    """torchvision's ``RoIHeads`` with an optional replacement for the mask loss while training.
+
+    With ``coarse_loss=None`` (the standard loss) every call is torchvision's own forward. Otherwise the
+    training forward recomputes the same box losses and positive-RoI mask logits, and hands the mask
+    loss to ``coarse_loss`` (which returns a dict of named loss terms).
+    """
+
+    coarse_loss: ProjectionMaskLoss | None = None
+
+    def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
+                targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        if not self.training or self.coarse_loss is None:
+            return super().forward(features, proposals, image_shapes, targets)
+        if targets is None:
+            raise ValueError("targets are needed in training mode")
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        loss_cls, loss_box = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+        # masks are learned on the positive proposals only, as in torchvision
+        pos = [torch.where(lab > 0)[0] for lab in labels]
+        mask_props = [p[i] for p, i in zip(proposals, pos, strict=True)]
+        pos_matched = [m[i] for m, i in zip(matched_idxs, pos, strict=True)]
+        pos_labels = [lab[i] for lab, i in zip(labels, pos, strict=True)]
+        mask_features = self.mask_head(self.mask_roi_pool(features, mask_props, image_shapes))
+        mask_logits = self.mask_predictor(mask_features)
+        losses = {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+        losses.update(self.coarse_loss(mask_logits, mask_props, pos_matched, pos_labels, targets, image_shapes))
+        return [], losses
+
+
+def anchor_scale(min_size: int) -> float:
+    return min(1.0, max(0.25, min_size / 800.0))
+
+
+def _backbone(spec: StudentSpec) -> tuple[nn.Module, AnchorGenerator]:
+    family, name = ARCHES[spec.arch]
+    norm = FrozenBatchNorm2d if spec.frozen_bn else nn.BatchNorm2d
+    s = anchor_scale(spec.min_size)
+    sizes = [max(4, round(a * s)) for a in (32, 64, 128, 256, 512)]
+    ratios = (0.5, 1.0, 2.0)
+    if family == "resnet":
+        # pretrained: train layer2..4 as torchvision does; from scratch everything must learn
+        backbone = resnet_fpn_backbone(backbone_name=name, weights=None, norm_layer=norm,
+                                       trainable_layers=3 if spec.frozen_bn else 5)
+        anchors = AnchorGenerator(tuple((a,) for a in sizes), (ratios,) * len(sizes))
+        if not spec.frozen_bn:
+            _zero_init_residuals(backbone.body)
+    else:
+        backbone = mobilenet_backbone(backbone_name=name, weights=None, fpn=True, norm_layer=norm,
+                                      trainable_layers=3 if spec.frozen_bn else 6)
+        # two feature maps + the max-pool level, each with all sizes (torchvision's mobilenet recipe)
+        anchors = AnchorGenerator((tuple(sizes),) * 3, (ratios,) * 3)
+    return backbone, anchors
+
+
+def _zero_init_residuals(body: nn.Module) -> None:
+    """Start each residual branch at zero (its last BN's scale): a ResNet trained from scratch then begins
+    as a shallow network, instead of one whose activations double with every block (measured here: the
+    mask loss of a scratch ResNet-18 student reached 1e5 and went NaN in three steps without it)."""
+    for m in body.modules():
+        if isinstance(m, Bottleneck):
+            nn.init.zeros_(m.bn3.weight)
+        elif isinstance(m, BasicBlock):
+            nn.init.zeros_(m.bn2.weight)
+
+
+def build_student(spec: StudentSpec, backbone_state: Any | None = None, *, source: str = "--weights",
+                  loss_weights: ProjectionLossWeights | None = None) -> tuple[MaskRCNN, MatchReport | None]:
+    """A Mask R-CNN for ``spec`` (``num_classes + 1`` outputs: label 0 is background).
+
+    ``backbone_state`` (a raw checkpoint of the torchvision classifier, any layout) is matched onto the
+    backbone body; returns the model and how the weights matched (``None`` without weights).
+    """
+    backbone, anchors = _backbone(spec)
+    report = None
+    if backbone_state is not None:
+        state, report = match_state_dict(backbone_state, backbone.body, source=source)
+        backbone.body.load_state_dict(state, strict=False)
+    c = spec.mask_head_channels
+    # torchvision's own heads (FastRCNNPredictor on its 1024-d TwoMLPHead; MaskRCNNHeads), passed in only
+    # so that the mask head's width can be chosen; num_classes must then be left to the predictors
+    model = MaskRCNN(backbone, num_classes=None, min_size=spec.min_size, max_size=spec.max_size,
+                     rpn_anchor_generator=anchors, box_batch_size_per_image=spec.rois_per_image,
+                     box_predictor=FastRCNNPredictor(1024, spec.num_classes + 1),
+                     mask_head=MaskRCNNHeads(backbone.out_channels, [c] * 4, 1),
+                     mask_predictor=MaskRCNNPredictor(c, c, spec.num_classes + 1))
+    heads = model.roi_heads
+    student_heads = StudentRoIHeads(
+        heads.box_roi_pool, heads.box_head, heads.box_predictor,
+        heads.proposal_matcher.high_threshold, heads.proposal_matcher.low_threshold,
+        heads.fg_bg_sampler.batch_size_per_image, heads.fg_bg_sampler.positive_fraction,
+        heads.box_coder.weights, heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
+        mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head, mask_predictor=heads.mask_predictor)
+    if spec.mask_loss == "projection":
+        student_heads.coarse_loss = ProjectionMaskLoss(loss_weights)
+    model.roi_heads = student_heads
+    return model, report
+
+
+def set_loss_step(model: nn.Module, step: int) -> None:
+    """Tell the coarse mask loss (if any) the current iteration, for its warm-up."""
+    heads = getattr(model, "roi_heads", None)
+    if isinstance(heads, StudentRoIHeads) and heads.coarse_loss is not None:
+        heads.coarse_loss.step = step

@@ -1,0 +1,434 @@
+"""``wsis train-student``: train torchvision's Mask R-CNN on pseudo-labels (or ground truth) and predict.
+
+Training (one run folder, :class:`wsis_cli.io.run_dir.RunDir`): SGD with momentum (or AdamW), a linear
+warm-up then a cosine decay of the learning rate, ``accumulate`` micro-batches per optimizer step, AMP on
+GPUs, data-parallel under ``torchrun``/``srun`` (only rank 0 writes), a checkpoint after every epoch and
+per-epoch losses (and validation AP with ``val``) in ``metrics.jsonl``; the final ``model.pt`` holds the
+weights, the :class:`~wsis_cli.models.student.StudentSpec` and the category ids.
+
+Pre-emption: SIGTERM (SLURM pre-emption, ``scancel``, the time limit) or SIGUSR1 (``sbatch
+--signal=B:USR1@120``) make the loop stop after the optimizer step in progress, save ``last.pt`` with the
+position inside the epoch, and exit with code 143 (:data:`REQUEUE_EXIT`). A job script can requeue on
+143 and rerun the same command with ``--resume``, which continues at the same step with the optimizer,
+loss scaler and RNG states restored. A second signal stops at once.
+
+Self-training (``rounds > 1``, FreeSOLO): after round r the model predicts on the training images; per
+image the ``round_max`` best masks scoring ≥ ``round_score`` are the labels of round r+1, which trains
+from the same initialisation. Round r keeps its own run folder ``RUN/round-r``; ``RUN/model.pt`` is the
+last round's model.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from wsis_cli.io.coco import Dataset
+from wsis_cli.io.run_dir import RunDir
+from wsis_cli.models.student import StudentSpec, build_student, set_loss_step
+from wsis_cli.models.student_losses import ProjectionLossWeights
+from wsis_cli.runtime.device import autocast, grad_scaler
+from wsis_cli.runtime.distributed import DistContext
+from wsis_cli.runtime.errors import BadInputError, ExitCode, Terminated
+from wsis_cli.runtime.log import get_logger
+from wsis_cli.runtime.training import rng_state, set_lr, set_rng_state, unwrap_model, warmup_cosine
+from wsis_cli.stages.student_data import StudentData, collate, collect_instances, loader_worker_init
+from wsis_cli.stages.student_predict import predict
+
+log = get_logger("train-student")
+
+STAGE = "train-student"
+REQUEUE_EXIT = int(ExitCode.TERMINATED)  # 143: "checkpoint saved, rerun with --resume"
+OPTIMIZERS = ("sgd", "adamw")
+DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4}
+
+
+@dataclass(frozen=True)
+class StudentSettings:
+    """Settings of ``wsis train-student`` training, one field per flag (see the CLI for their help)."""
+
+    arch: str = "resnet50-fpn"
+    weights: str = "DEFAULT"
+    init_weights: str | None = None
+    mask_loss: str = "standard"
+    min_size: int = 800
+    max_size: int = 1333
+    epochs: int = 12
+    batch_size: int = 4  # global batch per micro-step (split over DDP ranks)
+    accumulate: int = 1
+    optimizer: str = "sgd"
+    lr: float | None = None  # None: 0.01 for SGD, 1e-4 for AdamW
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 100
+    clip_grad: float = 10.0  # max gradient norm (0: no clipping)
+    rois_per_image: int = 512
+    mask_head_channels: int = 256
+    pairwise_warmup: int = 1000
+    flip: bool = True
+    val: str | None = None
+    score_threshold: float = 0.05
+    max_dets: int = 100
+    rounds: int = 1
+    round_score: float = 0.5
+    round_max: int = 20
+    seed: int = 0
+    amp: bool = True
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.epochs < 0 or self.batch_size < 1 or self.accumulate < 1 or self.rounds < 1:
+            raise ValueError("need epochs >= 0, batch size >= 1, accumulate >= 1 and rounds >= 1")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.score_threshold <= 1 or not 0 <= self.round_score <= 1:
+            raise ValueError("score thresholds must lie in [0, 1]")
+        self.spec(1)  # validates arch, sizes, mask loss
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    def resolved(self) -> StudentSettings:
+        """A copy with defaults that depend on other settings filled in (what run.json records)."""
+        return replace(self, lr=self.base_lr)
+
+    def spec(self, num_classes: int, frozen_bn: bool = False) -> StudentSpec:
+        return StudentSpec(arch=self.arch, num_classes=num_classes, min_size=self.min_size, max_size=self.max_size,
+                           frozen_bn=frozen_bn, mask_loss=self.mask_loss, rois_per_image=self.rois_per_image,
+                           mask_head_channels=self.mask_head_channels)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    model_path: Path
+    category_ids: list[int]
+    history: list[dict[str, Any]] = field(default_factory=list)  # the metrics.jsonl records of this run
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGUSR1 only *request* a stop (checked between optimizer steps).
+
+    A second signal raises :class:`Terminated` at once. Outside the main thread (where Python cannot
+    install handlers) this is inert.
+    """
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.requested is not None:
+            raise Terminated
+        self.requested = signum
+        log.warning("received %s: stopping after the current step to save a checkpoint", signal.Signals(signum).name)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+                if sig is not None:
+                    self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
+        self._previous.clear()
+
+
+def check_categories(val: Dataset, category_ids: list[int]) -> None:
+    known = set(category_ids)
+    for i, a in enumerate(val.annotations):
+        if a["category_id"] not in known:
+            raise BadInputError(val.source, f"annotations[{i}] (id {a.get('id')})",
+                                f"category {a['category_id']} is not a category of the training labels")
+
+
+def load_init_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Start from another student's weights: every tensor whose name and shape match (new categories
+    leave the class-specific predictor layers at their fresh initialisation)."""
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if len(usable) < 0.5 * len(own):
+        raise BadInputError(source, None, f"only {len(usable)} of the model's {len(own)} tensors match: a model of "
+                            "another architecture?")
+    model.load_state_dict(usable, strict=False)
+    log.info("--init-weights %s: %d of %d tensors loaded", source, len(usable), len(own))
+
+
+def _loader(data: StudentData, indices: list[int], per_rank: int, workers: int, device: torch.device,
+            seed: int) -> DataLoader:
+    # its own generator: creating the iterator must not draw from the global RNG, or a resumed epoch
+    # (whose iterator starts later) would sample other RoIs than the uninterrupted run
+    return DataLoader(data, batch_size=per_rank, sampler=indices, num_workers=workers, collate_fn=collate,
+                      worker_init_fn=loader_worker_init, pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def _epoch_indices(sampler: Any, epoch: int, seed: int) -> list[int]:
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    elif getattr(sampler, "generator", None) is not None:
+        sampler.generator.manual_seed(seed * 1_000_003 + epoch)
+    return list(sampler)
+
+
+def _to_device(images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]],
+               device: torch.device) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    return ([im.to(device, non_blocking=True) for im in images],
+            [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets])
+
+
+def train(settings: StudentSettings, ds: Dataset, images_root: str | None, run: RunDir, ctx: DistContext, *,
+          backbone_state: Any | None = None, init_state: Mapping[str, torch.Tensor] | None = None,
+          init_source: str = "--init-weights", val_ds: Dataset | None = None) -> TrainResult:
+    """Train one student on ``ds`` in the run folder ``run``; returns the model (eval mode) and its history.
+
+    ``backbone_state`` is the raw ``--weights`` checkpoint (or ``None``); ``init_state`` a whole student's
+    state dict (``--init-weights``). Raises :class:`Terminated` after saving a checkpoint when stopped
+    by SIGTERM/SIGUSR1.
+    """
+    device = ctx.device
+    category_ids = [int(c["id"]) for c in ds.categories]
+    if val_ds is not None:
+        check_categories(val_ds, category_ids)
+    box_masks = settings.mask_loss == "projection"
+    instances = collect_instances(ds, category_ids, box_masks=box_masks)
+    n_inst = sum(len(v) for v in instances.values())
+    frozen_bn = backbone_state is not None
+    torch.manual_seed(settings.seed)
+    weights = ProjectionLossWeights(pairwise_warmup=settings.pairwise_warmup)
+    model, report = build_student(settings.spec(len(category_ids), frozen_bn), backbone_state,
+                                  source=settings.weights, loss_weights=weights)
+    if report is not None:
+        log.info("--weights %s: %d of %d backbone tensors (prefix %r)", settings.weights, report.matched,
+                 report.total, report.prefix)
+    if init_state is not None:
+        load_init_weights(model, init_state, init_source)
+    model.to(device)
+
+    data = StudentData(ds.images, instances, images_root, ds.source, with_lab=box_masks, flip=settings.flip,
+                       seed=settings.seed)
+    per_rank = max(1, math.ceil(settings.batch_size / ctx.world_size))
+    sampler = ctx.sampler(data, shuffle=True, seed=settings.seed)
+    batches_per_epoch = math.ceil(len(sampler) / per_rank) if len(data) else 0
+    steps_per_epoch = math.ceil(batches_per_epoch / settings.accumulate)
+    total = settings.epochs * steps_per_epoch
+    params = [p for p in model.parameters() if p.requires_grad]
+    base_lr = settings.base_lr
+    if settings.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=base_lr, momentum=settings.momentum,
+                                                           weight_decay=settings.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=settings.weight_decay)
+    scaler = grad_scaler(device, settings.amp)
+    log.info("train-student: %s, %d images, %d instances, %d categories; %d epochs of %d steps (batch %d x %d), "
+             "%s mask loss, %s lr %g", settings.arch, len(data), n_inst, len(category_ids), settings.epochs,
+             steps_per_epoch, settings.batch_size, settings.accumulate, settings.mask_loss, settings.optimizer, base_lr)
+
+    start_epoch, skip_batches, step = 0, 0, 0
+    history: list[dict[str, Any]] = []
+    ckpt = run.load_checkpoint()
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, skip_batches, step = int(ckpt["epoch"]), int(ckpt.get("batch", 0)), int(ckpt["step"])
+        history = list(ckpt.get("history", []))
+        set_rng_state(ckpt["rng"])
+    net = ctx.wrap(model)
+
+    def checkpoint(epoch: int, batch: int, sums: Mapping[str, torch.Tensor] | None = None,
+                   count: float = 0.0) -> None:
+        if ctx.is_main:
+            run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scaler": scaler.state_dict(), "epoch": epoch, "batch": batch, "step": step,
+                                 "rng": rng_state(), "history": history, "category_ids": category_ids,
+                                 "partial_sums": {k: float(v) for k, v in (sums or {}).items()},
+                                 "partial_count": count})
+
+    with StopSignals() as stop:
+        for epoch in range(start_epoch, settings.epochs):
+            t0 = time.perf_counter()
+            data.epoch = epoch
+            indices = _epoch_indices(sampler, epoch, settings.seed)
+            first = skip_batches if epoch == start_epoch else 0
+            sums: dict[str, torch.Tensor] = {}
+            count = torch.zeros((), device=device)
+            if first and ckpt is not None:  # the epoch's running loss sums, so its record stays exact
+                sums = {k: torch.tensor(v, device=device) for k, v in ckpt.get("partial_sums", {}).items()}
+                count += float(ckpt.get("partial_count", 0))
+            net.train()
+            optimizer.zero_grad(set_to_none=True)
+            batches = _loader(data, indices[first * per_rank:], per_rank, settings.workers, device,
+                              settings.seed * 1_000_003 + epoch)
+            n_batches = len(batches)
+            for b, (images, targets) in enumerate(batches):
+                images, targets = _to_device(images, targets, device)
+                set_loss_step(model, step)
+                with autocast(device, settings.amp):
+                    losses = net(images, targets)
+                loss = sum(v.float() for v in losses.values())
+                scaler.scale(loss / settings.accumulate).backward()
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach().float()
+                count += 1
+                if (b + 1) % settings.accumulate == 0 or b + 1 == n_batches:
+                    set_lr(optimizer, [base_lr] * len(optimizer.param_groups),
+                           warmup_cosine(step, settings.warmup_iters, total, final=0.05))
+                    if settings.clip_grad > 0:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(params, settings.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    if _stop_agreed(stop, ctx, device):
+                        checkpoint(epoch, first + b + 1, sums, float(count))
+                        log.warning("train-student: checkpoint saved in %s at epoch %d, batch %d (step %d); exit %d: "
+                                    "rerun with --resume", run.path, epoch + 1, first + b + 1, step, REQUEUE_EXIT)
+                        raise Terminated
+            record = _epoch_record(sums, count, ctx, epoch, step, optimizer, time.perf_counter() - t0)
+            if ctx.is_main and val_ds is not None:
+                record.update(validate(model, category_ids, val_ds, images_root, settings, device))
+            history.append(record)
+            if ctx.is_main:
+                vm = f"  val mask AP {record['val_mask_ap']:.4f}" if record.get("val_mask_ap") is not None else ""
+                log.info("train-student: epoch %d/%d  loss %.4f%s  (%.1f s)", epoch + 1, settings.epochs,
+                         record["loss"], vm, record["seconds"])
+                run.log_metrics(record)
+            checkpoint(epoch + 1, 0)
+            ctx.barrier()
+    if ctx.is_main:
+        run.save_model(unwrap_model(net).state_dict(), model_extra(settings, ds, frozen_bn, history))
+    ctx.barrier()
+    model.eval()
+    return TrainResult(model, run.model_path.resolve(), category_ids, history)
+
+
+def model_extra(settings: StudentSettings, ds: Dataset, frozen_bn: bool, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """What ``model.pt`` holds beside the weights: enough to rebuild the model and name its categories."""
+    spec = settings.spec(len(ds.categories), frozen_bn)
+    return {"spec": spec.to_json(), "category_ids": [int(c["id"]) for c in ds.categories],
+            "categories": ds.categories, "arch": settings.arch, "history": history}
+
+
+def _stop_agreed(stop: StopSignals, ctx: DistContext, device: torch.device) -> bool:
+    """Every rank stops at the same step: a signal seen by any rank stops all of them."""
+    flag = torch.tensor(float(stop.requested is not None), device=device)
+    return bool(ctx.all_reduce_sum(flag).item() > 0) if ctx.enabled else stop.requested is not None
+
+
+def _epoch_record(sums: dict[str, torch.Tensor], count: torch.Tensor, ctx: DistContext, epoch: int, step: int,
+                  optimizer: torch.optim.Optimizer, seconds: float) -> dict[str, Any]:
+    names = sorted(sums)
+    packed = torch.stack([sums[k] for k in names] + [count]) if names else count[None]
+    ctx.all_reduce_sum(packed)
+    n = float(packed[-1].clamp(min=1))
+    terms = {k: float(packed[i]) / n for i, k in enumerate(names)}
+    return {"epoch": epoch + 1, "step": step, "loss": sum(terms.values()), **terms,
+            "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+
+
+def validate(model: nn.Module, category_ids: list[int], val_ds: Dataset, images_root: str | None,
+             settings: StudentSettings, device: torch.device) -> dict[str, Any]:
+    """Predict on the validation images and score them as ``wsis eval`` does."""
+    from wsis_cli.stages.evaluate import EvalSettings, evaluate
+
+    preds = predict(model, category_ids, val_ds.images, images_root, val_ds.source, device,
+                    score_threshold=settings.score_threshold, max_dets=settings.max_dets, amp=settings.amp)
+    report = evaluate(val_ds, preds, EvalSettings(max_dets=max(settings.max_dets, 10)))
+    segm = report.coco.get("segm")
+    bbox = report.coco.get("bbox")
+    return {"val_mask_ap": report.mask_ap, "val_box_ap": report.box_ap,
+            "val_mask_ap50": segm.stats["AP50"] if segm else None, "val_box_ap50": bbox.stats["AP50"] if bbox else None,
+            "val_mean_iou": report.mean_iou, "val_predictions": len(preds)}
+
+
+def run(settings: StudentSettings, ds: Dataset, images_root: str | None, run_path: str | Path, ctx: DistContext, *,
+        resume: bool = False, backbone_state: Any | None = None,
+        init_state: Mapping[str, torch.Tensor] | None = None, init_source: str = "--init-weights",
+        val_ds: Dataset | None = None) -> TrainResult:
+    """Train (``settings.rounds`` rounds of self-training) with ``run_path`` as the run folder.
+
+    One round trains in ``run_path`` itself; several keep ``run_path/round-r`` folders (round r > 1 also
+    holds the ``labels.json`` it was trained on) and write the last round's model to ``run_path/model.pt``.
+    """
+    from wsis_cli.io.coco import write_dataset
+    from wsis_cli.stages.student_predict import results_to_dataset_annotations
+
+    settings = settings.resolved()
+    top = RunDir(run_path, STAGE, settings, resume=resume)
+    if settings.rounds == 1:
+        return train(settings, ds, images_root, top, ctx, backbone_state=backbone_state, init_state=init_state,
+                     init_source=init_source, val_ds=val_ds)
+    labels = ds
+    result: TrainResult | None = None
+    history: list[dict[str, Any]] = []
+    for r in range(1, settings.rounds + 1):
+        if r > 1:
+            assert result is not None
+            preds = predict(result.model, result.category_ids, ds.images, images_root, ds.source, ctx.device,
+                            score_threshold=settings.round_score, max_dets=settings.round_max, amp=settings.amp)
+            anns = results_to_dataset_annotations(preds, score_threshold=settings.round_score,
+                                                  max_per_image=settings.round_max)
+            labels = ds.with_annotations(anns)
+            labels.source = str(Path(run_path) / f"round-{r}" / "labels.json")
+            log.info("self-training round %d: %d pseudo-labels on %d images from round %d's predictions", r,
+                     len(anns), len({a["image_id"] for a in anns}), r - 1)
+        round_dir = RunDir(Path(run_path) / f"round-{r}", STAGE, {**_jsonable(settings), "round": r}, resume=resume)
+        if r > 1 and ctx.is_main:
+            write_dataset(labels, round_dir.path / "labels.json")
+        result = train(settings, labels, images_root, round_dir, ctx, backbone_state=backbone_state,
+                       init_state=init_state, init_source=init_source, val_ds=val_ds)
+        history.extend({"round": r, **rec} for rec in result.history)
+    assert result is not None
+    if ctx.is_main:
+        extra = model_extra(settings, ds, backbone_state is not None, history)
+        top.save_model(result.model.state_dict(), {**extra, "rounds": settings.rounds})
+    ctx.barrier()
+    return TrainResult(result.model, top.model_path.resolve(), result.category_ids, history)
+
+
+def _jsonable(settings: StudentSettings) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(settings)
+
+
+def demo_settings(images: list[dict[str, Any]], *, epochs: int = 8, mask_loss: str = "standard",
+                  seed: int = 0) -> StudentSettings:
+    """A tiny student for ``wsis demo`` and tests: ResNet-18-FPN from scratch at the images' own size."""
+    side = int(min(min(im["height"], im["width"]) for im in images)) if images else 128
+    side = max(32, side)
+    return StudentSettings(arch="resnet18-fpn", weights="none", mask_loss=mask_loss, min_size=side,
+                           max_size=max(side, max(max(im["height"], im["width"]) for im in images) if images else side),
+                           epochs=epochs, batch_size=2, lr=0.02, warmup_iters=5, rois_per_image=64,
+                           mask_head_channels=64,
+                           pairwise_warmup=20, max_dets=30, seed=seed, workers=0)
+
+
+def demo_student(images_dir: Path, labels: Dataset, work: Path, *, epochs: int = 8,
+                 mask_loss: str = "standard") -> list[dict[str, Any]]:
+    """Train a tiny student on ``labels`` briefly (run folder ``work``) and return its COCO results on the
+    same images (for ``wsis demo``; seconds per epoch on a laptop for a few dozen 128-px images)."""
+    from wsis_cli.runtime.device import resolve_device
+
+    settings = demo_settings(labels.images, epochs=epochs, mask_loss=mask_loss)
+    ctx = DistContext(device=resolve_device("auto"))
+    result = run(settings, labels, str(images_dir), work, ctx)
+    return predict(result.model, result.category_ids, labels.images, str(images_dir), labels.source, ctx.device,
+                   score_threshold=settings.score_threshold, max_dets=settings.max_dets, amp=settings.amp)
