@@ -87,11 +87,35 @@ def input_images(job: FreeMaskJob) -> tuple[list[dict[str, Any]], str | None, st
     return ds.images, job.images, ds.source
 
 
-def _read(records: list[dict[str, Any]], root: str | None, source: str):
-    from wsis_cli.io.images import load_image_for
+class _Images(torch.utils.data.Dataset):
+    """``(image_id, RGB array)`` of image records, read through :mod:`wsis_cli.io.images` (in workers)."""
 
-    for im in records:
-        yield im["id"], load_image_for(root, im, source)
+    def __init__(self, records: list[dict[str, Any]], root: str | None, source: str) -> None:
+        self.records, self.root, self.source = records, root, source
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
+        from wsis_cli.io.images import load_image_for
+
+        im = self.records[i]
+        return im["id"], load_image_for(self.root, im, self.source)
+
+
+def _as_is(item: Any) -> Any:
+    return item  # keep numpy arrays (the default would turn them into tensors)
+
+
+def _read(records: list[dict[str, Any]], root: str | None, source: str, workers: int = 0):
+    """Images in record order; ``workers`` > 0 decodes them in background processes."""
+    data = _Images(records, root, source)
+    if workers <= 0 or len(records) < 2:
+        yield from (data[i] for i in range(len(data)))
+        return
+    loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=workers,
+                                         prefetch_factor=4, collate_fn=_as_is)
+    yield from loader
 
 
 def labelled_samples(labeled: coco.Dataset, records: list[dict[str, Any]], root: str | None, source: str,
@@ -194,7 +218,7 @@ def run(settings: FreeMaskSettings, job: FreeMaskJob, progress: Any = None) -> c
     completed = False
     try:
         pending = [im for im in todo_records if im["id"] not in done]
-        for image_id, res in generate(net, _read(pending, root, source), settings.backbone, settings.params,
+        for image_id, res in generate(net, _read(pending, root, source, job.workers), settings.backbone, settings.params,
                                       device, batch_size=job.batch_size, amp=job.amp):
             anns = annotations_for(image_id, res)
             if writer is not None and not writer.has(image_id):
