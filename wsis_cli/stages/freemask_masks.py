@@ -216,11 +216,12 @@ def _finish(queries: Tensor, kept: Tensor, scores: Tensor, soft: Tensor, image_s
     """Upsample the kept soft masks, threshold, apply the filters and compute the embeddings."""
     H, W = image_size
     if kept.numel():
-        # one mask at a time: only the bool masks are kept at image size, never K float32 maps
-        masks = torch.stack([
-            F.interpolate(s[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0] >= p.mask_threshold
-            for s in soft
-        ])
+        # one mask at a time, thresholded straight into the output: only the bool masks are kept at
+        # image size, never K float32 maps (nor a stacking copy)
+        masks = torch.empty((soft.shape[0], H, W), dtype=torch.bool, device=soft.device)
+        for i, s in enumerate(soft):
+            up = F.interpolate(s[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+            torch.ge(up, p.mask_threshold, out=masks[i])
     else:
         masks = torch.zeros((0, H, W), dtype=torch.bool, device=soft.device)
     cy, width = upstream_box_stats(masks)
