@@ -11,6 +11,7 @@ from irnet_fakes import write_fake_cams
 
 from wsis_cli.io import coco, rle
 from wsis_cli.io.h5 import H5Writer
+from wsis_cli.io.images import read_image
 from wsis_cli.runtime.errors import BadInputError
 from wsis_cli.stages import synth
 from wsis_cli.stages.irnet import IRNetJob, IRNetSettings, run
@@ -50,8 +51,13 @@ def test_trains_predicts_and_reuses_the_checkpoint(small: Path, tmp_path: Path) 
     assert len(metrics) == 1 and np.isfinite(json.loads(metrics[0])["total"])
 
     again = tmp_path / "again.json"
-    run(FAST, job(small, str(again), checkpoint=str(tmp_path / "run" / "model.pt")))
+    sem = tmp_path / "sem"
+    sem.mkdir()
+    run(FAST, job(small, str(again), checkpoint=str(tmp_path / "run" / "model.pt"), semantic=str(sem)))
     assert json.loads(again.read_text())["annotations"] == json.loads(out.read_text())["annotations"]
+    assert sorted(p.name for p in sem.iterdir()) == ["000001.png", "000002.png", "000003.png", "000004.png"]
+    lab = read_image(sem / "000001.png")
+    assert lab.shape[:2] == (88, 92) and set(np.unique(lab)) <= {0, 1, 2}
 
     # a finished run resumed predicts with its model.pt; a longer run resumed continues from last.pt
     resumed = tmp_path / "resumed.json"
@@ -69,19 +75,6 @@ def test_resume_continues_training(small: Path, tmp_path: Path) -> None:
     state = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
     assert state["epoch"] == 2
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2
-
-
-def test_semantic_maps(small: Path, tmp_path: Path) -> None:
-    from wsis_cli.io.images import read_image
-
-    sem = tmp_path / "sem"
-    sem.mkdir()
-    settings = IRNetSettings(**{**FAST.to_json(), "epochs": 0})
-    run(settings, job(small, str(tmp_path / "p.json"), run=str(tmp_path / "r"), semantic=str(sem)))
-    files = sorted(p.name for p in sem.iterdir())
-    assert files == ["000001.png", "000002.png", "000003.png", "000004.png"]
-    lab = read_image(sem / "000001.png")
-    assert lab.shape[:2] == (88, 92) and set(np.unique(lab)) <= {0, 1, 2}
 
 
 def test_cams_from_another_stage_is_bad_input(small: Path, tmp_path: Path) -> None:
