@@ -54,15 +54,3 @@ def test_boundary_stops_propagation() -> None:
     assert out[0, :, :8].sum().item() > 0.5
     with pytest.raises(ValueError):
         random_walk(torch.zeros(1, 4, 4), torch.zeros(4, 5))
-
-
-def test_gather_and_slice_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
-    import wsis_cli.stages.random_walk as rw
-
-    g = torch.Generator().manual_seed(2)
-    edge = torch.rand(13, 19, generator=g, dtype=torch.float64)
-    x = torch.rand(3, 13, 19, generator=g, dtype=torch.float64)
-    small = rw.random_walk(x, edge, steps=32)
-    monkeypatch.setattr(rw, "GATHER_ELEMENTS", 0)
-    big = rw.random_walk(x, edge, steps=32)
-    assert (small - big).abs().max().item() < 1e-12

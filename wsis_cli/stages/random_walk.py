@@ -23,9 +23,6 @@ from wsis_cli.models.irnet_paths import edge_to_affinity, path_offsets, radius_f
 RADIUS = 5
 BETA = 10.0
 STEPS = 256
-# below this many (channel, neighbour, pixel) elements a step gathers every neighbour at once: per-op
-# overhead, not memory traffic, dominates small maps (a 256x256 image at 8 channels is under it)
-GATHER_ELEMENTS = 1 << 23
 
 
 def _check(x: Tensor, edge: Tensor) -> None:
@@ -80,8 +77,6 @@ def random_walk(x: Tensor, edge: Tensor, radius: float = RADIUS, beta: float = B
     edge = edge.to(device=x.device, dtype=dtype)
     offsets, weights = walk_weights(edge, radius, beta, dtype)
     c, h, w = x.shape
-    if c * len(offsets) * h * w <= GATHER_ELEMENTS:
-        return _walk_gather(x.to(dtype) * (1.0 - edge), offsets, weights, steps)
     f = radius_floor(radius)
     # x lives in the interior of a zero-padded buffer, so every shifted read is a plain slice
     buf = torch.zeros(c, h + 2 * f, w + 2 * f, dtype=dtype, device=x.device)
@@ -95,25 +90,6 @@ def random_walk(x: Tensor, edge: Tensor, radius: float = RADIUS, beta: float = B
             acc.addcmul_(view, wk)
         interior.copy_(acc)
     return interior.clone()
-
-
-def _walk_gather(x: Tensor, offsets: list[tuple[int, int]], weights: Tensor, steps: int) -> Tensor:
-    """Small maps: each step is one gather of all neighbours and one weighted sum (3 ops, not 69)."""
-    c, h, w = x.shape
-    ys = torch.arange(h, device=x.device).view(-1, 1)
-    xs = torch.arange(w, device=x.device).view(1, -1)
-    index = []
-    for oy, ox in offsets:
-        ny, nx = ys + oy, xs + ox
-        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
-        index.append(torch.where(inside, ny * w + nx, h * w).reshape(-1))  # h*w: a slot that stays 0
-    idx = torch.stack(index)  # (K, HW)
-    wts = weights.reshape(len(offsets), -1)
-    flat = torch.zeros(c, h * w + 1, dtype=x.dtype, device=x.device)
-    flat[:, : h * w] = x.reshape(c, -1)
-    for _ in range(steps):
-        flat[:, : h * w] = (flat[:, idx] * wts).sum(1)
-    return flat[:, : h * w].reshape(c, h, w).clone()
 
 
 def random_walk_dense(x: Tensor, edge: Tensor, radius: float = RADIUS, beta: float = BETA,
