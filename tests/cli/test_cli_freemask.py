@@ -89,22 +89,3 @@ def test_labeled_fine_tunes_checkpoints_and_reuses(data, tmp_path):
     r = _run(str(data / "images"), "-o", str(again), "--checkpoint", str(run / "model.pt"), *FAST)
     assert r.returncode == 0, r.stderr
     assert json.loads(again.read_text())["annotations"] == json.loads(out.read_text())["annotations"]
-
-
-def test_resume_finishes_an_interrupted_run(data, tmp_path):
-    imgs = tmp_path / "imgs"
-    shutil.copytree(data / "images", imgs)
-    out = tmp_path / "o.json"
-    fresh = tmp_path / "fresh.json"
-    one = ["--batch-size", "1", *FAST]  # batched convolutions may differ in the last bits
-    assert _run(str(data / "gt.json"), "--images", str(imgs), "-o", str(fresh), *one).returncode == 0
-    (imgs / "000003.png").unlink()  # the run dies on image 3, after finishing 1 and 2
-    r = _run(str(data / "gt.json"), "--images", str(imgs), "-o", str(out), *one)
-    assert r.returncode == 3 and not out.exists()
-    partial = tmp_path / "o.json.partial"
-    assert partial.exists() and len(partial.read_text().splitlines()) == 3  # header + 2 images
-    shutil.copy(data / "images" / "000003.png", imgs / "000003.png")
-    r = _run(str(data / "gt.json"), "--images", str(imgs), "-o", str(out), "--resume", *one)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(out.read_text())["annotations"] == json.loads(fresh.read_text())["annotations"]
-    assert not partial.exists()

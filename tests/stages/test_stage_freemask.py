@@ -99,3 +99,36 @@ def test_demo_entry_point_labels_every_image(tmp_path) -> None:
     assert [im["file_name"] for im in out.images] == [im["file_name"] for im in tags.images]
     assert out.annotations and {a["image_id"] for a in out.annotations} <= {im["id"] for im in out.images}
     coco.validate_dataset(out.to_json(), "demo")
+
+
+def test_resume_finishes_an_interrupted_run(tmp_path) -> None:
+    import json
+    import shutil
+
+    from wsis_cli.runtime.errors import BadInputError
+    from wsis_cli.stages import synth
+    from wsis_cli.stages.freemask import FreeMaskJob, FreeMaskSettings, run
+    from wsis_cli.stages.freemask_masks import FreeMaskParams
+
+    synth.run(synth.SynthSettings(num_images=4, height=48, width=48, seed=3), tmp_path / "d")
+    imgs = tmp_path / "imgs"
+    shutil.copytree(tmp_path / "d" / "images", imgs)
+    settings = FreeMaskSettings(backbone=BackboneSpec(arch="resnet18", weights="none", stage=2, short_side=0),
+                                params=FreeMaskParams(min_score=None))
+
+    def job(out, resume: bool = False) -> FreeMaskJob:
+        return FreeMaskJob(inputs=str(tmp_path / "d" / "gt.json"), images=str(imgs), out=str(out),
+                           embeddings=str(out) + ".h5", device="cpu", batch_size=1, resume=resume)
+
+    fresh = run(settings, job(tmp_path / "fresh.json"))
+    (imgs / "000003.png").unlink()  # the run dies on image 3, after finishing 1 and 2
+    out = tmp_path / "o.json"
+    with pytest.raises(BadInputError):
+        run(settings, job(out))
+    partial = tmp_path / "o.json.partial"
+    assert not out.exists() and len(partial.read_text().splitlines()) == 3  # header + 2 images
+    shutil.copy(tmp_path / "d" / "images" / "000003.png", imgs / "000003.png")
+    resumed = run(settings, job(out, resume=True))
+    assert resumed.annotations == fresh.annotations
+    assert json.loads(out.read_text())["annotations"] == json.loads((tmp_path / "fresh.json").read_text())["annotations"]
+    assert not partial.exists() and (tmp_path / "o.json.h5").exists()
