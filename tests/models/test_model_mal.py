@@ -121,3 +121,14 @@ def test_crf_loss_uses_the_kernel_with_mal_params(monkeypatch):
     target = crf_targets(image, torch.full((2, 8, 8), 0.7) * box, box)
     assert set(target.unique().tolist()) <= {0.0, 1.0}
     assert target[:, 0, :].sum() == 0 and target[:, :, 0].sum() == 0  # never outside the box
+
+
+def test_resnet_encoder_keeps_only_the_stages_it_runs():
+    from wsis_cli.models.backbones import ResNetFeatures
+
+    enc = MalEncoder(ResNetFeatures("resnet18", stages=2, frozen_bn=False))
+    assert enc.stride == 8 and enc.channels == 128
+    net = MalNet(enc, crop_size=64, dim=8)
+    net(torch.randn(2, 3, 64, 64), torch.tensor([1, 2])).sum().backward()
+    # every parameter takes part in the loss (DistributedDataParallel refuses unused ones)
+    assert all(p.grad is not None for p in net.parameters())

@@ -71,6 +71,10 @@ class MalEncoder(nn.Module):
             if depth > len(layers):
                 raise ValueError(f"encoder depth {depth} exceeds the {len(layers)} blocks of {backbone.arch}")
             backbone.layers = nn.Sequential(*list(layers)[:depth])
+        if not self.is_vit:
+            # stages a ResNet does not run would hold parameters without gradients (DDP refuses those)
+            for i in range(getattr(backbone, "num_stages", 4) + 1, 5):
+                setattr(backbone, f"layer{i}", nn.Identity())
         ch = backbone.channels
         self.channels = int(ch[-1] if isinstance(ch, (list, tuple)) else ch)
         self.stride = int(backbone.patch if self.is_vit else backbone.strides[-1])

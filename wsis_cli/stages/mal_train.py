@@ -47,6 +47,7 @@ class ModelSpec:
     decoder_dim: int = 256
     scale_buckets: bool = True
     patch: int = 0  # >0: ViT patch size override
+    frozen_bn: bool = True  # ResNets: BN frozen (pretrained weights) or trained (from scratch)
 
 
 def build_model(spec: ModelSpec, weights: str = "none") -> MalNet:
@@ -54,18 +55,16 @@ def build_model(spec: ModelSpec, weights: str = "none") -> MalNet:
     from wsis_cli.models.backbones import RESNETS, VITS
     from wsis_cli.stages.backbone import build_resnet, build_vit
 
+    depth = spec.encoder_depth
     if spec.encoder in VITS:
         backbone = build_vit(spec.encoder, weights)
     elif spec.encoder in RESNETS:
-        # last stage at stride 16 without dilation (IRNet's strides);
-        # encoder_depth = stages kept; BN frozen on pretrained weights (small RoI batches would wreck its
-        # statistics), trainable when learning from scratch
-        stages = spec.encoder_depth or 4
-        backbone = build_resnet(spec.encoder, weights, last_stride=1, frozen_bn=weights != "none", stages=stages)
-        spec = ModelSpec(**{**spec.__dict__, "encoder_depth": 0})
+        # last stage at stride 16 without dilation (IRNet's strides); encoder_depth = stages kept
+        backbone = build_resnet(spec.encoder, weights, last_stride=1, frozen_bn=spec.frozen_bn, stages=depth or 4)
+        depth = 0
     else:
         raise ValueError(f"unknown encoder {spec.encoder!r}")
-    return MalNet(MalEncoder(backbone, spec.encoder_depth, spec.patch), spec.crop_size, spec.decoder_dim, spec.scale_buckets)
+    return MalNet(MalEncoder(backbone, depth, spec.patch), spec.crop_size, spec.decoder_dim, spec.scale_buckets)
 
 
 @dataclass(frozen=True)
