@@ -1,0 +1,79 @@
+"""Labelling throughput of ``wsis mal-label``: boxes per second of the inference pass (crop, encode, decode,
+paste, RLE) for a few encoder/crop configurations, with randomly initialised networks (speed does not
+depend on the weights), on a synthetic set; and the share of the time the network takes.
+
+    uv run python bench/mal_label.py --images 20 --configs demo,vit_tiny128 [--device cuda]
+
+Configurations: ``demo`` (ResNet-18 stages 1-2, 64² crops: the CPU demo), ``vit_tiny128`` (vit_tiny,
+128² crops), ``vit_b_16`` (upstream: vit_b_16 at 512², best on a GPU).
+
+Measured on the shared 2-core development machine (load ~12 from other jobs, so an upper bound on the
+time): demo 2.6 boxes/s on the 40-image demo set during a full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from wsis_cli.io import coco
+from wsis_cli.stages import synth
+from wsis_cli.stages.mal_data import RoiImageSet
+from wsis_cli.stages.mal_label import DEMO_SETTINGS, label_images
+from wsis_cli.stages.mal_train import build_model
+
+CONFIGS = {
+    "demo": DEMO_SETTINGS,
+    "vit_tiny128": replace(DEMO_SETTINGS, encoder="vit_tiny", encoder_depth=0, crop_size=128, decoder_dim=64),
+    "vit_b_16": replace(DEMO_SETTINGS, encoder="vit_b_16", encoder_depth=0, crop_size=512, decoder_dim=256),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=20)
+    ap.add_argument("--configs", default="demo,vit_tiny128")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "d"
+        synth.run(synth.SynthSettings(num_images=args.images, seed=0), root)
+        ds = coco.load_dataset(root / "boxes.json")
+        ids = [im["id"] for im in ds.images]
+        by_image = ds.annotations_by_image()
+        print(f"{'config':<14}{'boxes':>7}{'seconds':>9}{'boxes/s':>9}{'net share':>11}")
+        for name in args.configs.split(","):
+            s = CONFIGS[name]
+            model = build_model(s.model_spec(), "none").to(device).eval()
+            net_time = 0.0
+            forward = model.forward
+
+            def timed(*a, _f=forward):
+                nonlocal net_time
+                t = time.perf_counter()
+                out = _f(*a)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                net_time += time.perf_counter() - t
+                return out
+
+            model.forward = timed  # type: ignore[method-assign]
+            roi = RoiImageSet(ids, by_image, ds.image_index, str(root / "images"), ds.source, s.crop_size)
+            t0 = time.perf_counter()
+            n = sum(len(r) for _, r in label_images(model, roi, device, args.batch_size, s.threshold))
+            sec = time.perf_counter() - t0
+            print(f"{name:<14}{n:>7}{sec:>9.2f}{n / sec:>9.1f}{net_time / sec:>10.0%}")
+
+
+if __name__ == "__main__":
+    main()
