@@ -33,10 +33,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_predict_and_eval(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     wsis("train-student", str(data / "gt.json"), "-i", str(data / "images"), "-o", str(run), "--epochs", "1",
-         "--mask-head-channels", "16", *TINY)
+         "--mask-head-channels", "16", *TINY, "--batch-size", "1", "--accumulate", "2")
     settings = json.loads((run / "run.json").read_text())["settings"]
     assert settings["arch"] == "resnet18-fpn" and settings["lr"] == 0.02 and settings["mask_head_channels"] == 16
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(epochs) == 1 and epochs[0]["step"] == 1  # two micro-batches of one image: one optimizer step
     preds = tmp_path / "preds.json"
     wsis("train-student", "--checkpoint", str(run / "model.pt"), str(data / "gt.json"), "-i", str(data / "images"),
          "-o", str(preds), "--max-dets", "10", "--device", "cpu")
