@@ -377,10 +377,10 @@ def demo_mal(images_dir: Path, boxes: coco.Dataset, work: Path, settings: MalSet
     boxes_path = work / "mal-boxes.json"
     coco.write_dataset(boxes, boxes_path)
     out = work / "mal-label.json"
-    job = MalJob(boxes=str(boxes_path), images=str(images_dir), out=str(out), run=str(work / "mal-label-run"),
-                 device="cpu")
-    if (work / "mal-label-run" / "model.pt").exists():
-        job = MalJob(boxes=job.boxes, images=job.images, out=job.out, run=job.run,
-                     checkpoint=str(work / "mal-label-run" / "model.pt"), device="cpu")
+    run_dir = work / "mal-label-run"
+    model = run_dir / "model.pt"
+    # a finished model is reused; an interrupted demo continues its run folder
+    job = MalJob(boxes=str(boxes_path), images=str(images_dir), out=str(out), run=str(run_dir),
+                 checkpoint=str(model) if model.exists() else None, resume=not model.exists(), device="cpu")
     run(settings, job)
     return coco.load_dataset(out)
