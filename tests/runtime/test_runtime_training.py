@@ -51,3 +51,14 @@ def test_rng_state_roundtrip():
     set_rng_state(state)
     b = (random.random(), torch.rand(2))
     assert a[0] == b[0] and torch.equal(a[1], b[1])
+
+
+def test_check_finite_stops_a_diverged_run():
+    from wsis_cli.runtime.errors import TrainingDivergedError
+    from wsis_cli.runtime.training import check_finite
+
+    check_finite(torch.tensor(1.5), stage="cam", step=3)
+    with pytest.raises(TrainingDivergedError, match="cam: training diverged at step 7.*--lr"):
+        check_finite(torch.tensor(float("nan")), stage="cam", step=7, lr=0.5)
+    with pytest.raises(TrainingDivergedError):
+        check_finite(float("inf"), stage="irnet", step=1)

@@ -30,6 +30,12 @@ class UsageError(WsisError):
     exit_code = ExitCode.USAGE
 
 
+class TrainingDivergedError(WsisError):
+    """A loss became NaN or infinite: the run stops before anything non-finite is saved or written (exit 1)."""
+
+    exit_code = ExitCode.FAILURE
+
+
 class BadInputError(WsisError):
     """Input data that cannot be used (exit 3). Names the file and, where known, the record.
 

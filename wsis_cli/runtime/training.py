@@ -40,6 +40,21 @@ def warmup_cosine(step: int, warmup: int, total: int, final: float = 0.2) -> flo
     return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def check_finite(loss: torch.Tensor | float, *, stage: str, step: int, lr: float | None = None) -> None:
+    """Stop a run whose loss is NaN or infinite, with one line saying where and what to try.
+
+    Call it before ``backward``: the optimizer step that would poison the weights never happens, and the
+    last good checkpoint in the run folder stays the one ``--resume`` continues from.
+    """
+    value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+    if not math.isfinite(value):
+        from wsis_cli.runtime.errors import TrainingDivergedError
+
+        at = f" (learning rate {lr:.3g})" if lr is not None else ""
+        raise TrainingDivergedError(f"{stage}: training diverged at step {step}: the loss is {value}{at}; "
+                                    "lower --lr (or use pretrained --weights) and start again")
+
+
 def set_lr(optimizer: torch.optim.Optimizer, base_lrs: Sequence[float], factor: float) -> None:
     """Set each parameter group's LR to its base LR times ``factor``."""
     for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
