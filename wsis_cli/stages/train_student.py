@@ -41,7 +41,14 @@ from wsis_cli.runtime.device import autocast, grad_scaler
 from wsis_cli.runtime.distributed import DistContext
 from wsis_cli.runtime.errors import BadInputError, ExitCode, Terminated
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.runtime.training import rng_state, set_lr, set_rng_state, unwrap_model, warmup_cosine
+from wsis_cli.runtime.training import (
+    check_finite,
+    rng_state,
+    set_lr,
+    set_rng_state,
+    unwrap_model,
+    warmup_cosine,
+)
 from wsis_cli.stages.student_data import StudentData, collate, collect_instances, loader_worker_init
 from wsis_cli.stages.student_predict import predict
 
@@ -282,6 +289,7 @@ def train(settings: StudentSettings, ds: Dataset, images_root: str | None, run: 
                 with autocast(device, settings.amp):
                     losses = net(images, targets)
                 loss = sum(v.float() for v in losses.values())
+                check_finite(loss, stage=STAGE, step=step, lr=optimizer.param_groups[0]["lr"])
                 scaler.scale(loss / settings.accumulate).backward()
                 for k, v in losses.items():
                     sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach().float()
