@@ -168,3 +168,20 @@ def test_bad_inputs(data, trained, tmp_path):
     with pytest.raises(BadInputError, match="corrupt.pt"):
         cam_stage.run(MAPS, TRAIN, _job(data, tmp_path / "o.h5", checkpoint=str(tmp_path / "corrupt.pt")))
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_non_finite_weights_are_refused(data, trained, tmp_path):
+    out, _ = trained
+    obj = torch.load(out.parent / "cams.cam-run" / "model.pt", weights_only=False)
+    obj["model"]["classifier.weight"][:] = float("nan")
+    torch.save(obj, tmp_path / "nan.pt")
+    with pytest.raises(BadInputError, match="non-finite"):
+        cam_stage.run(MAPS, TRAIN, _job(data, tmp_path / "n.h5", checkpoint=str(tmp_path / "nan.pt")))
+    assert not (tmp_path / "n.h5").exists()
+
+
+def test_diverging_training_stops_with_one_line(data, tmp_path):
+    from wsis_cli.runtime.errors import WsisError
+
+    with pytest.raises(WsisError, match="diverged"):
+        cam_stage.run(MAPS, replace(TRAIN, lr=1e6, epochs=2), _job(data, tmp_path / "d.h5"))

@@ -239,6 +239,9 @@ def run(settings: CamSettings, train: TrainSettings, job: CamJob, progress: Any 
                 batch = torch.from_numpy(np.stack([p[1] for p in pending])).to(device).permute(0, 3, 1, 2)
                 cats = [sorted(labels.get(i, ())) for i, _ in pending]
                 maps = multiscale_maps(model, batch, [[col[c] for c in cs] for cs in cats], settings, train.amp)
+                if not all(bool(torch.isfinite(m).all()) for m in maps):
+                    raise BadInputError(model_path, None, "the classifier produces non-finite maps (its training "
+                                        "diverged); retrain with a lower --lr")
                 for (image_id, rgb), cs, m in zip(pending, cats, maps, strict=True):
                     h, w = rgb.shape[:2]
                     writer.put(image_id, {"cams": m.cpu().numpy()}, attrs={"height": h, "width": w},

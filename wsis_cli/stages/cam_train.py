@@ -42,7 +42,7 @@ from wsis_cli.runtime.device import autocast, grad_scaler
 from wsis_cli.runtime.distributed import DistContext
 from wsis_cli.runtime.errors import BadInputError
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.runtime.training import poly_lr, rng_state, set_lr, set_rng_state, unwrap_model
+from wsis_cli.runtime.training import check_finite, poly_lr, rng_state, set_lr, set_rng_state, unwrap_model
 
 log = get_logger("cam")
 
@@ -301,6 +301,7 @@ def train(settings: TrainSettings, ds: coco.Dataset, images_root: str | None, ru
             with autocast(device, settings.amp):
                 logits = net(x)
             loss = F.multilabel_soft_margin_loss(logits.float(), y)
+            check_finite(loss, stage="cam", step=step, lr=optimizer.param_groups[0]["lr"])
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
