@@ -83,7 +83,7 @@ def test_crf_sharpens_cam_labels(maps, tmp_path):
             assert ref.dataset_attrs(im["id"], "cams")["stride"] == 4
             before.append(_miou(plain, sem))
             after.append(_miou(got["labels"], sem))
-    print("semantic mIoU: thresholded CAMs %.3f, CRF-refined %.3f" % (np.mean(before), np.mean(after)))
+    print(f"semantic mIoU: thresholded CAMs {np.mean(before):.3f}, CRF-refined {np.mean(after):.3f}")
     assert np.mean(after) > np.mean(before) + 0.05, (np.mean(before), np.mean(after))
 
 
