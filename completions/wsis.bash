@@ -117,17 +117,18 @@ __wsis_node__completion() {
 # wsis demo
 __wsis_node__demo() {
     case $1 in
-    vopts) __wsis_r=' -o --out -n --num-images --size -k --classes --seed ' ;;
+    vopts) __wsis_r=' -o --out -n --num-images --size -k --classes --methods --seed ' ;;
     complete)
         case $prev in
         -o|--out) __wsis_dirs 0; return ;;
         -n|--num-images) :; return ;;
         --size) :; return ;;
         -k|--classes) :; return ;;
+        --methods) :; return ;;
         --seed) :; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--classes --help --num-images --out --quiet --seed --size --verbose -h -k -n -o -q -v'
+            __wsis_words '--classes --help --methods --no-refine --no-students --num-images --out --quiet --refine --seed --size --students --verbose -h -k -n -o -q -v'
             return
         fi
         ;;

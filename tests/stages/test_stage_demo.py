@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from wsis_cli.io import coco
 from wsis_cli.stages.demo import DemoSettings, run
 
 
 def test_demo_scores_the_box_filled_floor(tmp_path):
-    rows = run(DemoSettings(num_images=6, height=96, width=128, seed=3), tmp_path)
+    rows = run(DemoSettings(num_images=6, height=96, width=128, seed=3, methods=("box-filled",)), tmp_path)
     assert [r.supervision for r in rows] == ["boxes"]
     box = rows[0].report
     # Filled boxes are exact boxes (box AP 1) but poor masks: the floor for box supervision.
@@ -25,6 +27,25 @@ def test_demo_scores_the_box_filled_floor(tmp_path):
 
 
 def test_demo_reruns_into_the_same_folder(tmp_path):
-    first = run(DemoSettings(num_images=4, height=64, width=64, seed=1), tmp_path)
-    again = run(DemoSettings(num_images=4, height=64, width=64, seed=1), tmp_path)
+    quick = DemoSettings(num_images=4, height=64, width=64, seed=1, methods=("box-filled",))
+    first = run(quick, tmp_path)
+    again = run(quick, tmp_path)
     assert first[0].report.mean_iou == again[0].report.mean_iou
+
+
+def test_unknown_method_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown demo methods"):
+        run(DemoSettings(num_images=4, height=64, width=64, methods=("nope",)), tmp_path)
+
+
+@pytest.mark.slow
+def test_every_path_runs_and_refinement_rows_follow(tmp_path):
+    """All four paths (and refine-crf on each learnt one) on a small set: every row is scored."""
+    rows = run(DemoSettings(num_images=8, height=96, width=96, seed=2), tmp_path)
+    names = [r.method for r in rows]
+    assert names[0].startswith("box-filled")
+    for key in ("mal-label", "cam → irnet", "freemask (class-agnostic)"):
+        assert key in names and f"{key} + refine-crf" in names or key in names
+    assert all(r.report.mean_iou is not None for r in rows)
+    mal = next(r for r in rows if r.method == "mal-label").report
+    assert mal.mean_iou > 0.3  # a trained MAL labels boxes with real masks

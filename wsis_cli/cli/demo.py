@@ -19,14 +19,22 @@ def demo(
     num_images: Annotated[int, typer.Option("--num-images", "-n", min=4, help="Synthetic images.")] = 40,
     size: Annotated[str, typer.Option("--size", metavar="HxW", help="Image size, height x width.")] = "256x256",
     classes: Annotated[int, typer.Option("--classes", "-k", min=1, max=8, help="Synthetic classes.")] = 3,
+    methods: Annotated[str, typer.Option("--methods", metavar="KEY,...",
+                                         help="Only these paths: box-filled, mal, irnet, freemask (default: all).")] = "",
+    refine: Annotated[bool, typer.Option("--refine/--no-refine", help="Also score each path after refine-crf.")] = True,
+    students: Annotated[bool, typer.Option("--students/--no-students",
+                                           help="Train a student (Mask R-CNN) on each path's labels and on the ground "
+                                           "truth, and report retention of that upper bound (minutes on a CPU).")] = False,
     seed: Seed = 0,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
     """Make a synthetic dataset, label it with every path wsis has, and score each against the ground truth.
 
-    Prints one table on stderr: a row per labelling method with mask AP, AP50, AP75, box AP and mean
-    instance mask IoU. With [bold]--out DIR[/bold] the data, every method's labels and report.json stay.
+    Paths: boxes → box-filled floor and mal-label; image tags → cam → irnet; nothing → freemask; each also
+    after refine-crf. With --students, a Mask R-CNN student is trained on each path's labels and on the
+    ground truth (upper bound). Prints one table on stderr: mask AP, AP50, AP75, box AP, mean instance IoU
+    (and retention). With [bold]--out DIR[/bold] the data, every stage's output and report.json stay.
     """
     setup(quiet, verbose)
     from wsis_cli.cli.synth import parse_size
@@ -37,7 +45,15 @@ def demo(
     from wsis_cli.io.atomic import work_dir
     from wsis_cli.stages.demo import DemoSettings, run
 
-    settings = DemoSettings(num_images=num_images, height=h, width=w, classes=classes, seed=seed)
+    keys = tuple(k.strip() for k in methods.split(",") if k.strip())
+    from wsis_cli.stages.demo import METHODS
+
+    unknown = sorted(set(keys) - {m.key for m in METHODS})
+    if unknown:
+        raise typer.BadParameter(f"unknown {unknown}; choose from {', '.join(m.key for m in METHODS)}",
+                                 param_hint="--methods")
+    settings = DemoSettings(num_images=num_images, height=h, width=w, classes=classes, seed=seed, refine=refine,
+                            students=students, methods=keys)
     with work_dir(out) as folder:
         rows = run(settings, folder)
         render_comparison([(r.method, r.report) for r in rows],
