@@ -370,6 +370,7 @@ def demo_irnet(images_dir: Path, cams_h5: Path, work: Path, settings: IRNetSetti
     from wsis_cli.io.h5 import H5Reader
 
     settings = settings or DEMO_SETTINGS
+    Path(work).mkdir(parents=True, exist_ok=True)
     with H5Reader(cams_h5, expect_stage="cam") as reader:
         has_classifier = bool(reader.inputs.get("checkpoint"))
     if not has_classifier and settings.weights == FROM_CAM:
