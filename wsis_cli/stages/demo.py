@@ -166,7 +166,8 @@ def run(settings: DemoSettings, out_dir: Path) -> list[DemoRow]:
             best = _refine(labelled, data, output, refined_path)
             add(f"{method.name} + refine-crf", method.supervision, refined_path,
                 _score(data, best.annotations, method.class_agnostic, sources={"pred": str(refined_path)}))
-        trained_on.append((method.key, method.name, best, method.class_agnostic))
+        label_name = method.name if best is labelled else f"{method.name} + refine-crf"
+        trained_on.append((method.key, label_name, best, method.class_agnostic))
     if settings.students:
         upper_dir = out_dir / "student-gt"
         upper = _score(data, _student(data.gt, data, upper_dir), False)
