@@ -45,7 +45,8 @@ def test_every_path_runs_and_refinement_rows_follow(tmp_path):
     names = [r.method for r in rows]
     assert names[0].startswith("box-filled")
     for key in ("mal-label", "cam → irnet", "freemask (class-agnostic)"):
-        assert key in names and f"{key} + refine-crf" in names or key in names
+        assert key in names
+    assert "mal-label + refine-crf" in names  # MAL labels every box, so its refinement row always exists
     assert all(r.report.mean_iou is not None for r in rows)
     mal = next(r for r in rows if r.method == "mal-label").report
     assert mal.mean_iou > 0.3  # a trained MAL labels boxes with real masks
