@@ -88,3 +88,37 @@ def test_bad_options_exit_2(data, tmp_path):
         r = subprocess.run([*WSIS, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"), "-o",
                             str(tmp_path / "o.json"), *args], capture_output=True, text=True)
         assert r.returncode == 2, (extra, r.stderr)
+
+
+def test_default_vit_b_16_loads_a_weights_file(data, tmp_path):
+    """The default encoder through the real `--weights FILE` path: torch.load → key matching → ViT."""
+    import torch
+    import torchvision
+
+    net = torchvision.models.vit_b_16(weights=None)  # torchvision's layout, as a downloaded file has it
+    # every tensor a view into one shared random buffer: the whole vit_b_16 state dict in a ~10 MB file
+    state = net.state_dict()
+    buf = torch.randn(max(v.numel() for v in state.values()) + len(state))
+    state = {k: buf[i : i + v.numel()].view(v.shape) for i, (k, v) in enumerate(state.items())}
+    weights = tmp_path / "vit_b_16.pth"
+    torch.save(state, weights)
+    out = tmp_path / "masks.json"
+    # lr 0: the trained encoder must still be exactly the file's weights; 1 block keeps it small
+    args = ["--encoder", "vit_b_16", "--weights", str(weights), "--encoder-depth", "1", "--crop-size", "32",
+            "--decoder-dim", "8", "--epochs", "1", "--batch-size", "4", "--lr", "0", "--crf-iterations", "2",
+            "--min-train-area", "16", "--device", "cpu", "-q"]
+    r = subprocess.run([*WSIS, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"), "-o", str(out),
+                        *args], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    saved = torch.load(tmp_path / "masks.mal-label-run" / "model.pt", weights_only=False)
+    assert saved["spec"]["encoder"] == "vit_b_16"
+    enc = {k.removeprefix("encoder.backbone."): v for k, v in saved["model"].items() if k.startswith("encoder.")}
+    pairs = {"conv_proj.weight": "conv_proj.weight", "class_token": "class_token",
+             "pos_embedding": "encoder.pos_embedding", "ln.weight": "encoder.ln.weight",
+             "layers.0.mlp.0.weight": "encoder.layers.encoder_layer_0.mlp.0.weight",
+             "layers.0.self_attention.in_proj_weight":
+                 "encoder.layers.encoder_layer_0.self_attention.in_proj_weight"}
+    for ours, theirs in pairs.items():
+        assert torch.equal(enc[ours], state[theirs]), ours
+    assert not any(k.startswith("layers.1.") for k in enc)  # --encoder-depth 1 kept one block
+    assert len(coco.load_dataset(out).annotations) == len(coco.load_dataset(data / "boxes.json").annotations)

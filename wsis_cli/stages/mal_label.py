@@ -42,37 +42,47 @@ log = get_logger("mal-label")
 STAGE = "mal-label"
 
 
+# The defaults of the network and of the optimisation live in ModelSpec and TrainConfig only; the settings
+# take theirs from them (the CLI's defaults are checked against these by a test).
+_MODEL = ModelSpec()
+_TRAIN = TrainConfig()
+
+
 @dataclass(frozen=True)
 class MalSettings:
-    """Settings of ``wsis mal-label`` that shape the result (one field per flag)."""
+    """Settings of ``wsis mal-label`` that shape the result (one field per flag).
 
-    encoder: str = "vit_b_16"
+    Network fields default to :class:`ModelSpec`'s and optimisation fields to :class:`TrainConfig`'s
+    (upstream MAL's values); :meth:`model_spec` and :meth:`train_config` hand them back.
+    """
+
+    encoder: str = _MODEL.encoder
     weights: str = "DEFAULT"
-    encoder_depth: int = 0  # >0: keep only the first N ViT blocks or ResNet stages
-    patch: int = 0  # >0: ViT patch size override (a finer token grid for small crops)
-    crop_size: int = 512
-    decoder_dim: int = 256
-    scale_buckets: bool = True
-    epochs: int = 10
-    batch_size: int = 4
-    lr: float | None = None  # None: 1.5e-6 x global batch (upstream)
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    final_lr: float = 0.2
-    mil_weight: float = 4.0
-    crf_weight: float = 0.5
-    mil_warmup: int = 1000
-    crf_warmup: int = 4000
-    ema_momentum: float = 0.996
-    crf_iterations: int = 100
-    crf_zeta: float = 0.1
+    encoder_depth: int = _MODEL.encoder_depth  # >0: keep only the first N ViT blocks or ResNet stages
+    patch: int = _MODEL.patch  # >0: ViT patch size override (a finer token grid for small crops)
+    crop_size: int = _MODEL.crop_size
+    decoder_dim: int = _MODEL.decoder_dim
+    scale_buckets: bool = _MODEL.scale_buckets
+    epochs: int = _TRAIN.epochs
+    batch_size: int = _TRAIN.batch_size
+    lr: float | None = _TRAIN.lr  # None: 1.5e-6 x global batch (upstream)
+    weight_decay: float = _TRAIN.weight_decay
+    warmup_epochs: float = _TRAIN.warmup_epochs
+    final_lr: float = _TRAIN.final_lr
+    mil_weight: float = _TRAIN.mil_weight
+    crf_weight: float = _TRAIN.crf_weight
+    mil_warmup: int = _TRAIN.mil_warmup
+    crf_warmup: int = _TRAIN.crf_warmup
+    ema_momentum: float = _TRAIN.ema_momentum
+    crf_iterations: int = _TRAIN.crf_iterations
+    crf_zeta: float = _TRAIN.crf_zeta
     max_expand: float = 1.2
     outside: str = "wrap"
     min_train_area: float = 2048.0  # boxes smaller than this (pixels²) do not train, but are labelled
     threshold: float = 0.5
     predict_with: str = "student"
-    seed: int = 0
-    amp: bool = True
+    seed: int = _TRAIN.seed
+    amp: bool = _TRAIN.amp
 
     def __post_init__(self) -> None:
         if self.crop_size < 32:
@@ -91,8 +101,9 @@ class MalSettings:
     def model_spec(self) -> ModelSpec:
         # BN is frozen on pretrained weights (small RoI batches would wreck its statistics) and trained
         # when the encoder learns from scratch
-        return ModelSpec(self.encoder, self.encoder_depth, self.crop_size, self.decoder_dim, self.scale_buckets,
-                         self.patch, frozen_bn=self.weights.lower() not in ("", "none", "random", "scratch"))
+        names = {f.name for f in fields(ModelSpec)} - {"frozen_bn"}
+        return ModelSpec(**{k: getattr(self, k) for k in names},
+                         frozen_bn=self.weights.lower() not in ("", "none", "random", "scratch"))
 
     def train_config(self, workers: int = 0) -> TrainConfig:
         names = {f.name for f in fields(TrainConfig)} - {"workers"}

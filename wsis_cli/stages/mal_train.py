@@ -39,7 +39,10 @@ LR_PER_SAMPLE = 1.5e-6  # upstream: lr = 1.5e-6 x GPUs x batch per GPU
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What rebuilds the network (saved in ``model.pt`` so ``--checkpoint`` needs no other flag)."""
+    """What rebuilds the network (saved in ``model.pt`` so ``--checkpoint`` needs no other flag).
+
+    The defaults (upstream MAL's) are the only copy: ``MalSettings`` takes its network defaults from here.
+    """
 
     encoder: str = "vit_b_16"
     encoder_depth: int = 0
@@ -69,7 +72,10 @@ def build_model(spec: ModelSpec, weights: str = "none") -> MalNet:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (a subset of the stage settings)."""
+    """Optimisation settings (a subset of the stage settings).
+
+    The defaults (upstream MAL's) are the only copy: ``MalSettings`` takes its training defaults from here.
+    """
 
     epochs: int = 10
     batch_size: int = 4

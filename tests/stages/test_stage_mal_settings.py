@@ -1,0 +1,41 @@
+"""`mal-label` settings: one source of truth for the defaults (ModelSpec, TrainConfig), mirrored by the CLI."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import MISSING, fields
+
+from wsis_cli.cli.mal_label import mal_label
+from wsis_cli.stages.mal_label import DEMO_SETTINGS, MalSettings
+from wsis_cli.stages.mal_train import ModelSpec, TrainConfig
+
+
+def _defaults(cls) -> dict:
+    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+
+def test_settings_take_their_defaults_from_the_model_spec_and_train_config():
+    settings = _defaults(MalSettings)
+    shared = {**_defaults(ModelSpec), **_defaults(TrainConfig)}
+    for name in set(shared) - {"frozen_bn", "workers"}:
+        assert settings[name] == shared[name], name
+    # and hand them back unchanged
+    s = MalSettings()
+    assert s.train_config() == TrainConfig()
+    assert s.model_spec() == ModelSpec(frozen_bn=True)
+    demo = DEMO_SETTINGS.train_config(workers=2)
+    assert (demo.epochs, demo.lr, demo.workers) == (DEMO_SETTINGS.epochs, DEMO_SETTINGS.lr, 2)
+    assert DEMO_SETTINGS.model_spec().frozen_bn is False  # from scratch: BN learns
+
+
+def test_cli_defaults_are_the_settings_defaults():
+    params = inspect.signature(mal_label).parameters
+    settings = _defaults(MalSettings)
+    renamed = {"no_amp": ("amp", lambda v: not v)}
+    checked = 0
+    for name, p in params.items():
+        key, conv = renamed.get(name, (name, lambda v: v))
+        if key in settings:
+            assert conv(p.default) == settings[key], name
+            checked += 1
+    assert checked == len(settings)  # every setting is a flag
