@@ -4,7 +4,19 @@ Finished images are appended as JSON lines to ``<out>.partial`` (one line per im
 output records) and flushed, so a crash or a preemption loses at most the image in flight. A resumed run
 reads the file back, skips those ids and, once every image is done, the final JSON is written atomically
 and the ``.partial`` file removed. The first line records the stage and its settings: resuming with other
-settings is refused, because the output would silently mix two configurations.
+settings is refused, because the output would silently mix two configurations. With ``-o -`` (stdout) the
+records are only kept in memory: there is no file to resume from.
+
+Used as a context manager around the whole per-image loop and the final write::
+
+    with ImageCheckpoint(out, "stage", identity, resume=resume) as ckpt:
+        for image_id in ids:
+            if image_id not in ckpt.done:
+                ckpt.add(image_id, label(image_id))
+        write_dataset(Dataset(images, ckpt.annotations(), ...), out)
+
+Leaving the block by an exception keeps the ``.partial`` file for ``--resume``; leaving it normally (the
+final output written) removes it.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from wsis_cli.io.atomic import check_output_path, partial_name
 from wsis_cli.runtime.errors import BadInputError
@@ -23,10 +35,14 @@ class ImageCheckpoint:
     """Append-only record of finished images: ``done``, ``add(image_id, records)``, ``records()``."""
 
     def __init__(self, out: str | os.PathLike, stage: str, settings: dict[str, Any], *, resume: bool) -> None:
-        self.path = partial_name(check_output_path(out))
         self.stage = stage
         self.settings = json.loads(json.dumps(settings, default=str))
         self._done: dict[int, list[dict[str, Any]]] = {}
+        self._fh: TextIO | None = None
+        if str(out) == "-":  # stdout: memory only
+            self.path = None
+            return
+        self.path = partial_name(check_output_path(out))
         if resume and self.path.is_file():
             self._load()
         # (re)write the file whole: a line cut short by a crash must not glue onto the next one
@@ -54,6 +70,8 @@ class ImageCheckpoint:
             self._done[int(rec["image_id"])] = rec["records"]
 
     def _write(self, obj: Any) -> None:
+        if self._fh is None:
+            return
         self._fh.write(json.dumps(obj) + "\n")
         self._fh.flush()
 
@@ -69,8 +87,21 @@ class ImageCheckpoint:
         for rs in self._done.values():
             yield from rs
 
+    def annotations(self) -> list[dict[str, Any]]:
+        """Every finished image's records (this run's and a resumed run's), sorted by ``id``."""
+        return sorted(self.records(), key=lambda r: r["id"])
+
     def close(self, *, completed: bool) -> None:
         """Close the file; a completed run removes it (its content is in the final output by now)."""
+        if self._fh is None:
+            return
         self._fh.close()
-        if completed:
+        self._fh = None
+        if completed and self.path is not None:
             Path(self.path).unlink(missing_ok=True)
+
+    def __enter__(self) -> ImageCheckpoint:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self.close(completed=exc_type is None)

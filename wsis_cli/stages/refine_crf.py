@@ -177,41 +177,25 @@ def run(settings: RefineSettings, job: RefineJob, progress: Any = None) -> Refin
     ids = shard_ids([im["id"] for im in ds.images], shard)
     index = ds.image_index
     by_image = ds.annotations_by_image()
-    to_stdout = job.out == "-"
     # what the partial output depends on: a resumed run must agree on all of it
     identity = {**settings.to_json(), "pseudo": str(job.pseudo), "shard": [shard.index, shard.count]}
-    ckpt = None if to_stdout else ImageCheckpoint(job.out, "refine-crf", identity, resume=job.resume)
-    done = ckpt.done if ckpt else set()
     stats = RefineStats()
-    results: dict[int, list[dict[str, Any]]] = {}
-    progress.start(len(ids), "refine-crf")
-    progress.advance(len([i for i in ids if i in done]))
-    completed = False
-    try:
+    with ImageCheckpoint(job.out, "refine-crf", identity, resume=job.resume) as ckpt:
+        progress.start(len(ids), "refine-crf")
+        progress.advance(len([i for i in ids if i in ckpt.done]))
         for image_id in ids:
-            if image_id in done:
+            if image_id in ckpt.done:
                 continue
             anns = by_image[image_id]
             if anns:
                 image = load_image_for(job.images, index[image_id], ds.source)
                 anns = refine_image(image, anns, settings, device, job.batch_size, stats)
-            if ckpt:
-                ckpt.add(image_id, anns)
-            else:
-                results[image_id] = anns
+            ckpt.add(image_id, anns)
             progress.advance(1)
         progress.finish()
-        # the checkpoint holds every finished image, this run's and the interrupted run's
-        annotations = list(ckpt.records()) if ckpt else [a for anns in results.values() for a in anns]
         keep = set(ids)
         images = [im for im in ds.images if im["id"] in keep]
-        annotations.sort(key=lambda a: a["id"])
-        out = coco.Dataset(images, annotations, ds.categories, dict(ds.extra), ds.source)
-        coco.write_dataset(out, job.out)
-        completed = True
-    finally:
-        if ckpt:
-            ckpt.close(completed=completed)
+        coco.write_dataset(coco.Dataset(images, ckpt.annotations(), ds.categories, dict(ds.extra), ds.source), job.out)
     log.info("refine-crf: %d instances on %d images: %d refined, %d kept (CRF emptied them), %d passed through",
              stats.instances, len(ids), stats.refined, stats.kept_empty, stats.skipped)
     return stats
