@@ -315,15 +315,22 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=None, help="scenes averaged for quality (default 3, quick 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--labels", default=None, help="label counts, comma-separated (default 2,21)")
+    parser.add_argument("--iters", default=None, help="iteration counts, comma-separated (default 5,10; quick 5)")
+    parser.add_argument("--windows", default=None,
+                        help="windows as k:dilation, comma-separated (default 3:1,7:1,11:1,3:3,5:2; quick 3:1,5:2)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    labels = [int(x) for x in args.labels.split(",")] if args.labels else [2, 21]
+    iters = [int(x) for x in args.iters.split(",")] if args.iters else ([5] if args.quick else [5, 10])
+    default_windows = "3:1,5:2" if args.quick else "3:1,7:1,11:1,3:3,5:2"
+    windows = [tuple(int(v) for v in w.split(":")) for w in (args.windows or default_windows).split(",")]
     if args.quick:
-        run(args.size or 256, [2, 21], [5], [(3, 1), (5, 2)], args.repeat or 2, device, args.scenes or 1)
+        run(args.size or 256, labels, iters, windows, args.repeat or 2, device, args.scenes or 1)  # type: ignore[arg-type]
     else:
-        run(args.size or 512, [2, 21], [5, 10], [(3, 1), (7, 1), (11, 1), (3, 3), (5, 2)], args.repeat or 5, device,
-            args.scenes or 3)
+        run(args.size or 512, labels, iters, windows, args.repeat or 5, device, args.scenes or 3)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
