@@ -117,7 +117,7 @@ __wsis_node__completion() {
 # wsis demo
 __wsis_node__demo() {
     case $1 in
-    vopts) __wsis_r=' -o --out -n --num-images --size -k --classes --methods --seed ' ;;
+    vopts) __wsis_r=' -o --out -n --num-images --size -k --classes --methods --student-epochs --student-loss --seed ' ;;
     complete)
         case $prev in
         -o|--out) __wsis_dirs 0; return ;;
@@ -125,10 +125,12 @@ __wsis_node__demo() {
         --size) :; return ;;
         -k|--classes) :; return ;;
         --methods) :; return ;;
+        --student-epochs) :; return ;;
+        --student-loss) :; return ;;
         --seed) :; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--classes --help --methods --no-refine --no-students --num-images --out --quiet --refine --seed --size --students --verbose -h -k -n -o -q -v'
+            __wsis_words '--classes --full --help --methods --no-refine --no-students --num-images --out --quiet --refine --seed --size --student-epochs --student-loss --students --verbose -h -k -n -o -q -v'
             return
         fi
         ;;
@@ -209,7 +211,7 @@ __wsis_node__freemask() {
 # wsis irnet
 __wsis_node__irnet() {
     case $1 in
-    vopts) __wsis_r=' -i --images -o --out --labels --semantic --weights --arch --fg-threshold --bg-threshold --crf-iterations --epochs --batch-size --crop --edge-lr --dp-lr --beta --walk-steps --ins-bg-threshold --sem-bg-threshold --centroid-threshold --min-score --run --checkpoint --device --workers --seed --shard ' ;;
+    vopts) __wsis_r=' -i --images -o --out --labels --semantic --weights --arch --fg-threshold --bg-threshold --crf-iterations --epochs --batch-size --crop --edge-lr --dp-lr --beta --walk-steps --ins-bg-threshold --sem-bg-threshold --centroid-threshold --centroid-divergence --min-score --run --checkpoint --device --workers --seed --shard ' ;;
     complete)
         case $prev in
         -i|--images) __wsis_dirs 0; return ;;
@@ -231,6 +233,7 @@ __wsis_node__irnet() {
         --ins-bg-threshold) :; return ;;
         --sem-bg-threshold) :; return ;;
         --centroid-threshold) :; return ;;
+        --centroid-divergence) :; return ;;
         --min-score) :; return ;;
         --run) __wsis_dirs 0; return ;;
         --checkpoint) __wsis_files 0; return ;;
@@ -240,7 +243,7 @@ __wsis_node__irnet() {
         --shard) :; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--arch --batch-size --beta --bg-threshold --centroid-threshold --checkpoint --crf-iterations --crop --device --dp-lr --edge-lr --epochs --fg-threshold --help --images --ins-bg-threshold --labels --min-score --no-amp --out --quiet --resume --run --seed --sem-bg-threshold --semantic --shard --verbose --walk-steps --weights --workers -h -i -o -q -v'
+            __wsis_words '--arch --batch-size --beta --bg-threshold --centroid-divergence --centroid-threshold --checkpoint --crf-iterations --crop --device --dp-lr --edge-lr --epochs --fg-threshold --help --images --ins-bg-threshold --labels --min-score --no-amp --no-separate-instances --out --quiet --resume --run --seed --sem-bg-threshold --semantic --separate-instances --shard --verbose --walk-steps --weights --workers -h -i -o -q -v'
             return
         fi
         case $npos in
@@ -387,7 +390,7 @@ __wsis_node__synth() {
 # wsis train-student
 __wsis_node__train_student() {
     case $1 in
-    vopts) __wsis_r=' -i --images -o --out --checkpoint --arch --weights --init-weights --mask-loss --min-size --max-size --rois-per-image --mask-head-channels --epochs --batch-size --accumulate --optimizer --lr --weight-decay --warmup-iters --clip-grad --pairwise-warmup --val --score-threshold --max-dets --format --rounds --round-score --round-max --seed --device --workers ' ;;
+    vopts) __wsis_r=' -i --images -o --out --checkpoint --arch --weights --init-weights --mask-loss --min-size --max-size --rois-per-image --mask-head-channels --fpn-channels --box-head-dim --proposals --epochs --batch-size --accumulate --optimizer --lr --weight-decay --warmup-iters --clip-grad --pairwise-warmup --val --score-threshold --max-dets --format --rounds --round-score --round-max --round-max-width --seed --device --workers ' ;;
     complete)
         case $prev in
         -i|--images) __wsis_dirs 0; return ;;
@@ -401,6 +404,9 @@ __wsis_node__train_student() {
         --max-size) :; return ;;
         --rois-per-image) :; return ;;
         --mask-head-channels) :; return ;;
+        --fpn-channels) :; return ;;
+        --box-head-dim) :; return ;;
+        --proposals) :; return ;;
         --epochs) :; return ;;
         --batch-size) :; return ;;
         --accumulate) :; return ;;
@@ -417,12 +423,13 @@ __wsis_node__train_student() {
         --rounds) :; return ;;
         --round-score) :; return ;;
         --round-max) :; return ;;
+        --round-max-width) :; return ;;
         --seed) :; return ;;
         --device) :; return ;;
         --workers) :; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--accumulate --arch --batch-size --checkpoint --clip-grad --device --epochs --format --help --images --init-weights --lr --mask-head-channels --mask-loss --max-dets --max-size --min-size --no-amp --no-flip --optimizer --out --pairwise-warmup --quiet --resume --rois-per-image --round-max --round-score --rounds --score-threshold --seed --val --verbose --warmup-iters --weight-decay --weights --workers -h -i -o -q -v'
+            __wsis_words '--accumulate --arch --batch-size --box-head-dim --checkpoint --clip-grad --device --epochs --format --fpn-channels --group-norm --help --images --init-weights --lr --mask-head-channels --mask-loss --max-dets --max-size --min-size --no-amp --no-flip --optimizer --out --pairwise-warmup --proposals --quiet --resume --rois-per-image --round-max --round-max-width --round-score --rounds --score-threshold --seed --val --verbose --warmup-iters --weight-decay --weights --workers -h -i -o -q -v'
             return
         fi
         case $npos in

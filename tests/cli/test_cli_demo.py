@@ -11,7 +11,7 @@ def _wsis(*args, cwd=None):
 
 
 def test_demo_prints_the_table_on_stderr_and_nothing_on_stdout(tmp_path):
-    r = _wsis("demo", "-n", "4", "--size", "64x80", "--methods", "box-filled", cwd=tmp_path)
+    r = _wsis("demo", "-n", "4", "--size", "64x80", "--methods", "box-filled", "--no-students", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""
     assert "box-filled" in r.stderr and "mean IoU" in r.stderr
@@ -20,9 +20,17 @@ def test_demo_prints_the_table_on_stderr_and_nothing_on_stdout(tmp_path):
 
 def test_demo_out_keeps_every_file(tmp_path):
     out = tmp_path / "demo"
-    r = _wsis("demo", "-n", "4", "--size", "64x64", "--methods", "box-filled", "--out", str(out), "-q")
+    r = _wsis("demo", "-n", "4", "--size", "64x64", "--methods", "box-filled", "--student-epochs", "1", "--out",
+              str(out), "-q")
     assert r.returncode == 0, r.stderr
     assert (out / "report.json").is_file() and (out / "data" / "gt.json").is_file()
+    # students are trained by default: the upper bound and one on the path's labels, each with its run folder
+    assert (out / "student-gt" / "model.pt").is_file() and (out / "student-box-filled" / "model.pt").is_file()
+
+
+def test_unknown_student_loss_is_a_usage_error(tmp_path):
+    r = _wsis("demo", "--student-loss", "nope", cwd=tmp_path)
+    assert r.returncode == 2 and "--student-loss" in r.stderr
 
 
 def test_unknown_demo_method_is_a_usage_error(tmp_path):

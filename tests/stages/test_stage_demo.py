@@ -11,7 +11,8 @@ from wsis_cli.stages.demo import DemoSettings, run
 
 
 def test_demo_scores_the_box_filled_floor(tmp_path):
-    rows = run(DemoSettings(num_images=6, height=96, width=128, seed=3, methods=("box-filled",)), tmp_path)
+    rows = run(DemoSettings(num_images=6, height=96, width=128, seed=3, methods=("box-filled",), students=False),
+               tmp_path)
     assert [r.supervision for r in rows] == ["boxes"]
     box = rows[0].report
     # Filled boxes are exact boxes (box AP 1) but poor masks: the floor for box supervision.
@@ -27,10 +28,26 @@ def test_demo_scores_the_box_filled_floor(tmp_path):
 
 
 def test_demo_reruns_into_the_same_folder(tmp_path):
-    quick = DemoSettings(num_images=4, height=64, width=64, seed=1, methods=("box-filled",))
+    quick = DemoSettings(num_images=4, height=64, width=64, seed=1, methods=("box-filled",), students=False)
     first = run(quick, tmp_path)
     again = run(quick, tmp_path)
     assert first[0].report.mean_iou == again[0].report.mean_iou
+
+
+def test_students_are_trained_by_default_with_retention_of_the_upper_bound(tmp_path):
+    """Students are on by default: one on the ground truth (the upper bound), one per path's labels, with
+    retention against the bound (a tiny 1-epoch run here; the real demo trains train_student.DEMO_EPOCHS)."""
+    rows = run(DemoSettings(num_images=4, height=64, width=64, seed=1, methods=("box-filled",), student_epochs=1),
+               tmp_path)
+    assert [r.method for r in rows] == ["box-filled masks (floor)", "student ← ground truth (upper bound)",
+                                        "student ← box-filled masks (floor)"]
+    upper, student = rows[1].report, rows[2].report
+    assert upper.mean_iou is not None and student.mean_iou is not None
+    assert (tmp_path / "student-gt" / "model.pt").is_file() and (tmp_path / "student-box-filled" / "model.pt").is_file()
+    if upper.mask_ap:  # retention is defined against a bound above zero
+        assert student.retention is not None
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["rows"]) == 3 and report["settings"]["students"] is True
 
 
 def test_unknown_method_is_refused(tmp_path):
@@ -41,7 +58,7 @@ def test_unknown_method_is_refused(tmp_path):
 @pytest.mark.slow
 def test_every_path_runs_and_refinement_rows_follow(tmp_path):
     """All four paths (and refine-crf on each learnt one) on a small set: every row is scored."""
-    rows = run(DemoSettings(num_images=8, height=96, width=96, seed=2), tmp_path)
+    rows = run(DemoSettings(num_images=8, height=96, width=96, seed=2, student_epochs=2), tmp_path)
     names = [r.method for r in rows]
     assert names[0].startswith("box-filled")
     for key in ("mal-label", "cam → irnet", "freemask (class-agnostic)"):
@@ -50,3 +67,5 @@ def test_every_path_runs_and_refinement_rows_follow(tmp_path):
     assert all(r.report.mean_iou is not None for r in rows)
     mal = next(r for r in rows if r.method == "mal-label").report
     assert mal.mean_iou > 0.3  # a trained MAL labels boxes with real masks
+    students = [n for n in names if n.startswith("student ←")]
+    assert students[0] == "student ← ground truth (upper bound)" and len(students) >= 3

@@ -130,3 +130,22 @@ def test_projection_loss_and_two_rounds_of_self_training(data: tuple[Path, Datas
         per_image[a["image_id"]] = per_image.get(a["image_id"], 0) + 1
     assert labels2.annotations and max(per_image.values()) <= 5
     assert (tmp_path / "st" / "model.pt").exists()
+
+
+def test_self_training_labels_drop_image_wide_masks() -> None:
+    """FreeSOLO's filter: a kept prediction whose box spans >= 0.95 of the image width is not a label."""
+    import numpy as np
+
+    from wsis_cli.io import rle
+    from wsis_cli.stages.student_predict import results_to_dataset_annotations
+
+    wide = np.zeros((20, 40), np.uint8)
+    wide[5:10, 0:39] = 1  # 39 of 40 columns
+    small = np.zeros((20, 40), np.uint8)
+    small[2:8, 3:12] = 1
+    results = [{"image_id": 1, "category_id": 1, "segmentation": rle.encode(m), "score": s}
+               for m, s in ((wide, 0.9), (small, 0.8))]
+    kept = results_to_dataset_annotations(results, score_threshold=0.5, max_per_image=5, image_widths={1: 40},
+                                          max_width=0.95)
+    assert [a["score"] for a in kept] == [0.8] and kept[0]["bbox"] == [3, 2, 9, 6]
+    assert len(results_to_dataset_annotations(results, score_threshold=0.5, max_per_image=5)) == 2

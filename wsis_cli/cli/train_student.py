@@ -55,6 +55,15 @@ def train_student(
                                                 min=4, rich_help_panel=_MODEL)] = 512,
     mask_head_channels: Annotated[int, typer.Option(help="Width of the 4-conv mask head (torchvision: 256).", min=8,
                                                     rich_help_panel=_MODEL)] = 256,
+    group_norm: Annotated[bool, typer.Option(
+        "--group-norm", help="GroupNorm in the backbone (from scratch), FPN and mask head instead of BatchNorm: "
+        "trains from scratch with batches of a few images.", rich_help_panel=_MODEL)] = False,
+    fpn_channels: Annotated[int, typer.Option(help="FPN width (torchvision: 256; ResNet backbones only).", min=8,
+                                              rich_help_panel=_MODEL)] = 256,
+    box_head_dim: Annotated[int, typer.Option(help="Width of the box head's MLP (torchvision: 1024).", min=8,
+                                              rich_help_panel=_MODEL)] = 1024,
+    proposals: Annotated[int, typer.Option(help="RPN proposals kept per image at inference (twice as many in "
+                                           "training; torchvision: 1000).", min=1, rich_help_panel=_MODEL)] = 1000,
     epochs: Epochs = 12,
     batch_size: BatchSize = 4,
     accumulate: Annotated[int, typer.Option(help="Micro-batches per optimizer step (gradient accumulation).",
@@ -87,6 +96,9 @@ def train_student(
                                                min=0.0, max=1.0, rich_help_panel=_SELF)] = 0.5,
     round_max: Annotated[int, typer.Option(help="Self-training: at most this many masks per image.", min=1,
                                            rich_help_panel=_SELF)] = 20,
+    round_max_width: Annotated[float, typer.Option(
+        help="Self-training: drop masks whose box spans at least this fraction of the image width (FreeSOLO: "
+        "0.95; 1 keeps all).", min=0.01, max=1.0, rich_help_panel=_SELF)] = 0.95,
     resume: Resume = False,
     seed: Seed = 0,
     device: Device = "auto",
@@ -120,10 +132,11 @@ def train_student(
             arch=arch, weights=weights, init_weights=str(init_weights) if init_weights else None, mask_loss=mask_loss,
             min_size=min_size, max_size=max_size, epochs=epochs, batch_size=batch_size, accumulate=accumulate,
             optimizer=optimizer, lr=lr, weight_decay=weight_decay, warmup_iters=warmup_iters, clip_grad=clip_grad,
-            rois_per_image=rois_per_image, mask_head_channels=mask_head_channels,
+            rois_per_image=rois_per_image, mask_head_channels=mask_head_channels, group_norm=group_norm,
+            fpn_channels=fpn_channels, box_head_dim=box_head_dim, proposals=proposals,
             pairwise_warmup=pairwise_warmup, flip=not no_flip,
             val=str(val) if val else None, score_threshold=score_threshold, max_dets=max_dets, rounds=rounds,
-            round_score=round_score, round_max=round_max, seed=seed, amp=not no_amp, workers=workers)
+            round_score=round_score, round_max=round_max, round_max_width=round_max_width, seed=seed, amp=not no_amp, workers=workers)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     _train(settings, labels, images, Path(out), val, init_weights, resume, device)

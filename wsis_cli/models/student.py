@@ -1,7 +1,7 @@
 """The student: torchvision's Mask R-CNN with a selectable FPN backbone and a pluggable mask loss.
 
-No detector code of our own: the backbone comes from torchvision's ``resnet_fpn_backbone`` /
-``mobilenet_backbone``, the detector is ``torchvision.models.detection.MaskRCNN``. What we add is
+No detector code of our own: the backbone is torchvision's ResNet in its ``BackboneWithFPN`` (what
+``resnet_fpn_backbone`` builds, with a choice of norm and FPN width) or ``mobilenet_backbone``, the detector is ``torchvision.models.detection.MaskRCNN``. What we add is
 :class:`StudentRoIHeads`, a ``RoIHeads`` whose *training* mask loss can be swapped for FreeSOLO's
 projection + pairwise losses (:mod:`wsis_cli.models.student_losses`); inference is torchvision's.
 
@@ -12,20 +12,23 @@ anchors keep the same size relative to the resized image (``min_size=128`` gives
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, mobilenet_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, project_masks_on_boxes
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d, roi_align
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from wsis_cli.models.student_losses import ProjectionLossWeights, projection_mask_loss
 from wsis_cli.models.weights import MatchReport, match_state_dict
@@ -56,6 +59,13 @@ class StudentSpec:
     mask_loss: str = "standard"
     rois_per_image: int = 512  # sampled RoIs per training image (torchvision's 512; fewer is much cheaper on CPUs)
     mask_head_channels: int = 256  # width of the 4-conv mask head (torchvision's 256; most of a CPU step's cost)
+    # GroupNorm in the backbone (when trained from scratch), the FPN and the mask head: batch statistics of
+    # one or two images, and running averages that lag weights changing fast from scratch, are what BN
+    # would otherwise use (Wu & He 2018; "Rethinking ImageNet pre-training" trains from scratch with GN)
+    group_norm: bool = False
+    fpn_channels: int = 256  # FPN width (torchvision's 256); the FPN and RPN convs cost more than a ResNet-18 at 128 px
+    box_head_dim: int = 1024  # the box head's MLP width (torchvision's 1024)
+    proposals: int = 1000  # RPN proposals kept after NMS at inference (twice as many while training)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHES:
@@ -63,9 +73,11 @@ class StudentSpec:
         if self.mask_loss not in MASK_LOSSES:
             raise ValueError(f"mask loss must be one of {', '.join(MASK_LOSSES)}, got {self.mask_loss!r}")
         if self.num_classes < 1 or self.min_size < 16 or self.max_size < self.min_size or self.rois_per_image < 4 \
-                or self.mask_head_channels < 8:
-            raise ValueError("need num_classes >= 1, min_size >= 16, max_size >= min_size, rois_per_image >= 4 "
-                             "and mask_head_channels >= 8")
+                or self.mask_head_channels < 8 or self.fpn_channels < 8 or self.box_head_dim < 8 or self.proposals < 1:
+            raise ValueError("need num_classes >= 1, min_size >= 16, max_size >= min_size, rois_per_image >= 4, "
+                             "mask_head_channels, fpn_channels and box_head_dim >= 8 and proposals >= 1")
+        if ARCHES[self.arch][0] == "mobilenet" and self.fpn_channels != 256:
+            raise ValueError("the MobileNetV3 FPN has torchvision's fixed width: fpn_channels must be 256")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,20 +161,43 @@ def anchor_scale(min_size: int) -> float:
     return min(1.0, max(0.25, min_size / 800.0))
 
 
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups (fewer when ``channels`` is not a multiple of 32)."""
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+def _resnet_fpn(spec: StudentSpec, name: str) -> BackboneWithFPN:
+    """torchvision's ResNet + FPN (what ``resnet_fpn_backbone`` builds), with a choice of norm and FPN width.
+
+    Pretrained (``frozen_bn``): FrozenBatchNorm2d and the stem + layer1 frozen, as torchvision does.
+    From scratch every layer learns, with BatchNorm2d or GroupNorm (``group_norm``).
+    """
+    norm: Callable[[int], nn.Module] = (FrozenBatchNorm2d if spec.frozen_bn else
+                                        group_norm if spec.group_norm else nn.BatchNorm2d)
+    body = getattr(resnet, name)(weights=None, norm_layer=norm)
+    if spec.frozen_bn:
+        trainable = ("layer2", "layer3", "layer4")
+        for pname, param in body.named_parameters():
+            if not pname.startswith(trainable):
+                param.requires_grad_(False)
+    else:
+        _zero_init_residuals(body)
+    width = body.inplanes // 8  # layer1's output channels (64 for ResNet-18/34, 256 for ResNet-50+)
+    return BackboneWithFPN(body, {f"layer{k}": str(k - 1) for k in range(1, 5)}, [width * 2 ** k for k in range(4)],
+                           spec.fpn_channels, extra_blocks=LastLevelMaxPool(),
+                           norm_layer=group_norm if spec.group_norm else None)
+
+
 def _backbone(spec: StudentSpec) -> tuple[nn.Module, AnchorGenerator]:
     family, name = ARCHES[spec.arch]
-    norm = FrozenBatchNorm2d if spec.frozen_bn else nn.BatchNorm2d
     s = anchor_scale(spec.min_size)
     sizes = [max(4, round(a * s)) for a in (32, 64, 128, 256, 512)]
     ratios = (0.5, 1.0, 2.0)
     if family == "resnet":
-        # pretrained: train layer2..4 as torchvision does; from scratch everything must learn
-        backbone = resnet_fpn_backbone(backbone_name=name, weights=None, norm_layer=norm,
-                                       trainable_layers=3 if spec.frozen_bn else 5)
+        backbone: nn.Module = _resnet_fpn(spec, name)
         anchors = AnchorGenerator(tuple((a,) for a in sizes), (ratios,) * len(sizes))
-        if not spec.frozen_bn:
-            _zero_init_residuals(backbone.body)
     else:
+        norm = FrozenBatchNorm2d if spec.frozen_bn else (group_norm if spec.group_norm else nn.BatchNorm2d)
         backbone = mobilenet_backbone(backbone_name=name, weights=None, fpn=True, norm_layer=norm,
                                       trainable_layers=3 if spec.frozen_bn else 6)
         # two feature maps + the max-pool level, each with all sizes (torchvision's mobilenet recipe)
@@ -194,12 +229,15 @@ def build_student(spec: StudentSpec, backbone_state: Any | None = None, *, sourc
         state, report = match_state_dict(backbone_state, backbone.body, source=source)
         backbone.body.load_state_dict(state, strict=False)
     c = spec.mask_head_channels
-    # torchvision's own heads (FastRCNNPredictor on its 1024-d TwoMLPHead; MaskRCNNHeads), passed in only
-    # so that the mask head's width can be chosen; num_classes must then be left to the predictors
+    # torchvision's own heads (TwoMLPHead + FastRCNNPredictor, MaskRCNNHeads + MaskRCNNPredictor), passed in
+    # only so that their widths and norm can be chosen; num_classes must then be left to the predictors
+    f, d, p = backbone.out_channels, spec.box_head_dim, spec.proposals
     model = MaskRCNN(backbone, num_classes=None, min_size=spec.min_size, max_size=spec.max_size,
                      rpn_anchor_generator=anchors, box_batch_size_per_image=spec.rois_per_image,
-                     box_predictor=FastRCNNPredictor(1024, spec.num_classes + 1),
-                     mask_head=MaskRCNNHeads(backbone.out_channels, [c] * 4, 1),
+                     rpn_pre_nms_top_n_train=2 * p, rpn_post_nms_top_n_train=2 * p,
+                     rpn_pre_nms_top_n_test=p, rpn_post_nms_top_n_test=p,
+                     box_head=TwoMLPHead(f * 7 * 7, d), box_predictor=FastRCNNPredictor(d, spec.num_classes + 1),
+                     mask_head=MaskRCNNHeads(f, [c] * 4, 1, norm_layer=group_norm if spec.group_norm else None),
                      mask_predictor=MaskRCNNPredictor(c, c, spec.num_classes + 1))
     heads = model.roi_heads
     student_heads = StudentRoIHeads(

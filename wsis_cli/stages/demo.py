@@ -6,10 +6,11 @@ Makes a synthetic dataset and runs every labelling path on it, each from the sup
 - image-level tags: ``cam`` then ``irnet``;
 - nothing: ``freemask`` (class-agnostic, so scored class-agnostically);
 
-then ``refine-crf`` on each path's labels, and scores every result against the ground truth. With
-``students`` it also trains a small ``train-student`` Mask R-CNN on each path's refined labels and on the
+then ``refine-crf`` on each path's labels, and scores every result against the ground truth. Then (unless
+``students`` is off) it trains a small ``train-student`` Mask R-CNN on each path's refined labels and on the
 ground truth (the fully supervised upper bound) and reports each student's retention of that bound.
-Every stage runs with a CPU-sized configuration from its own module (``demo_*`` entry points).
+Every stage runs with a CPU-sized configuration from its own module (``demo_*`` entry points);
+:data:`FULL` is a bigger, longer set-up (``wsis demo --full``).
 """
 
 from __future__ import annotations
@@ -37,8 +38,15 @@ class DemoSettings:
     classes: int = 3
     seed: int = 0
     refine: bool = True  # also score each path after refine-crf
-    students: bool = False  # train a student on each path's labels and on the ground truth
+    students: bool = True  # train a student on each path's labels and on the ground truth
+    student_epochs: int | None = None  # None: train_student.DEMO_EPOCHS (FULL_EPOCHS_FACTOR times that with full)
+    student_mask_loss: str = "standard"
     methods: tuple[str, ...] = ()  # only these methods (by key); empty: all
+    full: bool = False  # the bigger, longer set-up (wsis demo --full)
+
+
+# ``wsis demo --full``: more and larger images (the CLI's defaults then) and students trained longer
+FULL_IMAGES, FULL_SIZE, FULL_EPOCHS_FACTOR = 64, (192, 192), 3
 
 
 @dataclass(frozen=True)
@@ -111,10 +119,12 @@ def _refine(labelled: coco.Dataset, data: DemoData, path: Path, out: Path) -> co
     return coco.load_dataset(out)
 
 
-def _student(labels: coco.Dataset, data: DemoData, work: Path) -> list[dict]:
-    from wsis_cli.stages.train_student import demo_student
+def _student(labels: coco.Dataset, data: DemoData, work: Path, settings: DemoSettings) -> list[dict]:
+    from wsis_cli.stages.train_student import DEMO_EPOCHS, demo_student
 
-    return demo_student(data.images, labels, work)
+    epochs = settings.student_epochs if settings.student_epochs is not None else \
+        DEMO_EPOCHS * (FULL_EPOCHS_FACTOR if settings.full else 1)
+    return demo_student(data.images, labels, work, epochs=epochs, mask_loss=settings.student_mask_loss)
 
 
 def _score(data: DemoData, preds: list[dict], agnostic: bool, reference_ap: float | None = None,
@@ -170,13 +180,13 @@ def run(settings: DemoSettings, out_dir: Path) -> list[DemoRow]:
         trained_on.append((method.key, label_name, best, method.class_agnostic))
     if settings.students:
         upper_dir = out_dir / "student-gt"
-        upper = _score(data, _student(data.gt, data, upper_dir), False)
+        upper = _score(data, _student(data.gt, data, upper_dir, settings), False)
         add("student ← ground truth (upper bound)", "full masks", upper_dir, upper)
         for key, name, labels, agnostic in trained_on:
             if not labels.annotations:
                 continue
             work = out_dir / f"student-{key}"
-            preds = _student(labels, data, work)
+            preds = _student(labels, data, work, settings)
             ref = upper.mask_ap if upper.mask_ap and upper.mask_ap > 0 else None  # retention needs an AP > 0
             add(f"student ← {name}", "as above", work, _score(data, preds, agnostic, reference_ap=ref))
     write_json({

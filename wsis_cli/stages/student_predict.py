@@ -91,13 +91,28 @@ def predict(model: nn.Module, category_ids: Sequence[int], records: Sequence[Map
 
 
 def results_to_dataset_annotations(results: Sequence[Mapping[str, Any]], *, score_threshold: float,
-                                   max_per_image: int) -> list[dict[str, Any]]:
+                                   max_per_image: int, image_widths: Mapping[int, int] | None = None,
+                                   max_width: float = 1.0) -> list[dict[str, Any]]:
     """Self-training labels: per image the ``max_per_image`` best results scoring ≥ ``score_threshold``,
-    as dataset annotations (ids 1..n, mask area, tight box from the mask, the score kept)."""
+    as dataset annotations (ids 1..n, mask area, tight box from the mask, the score kept).
+
+    With ``image_widths`` (image id -> width), a mask whose box spans at least ``max_width`` of its image's
+    width is dropped first: FreeSOLO keeps only boxes narrower than 0.95 W when it turns predictions into
+    the next round's labels (image-wide masks are background, not objects).
+    """
     by_image: dict[int, list[Mapping[str, Any]]] = {}
+    dropped = 0
     for r in results:
-        if r["score"] >= score_threshold:
-            by_image.setdefault(int(r["image_id"]), []).append(r)
+        if r["score"] < score_threshold:
+            continue
+        if image_widths is not None and max_width < 1.0:
+            width = image_widths.get(int(r["image_id"]))
+            if width and rle_utils.to_bbox(r["segmentation"])[2] >= max_width * width:
+                dropped += 1
+                continue
+        by_image.setdefault(int(r["image_id"]), []).append(r)
+    if dropped:
+        log.info("self-training labels: dropped %d mask(s) at least %g of the image wide", dropped, max_width)
     anns: list[dict[str, Any]] = []
     for image_id in sorted(by_image):
         best = sorted(by_image[image_id], key=lambda r: -r["score"])[:max_per_image]

@@ -13,7 +13,8 @@ position inside the epoch, and exit with code 143 (:data:`REQUEUE_EXIT`). A job 
 loss scaler and RNG states restored. A second signal stops at once.
 
 Self-training (``rounds > 1``, FreeSOLO): after round r the model predicts on the training images; per
-image the ``round_max`` best masks scoring ≥ ``round_score`` are the labels of round r+1, which trains
+image the ``round_max`` best masks scoring ≥ ``round_score`` whose box is narrower than ``round_max_width``
+of the image (FreeSOLO's filter against image-wide "objects") are the labels of round r+1, which trains
 from the same initialisation. Round r keeps its own run folder ``RUN/round-r``; ``RUN/model.pt`` is the
 last round's model.
 """
@@ -81,6 +82,10 @@ class StudentSettings:
     clip_grad: float = 10.0  # max gradient norm (0: no clipping)
     rois_per_image: int = 512
     mask_head_channels: int = 256
+    group_norm: bool = False
+    fpn_channels: int = 256
+    box_head_dim: int = 1024
+    proposals: int = 1000
     pairwise_warmup: int = 1000
     flip: bool = True
     val: str | None = None
@@ -89,6 +94,7 @@ class StudentSettings:
     rounds: int = 1
     round_score: float = 0.5
     round_max: int = 20
+    round_max_width: float = 0.95  # drop self-training labels whose box spans this much of the image width
     seed: int = 0
     amp: bool = True
     workers: int = 0
@@ -102,6 +108,8 @@ class StudentSettings:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.score_threshold <= 1 or not 0 <= self.round_score <= 1:
             raise ValueError("score thresholds must lie in [0, 1]")
+        if not 0 < self.round_max_width <= 1:
+            raise ValueError(f"round_max_width must lie in (0, 1], got {self.round_max_width}")
         self.spec(1)  # validates arch, sizes, mask loss
 
     @property
@@ -115,7 +123,8 @@ class StudentSettings:
     def spec(self, num_classes: int, frozen_bn: bool = False) -> StudentSpec:
         return StudentSpec(arch=self.arch, num_classes=num_classes, min_size=self.min_size, max_size=self.max_size,
                            frozen_bn=frozen_bn, mask_loss=self.mask_loss, rois_per_image=self.rois_per_image,
-                           mask_head_channels=self.mask_head_channels)
+                           mask_head_channels=self.mask_head_channels, group_norm=self.group_norm,
+                           fpn_channels=self.fpn_channels, box_head_dim=self.box_head_dim, proposals=self.proposals)
 
 
 @dataclass
@@ -392,7 +401,9 @@ def run(settings: StudentSettings, ds: Dataset, images_root: str | None, run_pat
             preds = predict(result.model, result.category_ids, ds.images, images_root, ds.source, ctx.device,
                             score_threshold=settings.round_score, max_dets=settings.round_max, amp=settings.amp)
             anns = results_to_dataset_annotations(preds, score_threshold=settings.round_score,
-                                                  max_per_image=settings.round_max)
+                                                  max_per_image=settings.round_max,
+                                                  image_widths={int(im["id"]): int(im["width"]) for im in ds.images},
+                                                  max_width=settings.round_max_width)
             labels = ds.with_annotations(anns)
             labels.source = str(Path(run_path) / f"round-{r}" / "labels.json")
             log.info("self-training round %d: %d pseudo-labels on %d images from round %d's predictions", r,
@@ -417,19 +428,28 @@ def _jsonable(settings: StudentSettings) -> dict[str, Any]:
     return asdict(settings)
 
 
-def demo_settings(images: list[dict[str, Any]], *, epochs: int = 8, mask_loss: str = "standard",
+DEMO_EPOCHS = 16
+
+
+def demo_settings(images: list[dict[str, Any]], *, epochs: int = DEMO_EPOCHS, mask_loss: str = "standard",
                   seed: int = 0) -> StudentSettings:
-    """A tiny student for ``wsis demo`` and tests: ResNet-18-FPN from scratch at the images' own size."""
+    """A small student for ``wsis demo`` and tests: ResNet-18-FPN from scratch at the images' own size.
+
+    Sized for a CPU (see the README's demo section for what each choice was measured to give): GroupNorm
+    everywhere (BatchNorm's running statistics lag a from-scratch network whose weights change fast, and
+    batches hold two images), a 64-channel FPN and 256-d box head (the 256-channel FPN and RPN convs cost
+    more than the ResNet-18 itself at 128 px), 64 sampled RoIs and 200 proposals per image.
+    """
     side = int(min(min(im["height"], im["width"]) for im in images)) if images else 128
     side = max(32, side)
     return StudentSettings(arch="resnet18-fpn", weights="none", mask_loss=mask_loss, min_size=side,
                            max_size=max(side, max(max(im["height"], im["width"]) for im in images) if images else side),
-                           epochs=epochs, batch_size=2, lr=0.02, warmup_iters=5, rois_per_image=64,
-                           mask_head_channels=64,
+                           epochs=epochs, batch_size=2, lr=0.02, warmup_iters=10, rois_per_image=64,
+                           mask_head_channels=64, group_norm=True, fpn_channels=64, box_head_dim=256, proposals=200,
                            pairwise_warmup=20, max_dets=30, seed=seed, workers=0)
 
 
-def demo_student(images_dir: Path, labels: Dataset, work: Path, *, epochs: int = 8,
+def demo_student(images_dir: Path, labels: Dataset, work: Path, *, epochs: int = DEMO_EPOCHS,
                  mask_loss: str = "standard") -> list[dict[str, Any]]:
     """Train a tiny student on ``labels`` briefly (run folder ``work``) and return its COCO results on the
     same images (for ``wsis demo``; seconds per epoch on a laptop for a few dozen 128-px images)."""
