@@ -89,3 +89,22 @@ def test_labeled_fine_tunes_checkpoints_and_reuses(data, tmp_path):
     r = _run(str(data / "images"), "-o", str(again), "--checkpoint", str(run / "model.pt"), *FAST)
     assert r.returncode == 0, r.stderr
     assert json.loads(again.read_text())["annotations"] == json.loads(out.read_text())["annotations"]
+
+
+def test_pretrain_writes_weights_that_weights_loads(data, tmp_path):
+    """--pretrain trains on the inputs without labels; its model.pt goes back in through --weights and gives
+    the same masks; a second --pretrain into the same run folder needs --resume."""
+    out, run = tmp_path / "p.json", tmp_path / "run"
+    fast = [a for a in FAST if a not in ("--weights", "none")]
+    r = _run(str(data / "images"), "-o", str(out), "--pretrain", "--pretrain-epochs", "1", "--regions", "4",
+             "--run", str(run), "--weights", "none", *fast)
+    assert r.returncode == 0, r.stderr
+    model = run / "pretrain" / "model.pt"
+    assert model.exists() and (run / "pretrain" / "last.pt").exists()
+    again = tmp_path / "again.json"
+    r = _run(str(data / "images"), "-o", str(again), "--weights", str(model), *fast)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(again.read_text())["annotations"] == json.loads(out.read_text())["annotations"]
+    r = _run(str(data / "images"), "-o", str(out), "--pretrain", "--pretrain-epochs", "1", "--run", str(run),
+             "--weights", "none", *fast)
+    assert r.returncode == 2 and "--resume" in r.stderr

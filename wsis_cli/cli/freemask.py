@@ -28,6 +28,7 @@ from wsis_cli.cli.common import (
 _FM = "Free Mask"
 _FILTERS = "Filters (FreeSOLO's; 0 disables)"
 _FEW = "Few labels (--labeled)"
+_PRE = "Self-supervised pre-training (--pretrain)"
 
 
 def _scales(value: str) -> tuple[float, ...]:
@@ -65,6 +66,15 @@ def freemask(
                                                 "this fraction of the height.", rich_help_panel=_FILTERS)] = 0.2,
     max_width: Annotated[float, typer.Option("--max-width", min=0, help="Keep masks narrower than this fraction of "
                                              "the width.", rich_help_panel=_FILTERS)] = 0.95,
+    pretrain: Annotated[bool, typer.Option("--pretrain", help="First train the backbone on the input images "
+                                           "themselves, without labels (dense region contrast); its model.pt in "
+                                           "RUN/pretrain is reusable with --weights.", rich_help_panel=_PRE)] = False,
+    pretrain_epochs: Annotated[int, typer.Option("--pretrain-epochs", min=0, help="Pre-training epochs.",
+                                                 rich_help_panel=_PRE)] = 20,
+    pretrain_lr: Annotated[float, typer.Option("--pretrain-lr", min=0.0, help="Pre-training AdamW learning rate.",
+                                               rich_help_panel=_PRE)] = 3e-3,
+    regions: Annotated[int, typer.Option("--regions", min=1, help="Colour/position clusters per image that "
+                                         "pre-training contrasts.", rich_help_panel=_PRE)] = 8,
     labeled: Annotated[Path | None, typer.Option("--labeled", help="COCO dataset with masks of a few input images: "
                                                  "fine-tune the backbone on them first.", rich_help_panel=_FEW)] = None,
     epochs: Epochs = 10,
@@ -88,7 +98,8 @@ def freemask(
 
     Every location of the backbone's features, at three pyramid scales, is a query; its cosine score map
     against all locations, min-max normalised, is a soft mask ranked by maskness; matrix NMS and the top-k
-    keep the best. With --labeled, the backbone is first fine-tuned contrastively on the few labelled images
+    keep the best. Without self-supervised weights at hand, --pretrain first trains the backbone on the input
+    images themselves (no label). With --labeled, the backbone is first fine-tuned contrastively on the few labelled images
     (run folder --run, --resume, --checkpoint to reuse it). Writes a COCO dataset; --embeddings adds the
     query embeddings as HDF5.
     """
@@ -97,7 +108,7 @@ def freemask(
         from wsis_cli.io.atomic import check_output_path
 
         check_output_path(out)
-    elif resume and not labeled:
+    elif resume and not (labeled or pretrain):
         raise typer.BadParameter("--resume needs a file output, not stdout", param_hint="--resume")
     if embeddings is not None:
         from wsis_cli.io.atomic import check_output_path
@@ -108,6 +119,7 @@ def freemask(
     from wsis_cli.stages.freemask import run as run_stage
     from wsis_cli.stages.freemask_features import BackboneSpec
     from wsis_cli.stages.freemask_masks import FreeMaskParams
+    from wsis_cli.stages.freemask_pretrain import PretrainSettings
     from wsis_cli.stages.freemask_tune import TuneSettings
 
     try:
@@ -118,6 +130,8 @@ def freemask(
                                   min_score=min_score or None, min_center_y=min_center_y or None,
                                   max_width=max_width or None),
             tune=TuneSettings(epochs=epochs, lr=lr, tau=tau, match_iou=match_iou, seed=seed),
+            pretrain=(PretrainSettings(epochs=pretrain_epochs, lr=pretrain_lr, regions=regions, seed=seed)
+                      if pretrain else None),
             category=category, seed=seed,
         )
     except ValueError as e:

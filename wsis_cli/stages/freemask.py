@@ -29,6 +29,7 @@ from wsis_cli.stages.freemask_features import (
     load_backbone_state,
 )
 from wsis_cli.stages.freemask_masks import FreeMaskParams
+from wsis_cli.stages.freemask_pretrain import PretrainSettings
 from wsis_cli.stages.freemask_tune import Sample, TuneSettings, fine_tune, make_sample
 
 log = get_logger("freemask")
@@ -42,6 +43,7 @@ class FreeMaskSettings:
     backbone: BackboneSpec = field(default_factory=BackboneSpec)
     params: FreeMaskParams = field(default_factory=FreeMaskParams)
     tune: TuneSettings = field(default_factory=TuneSettings)
+    pretrain: PretrainSettings | None = None  # self-supervised pre-training on the inputs first (--pretrain)
     category: str = "object"
     seed: int = 0
 
@@ -155,19 +157,52 @@ def labelled_samples(labeled: coco.Dataset, records: list[dict[str, Any]], root:
             for rec, gts in chosen]
 
 
+def pretrained_weights(settings: FreeMaskSettings, job: FreeMaskJob, records: list[dict[str, Any]],
+                       root: str | None, source: str, device: torch.device, progress: Any = None) -> str:
+    """Self-supervised pre-training on every input image (``--pretrain``, no label read): the path of the
+    resulting ``model.pt`` in ``<run>/pretrain``, which ``--weights`` accepts. A finished pre-training in
+    that folder is reused with ``--resume``; an interrupted one continues from its last epoch."""
+    from wsis_cli.io.run_dir import RunDir, default_run_dir
+    from wsis_cli.stages.freemask_pretrain import build_pretrain_backbone, pretrain, region_samples
+
+    assert settings.pretrain is not None
+    folder = Path(job.run or default_run_dir(job.out, STAGE)) / "pretrain"
+    if job.resume and (folder / "model.pt").exists():
+        log.info("freemask: pre-trained backbone from %s", folder / "model.pt")
+        return str(folder / "model.pt")
+    run = RunDir(folder, STAGE, {"backbone": asdict(settings.backbone), "pretrain": settings.pretrain.to_json(),
+                                 "inputs": str(job.inputs)}, resume=job.resume)
+    torch.manual_seed(settings.pretrain.seed)
+    images = [img for _, img in _read(records, root, source, job.workers)]
+    samples = region_samples(images, settings.pretrain)
+    log.info("freemask: self-supervised pre-training on %d images (%d regions)", len(samples),
+             sum(len(s.labels) for s in samples))
+    net = build_pretrain_backbone(settings.backbone).to(device)
+    result = pretrain(net, samples, settings.backbone, settings.pretrain, device, run, progress)
+    run.save_model(net.state_dict(), {"loss": result["loss"], "images": len(samples), "kind": "pretrain"})
+    log.info("freemask: pre-trained backbone in %s (use it again with --weights)", run.model_path)
+    return str(run.model_path)
+
+
 def prepare_backbone(settings: FreeMaskSettings, job: FreeMaskJob, records: list[dict[str, Any]],
                      root: str | None, source: str, device: torch.device, progress: Any = None) -> torch.nn.Module:
-    """The backbone Free Mask runs on: as ``--weights`` gives it, loaded from ``--checkpoint``, or
-    fine-tuned on ``--labeled`` (in the run folder, checkpointed every epoch, ``--resume``-able)."""
+    """The backbone Free Mask runs on: as ``--weights`` gives it, loaded from ``--checkpoint``,
+    pre-trained without labels on the inputs (``--pretrain``), and/or fine-tuned on ``--labeled`` (in the
+    run folder, checkpointed every epoch, ``--resume``-able)."""
     from wsis_cli.io.run_dir import RunDir, default_run_dir, read_model
 
     if job.checkpoint:
         saved = read_model(job.checkpoint, STAGE)
         net = build_backbone(settings.backbone, weights="none").to(device)
-        load_backbone_state(net, saved["model"])
+        load_backbone_state(net, saved["model"], job.checkpoint)
         log.info("freemask: backbone from %s", job.checkpoint)
         return net
-    net = build_backbone(settings.backbone).to(device)
+    if settings.pretrain is not None:
+        # loaded back through the ordinary --weights path (frozen BatchNorm, key matching), as a user would
+        weights = pretrained_weights(settings, job, records, root, source, device, progress)
+        net = build_backbone(settings.backbone, weights=weights).to(device)
+    else:
+        net = build_backbone(settings.backbone).to(device)
     if not job.labeled:
         return net
     labeled = coco.load_dataset(job.labeled, need="segmentation")

@@ -139,9 +139,13 @@ def annotations_for(image_id: int, result: FreeMasks, category_id: int = 1) -> l
             for r, (rle, s) in enumerate(zip(rles, result.scores.tolist(), strict=True))]
 
 
-def load_backbone_state(net: nn.Module, state: dict[str, Tensor]) -> None:
-    """Load a fine-tuned backbone state saved by ``freemask --labeled`` (exact keys)."""
-    net.load_state_dict(state, strict=True)
+def load_backbone_state(net: nn.Module, state: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Load a backbone state saved by ``freemask --labeled`` or ``--pretrain`` into ``net`` (keys matched
+    like ``--weights``: a live-BatchNorm state fits the frozen-BatchNorm network)."""
+    from wsis_cli.models.weights import match_state_dict
+
+    matched, _ = match_state_dict(state, net, source=source, min_fraction=1.0)
+    net.load_state_dict(matched, strict=False)
 
 
 __all__ = ["MAX_TOP_K", "BackboneSpec", "ResNetFeatures", "annotations_for", "build_backbone", "features_of",

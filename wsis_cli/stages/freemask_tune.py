@@ -87,7 +87,7 @@ def make_sample(image: np.ndarray, gt_masks: np.ndarray, generated: np.ndarray, 
     return Sample(image, np.concatenate(parts, axis=0), np.asarray(labels, np.int64))
 
 
-def _view(sample: Sample, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augmented_view(sample: Sample, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """An augmented view: random horizontal flip and brightness/contrast jitter (masks follow the flip)."""
     img, masks = sample.image, sample.masks
     if rng.random() < 0.5:
@@ -128,7 +128,7 @@ def fine_tune(net: nn.Module, samples: Sequence[Sample], spec: BackboneSpec, set
                 s = samples[int(i)]
                 rng = np.random.default_rng((settings.seed, epoch, int(i)))
                 for _ in range(2):  # two views of each image: its instances are positives across views
-                    img, masks = _view(s, rng)
+                    img, masks = augmented_view(s, rng)
                     views.append((prepare(img, spec, device, mult), masks, s.labels + offset))
                 offset += int(s.labels.max()) + 1 if len(s.labels) else 0
             emb, lab = [], []

@@ -1,0 +1,198 @@
+"""Self-supervised dense pre-training of a Free Mask backbone on unlabelled images (``freemask --pretrain``).
+
+Free Mask needs features in which every location is cosine-close to the rest of its object and far from
+everything else; FreeSOLO gets them from DenseCL, a *dense* self-supervised pre-training. Without such
+weights (no network, a new domain), this trains a backbone on the user's own images, with no label:
+
+- regions: label-free colour/position segments of each image (:mod:`wsis_cli.stages.freemask_regions`);
+- two augmented views per image (flip, brightness/contrast jitter; the regions follow the geometry);
+- region contrast (DetCon): the features pooled under each region form an embedding; the same region in
+  the other view is its positive, every other region of the batch a negative (NT-Xent, ``tau``);
+- pixel-to-region contrast: every feature location is classified, by cosine similarity over ``tau``,
+  among all regions of the batch in the *other* view; its own region is the target. This shapes exactly
+  the per-location similarities Free Mask thresholds, where region pooling alone only constrains means.
+
+The backbone is trained whole, BatchNorm live, AdamW with warm-up + cosine. The result is written as a
+run folder's ``model.pt`` whose ``model`` entry is the backbone's state dict, so ``--weights PATH`` loads it
+through the ordinary weight-loading code (``models.weights.match_state_dict``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wsis_cli.models.freemask_head import mask_pool, nt_xent
+from wsis_cli.runtime.log import get_logger
+from wsis_cli.runtime.training import check_finite, rng_state, set_lr, set_rng_state, warmup_cosine
+from wsis_cli.stages.freemask_features import BackboneSpec, patch_multiple, prepare
+from wsis_cli.stages.freemask_regions import region_proposals
+from wsis_cli.stages.freemask_tune import Sample, _batched_features, augmented_view
+
+log = get_logger("freemask")
+
+__all__ = ["PretrainSettings", "build_pretrain_backbone", "pixel_region_loss", "pretrain", "region_samples"]
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """How the backbone is pre-trained without labels (one field per flag)."""
+
+    epochs: int = 20
+    lr: float = 3e-3
+    batch_size: int = 8  # images per step (two views each)
+    tau: float = 0.5
+    regions: int = 8  # k-means clusters per image (see region_proposals)
+    position_weight: float = 1.0
+    pixel_weight: float = 1.0  # pixel-to-region term (0: region contrast only, plain DetCon)
+    region_weight: float = 1.0  # region-to-region term
+    warmup: float = 0.1  # fraction of the steps with a linear LR warm-up
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.lr <= 0 or self.tau <= 0 or self.batch_size < 1 or self.regions < 1:
+            raise ValueError("need epochs >= 0, lr > 0, tau > 0, batch size >= 1 and regions >= 1")
+        if self.pixel_weight < 0 or self.region_weight < 0 or self.pixel_weight + self.region_weight <= 0:
+            raise ValueError("loss weights must be >= 0 and not both 0")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_pretrain_backbone(spec: BackboneSpec) -> nn.Module:
+    """The network pre-training starts from: ``spec``'s ResNet with its weights, BatchNorm *live* (frozen
+    statistics of a random initialisation would never adapt). Its state dict loads into the frozen-BN
+    backbone Free Mask runs on."""
+    from wsis_cli.models.backbones import VITS
+    from wsis_cli.stages.backbone import build_resnet, build_vit
+
+    if spec.arch in VITS:
+        return build_vit(spec.arch, spec.weights)
+    return build_resnet(spec.arch, spec.weights, last_stride=spec.last_stride, stages=spec.stage, frozen_bn=False)
+
+
+def region_samples(images: Sequence[np.ndarray], settings: PretrainSettings) -> list[Sample]:
+    """One :class:`Sample` per image: its label-free regions, each its own instance label."""
+    out = []
+    for i, img in enumerate(images):
+        regions = region_proposals(img, settings.regions, position_weight=settings.position_weight,
+                                   seed=settings.seed + i)
+        out.append(Sample(img, regions, np.arange(len(regions), dtype=np.int64)))
+    return out
+
+
+def pixel_region_loss(features: Sequence[Tensor], masks: Sequence[Tensor], prototypes: Tensor,
+                      owners: Sequence[Tensor], tau: float) -> Tensor:
+    """Cross-entropy of each location's cosine similarities (over ``tau``) to ``prototypes`` (P, E).
+
+    ``features[v]`` (E, h, w) and ``masks[v]`` (M_v, H, W) of view ``v``; ``owners[v]`` (M_v,) the row of
+    ``prototypes`` each region's location must pick. Locations covered less than half by one region (its
+    borders, dropped pixels) are ignored. Returns a scalar (0 without any labelled location).
+    """
+    protos = F.normalize(prototypes, dim=1)
+    losses = []
+    for f, m, own in zip(features, masks, owners, strict=True):
+        if m.shape[0] == 0:
+            continue
+        cover = F.interpolate(m[:, None].float(), size=f.shape[1:], mode="area")[:, 0]  # (M, h, w)
+        best, which = cover.max(dim=0)
+        sel = best.flatten() >= 0.5
+        if not bool(sel.any()):
+            continue
+        pix = F.normalize(f.flatten(1).t()[sel], dim=1)  # (n, E)
+        logits = pix @ protos.t() / tau
+        losses.append(F.cross_entropy(logits, own[which.flatten()[sel]], reduction="sum") / sel.sum())
+    if not losses:
+        return prototypes.sum() * 0.0
+    return torch.stack(losses).mean()
+
+
+def _step_loss(net: nn.Module, batch: list[Sample], spec: BackboneSpec, settings: PretrainSettings,
+               device: torch.device, rng: np.random.Generator, mult: int) -> Tensor:
+    """Loss of one batch: two views of each sample, region and pixel-to-region contrast across views."""
+    inputs, masks, labels = [], [], []
+    offset = 0
+    for s in batch:
+        for _ in range(2):
+            img, m = augmented_view(s, rng)
+            inputs.append(prepare(img, spec, device, mult))
+            masks.append(torch.from_numpy(m).to(device))
+            labels.append(torch.from_numpy(s.labels + offset).to(device))
+        offset += len(s.labels)
+    feats = _batched_features(net, inputs)
+    emb = [mask_pool(f, m) for f, m in zip(feats, masks, strict=True)]
+    loss = feats[0].sum() * 0.0
+    if settings.region_weight > 0:
+        loss = loss + settings.region_weight * nt_xent(torch.cat(emb), torch.cat(labels), settings.tau)
+    if settings.pixel_weight > 0:
+        # views alternate (image 0 view a, image 0 view b, image 1 view a ...): each view's locations pick
+        # among the regions of every image's *other* view; region r of image i is row offset_i + r there
+        other = [v ^ 1 for v in range(len(feats))]
+        terms = []
+        for parity in (0, 1):
+            views = [v for v in range(len(feats)) if v % 2 == parity]
+            protos = torch.cat([emb[other[v]] for v in views])
+            terms.append(pixel_region_loss([feats[v] for v in views], [masks[v] for v in views], protos,
+                                           [labels[v] for v in views], settings.tau))
+        loss = loss + settings.pixel_weight * 0.5 * (terms[0] + terms[1])
+    return loss
+
+
+def pretrain(net: nn.Module, samples: Sequence[Sample], spec: BackboneSpec, settings: PretrainSettings,
+             device: torch.device, run: Any = None, progress: Any = None) -> dict[str, float]:
+    """Train ``net`` in place on ``samples`` (from :func:`region_samples`); checkpoints every epoch into
+    ``run`` (a RunDir) and resumes from it. Returns ``{"loss": last epoch's mean loss}``."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-4)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    per_epoch = max(1, -(-len(samples) // settings.batch_size))
+    total = per_epoch * settings.epochs
+    start, loss_mean = 0, float("nan")
+    ckpt = run.load_checkpoint() if run is not None else None
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start, loss_mean = int(ckpt["epoch"]), float(ckpt.get("loss", float("nan")))
+        set_rng_state(ckpt["rng"])
+    mult = patch_multiple(net)
+    if progress is not None:
+        progress.start(max(settings.epochs - start, 0), "freemask pretrain", unit="epochs")
+    for epoch in range(start, settings.epochs):
+        t0 = time.perf_counter()
+        net.train()
+        order = np.random.default_rng((settings.seed, epoch)).permutation(len(samples))
+        running, steps = 0.0, 0
+        for b in range(0, len(order), settings.batch_size):
+            step = epoch * per_epoch + b // settings.batch_size
+            set_lr(opt, base_lrs, warmup_cosine(step, int(settings.warmup * total), total, final=0.05))
+            rng = np.random.default_rng((settings.seed, epoch, b))
+            loss = _step_loss(net, [samples[int(i)] for i in order[b : b + settings.batch_size]], spec, settings,
+                              device, rng, mult)
+            check_finite(loss, stage="freemask pretrain", step=step, lr=settings.lr)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += float(loss.detach())
+            steps += 1
+        loss_mean = running / max(steps, 1)
+        seconds = time.perf_counter() - t0
+        log.info("freemask: pretrain epoch %d/%d  loss %.4f  (%.1f s)", epoch + 1, settings.epochs, loss_mean, seconds)
+        if run is not None:
+            run.log_metrics({"epoch": epoch + 1, "loss": loss_mean, "seconds": round(seconds, 3)})
+            run.save_checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                                 "loss": loss_mean, "rng": rng_state()})
+        if progress is not None:
+            progress.advance(1)
+    if progress is not None:
+        progress.finish()
+    net.eval()
+    return {"loss": loss_mean}
