@@ -3,6 +3,11 @@
 A real CAM peaks on the most discriminative part of each object, spills over its border and is blind to
 the border between two touching objects of one class; these maps do the same: per instance a blurred
 mask weighted towards its interior, the max over the instances of a class, normalised to 1, at stride 4.
+
+``oracle_maps`` gives what IRNet's two branches are trained to predict, from the ground truth: the
+displacement field to each instance's centroid and a one-cell *class* boundary (none between touching
+instances of one class: the relations IRNet learns from are class labels). Fed to the instance synthesis
+they measure inference alone, with perfect learnt maps.
 """
 
 from __future__ import annotations
@@ -60,3 +65,40 @@ def write_fake_cams(gt_path: str | Path, out: str | Path, *, checkpoint: str = "
                   dataset_attrs={"cams": {"stride": 4, "category_ids": cats, "image_size": [h, wd]}},
                   dtypes={"cams": np.float16})
     return maps
+
+
+def oracle_maps(height: int, width: int, instances: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(displacement (2, h4, w4), class boundary (h4, w4))`` at stride 4 from ground-truth instances.
+
+    Each grid cell takes the instance under its centre pixel (as ``irnet_relations.strided_labels``); its
+    displacement points at that instance's centroid in grid units, background cells get 0. A cell is
+    boundary when its right or lower neighbour holds another class (background counts as a class), the
+    thinnest boundary the grid can hold.
+    """
+    from wsis_cli.stages.irnet_relations import strided_labels
+
+    ids = np.zeros((height, width), np.int32)
+    for k, (_, mask) in enumerate(instances):
+        ids[mask] = k + 1
+    cell = strided_labels(ids)
+    h4, w4 = cell.shape
+    ys, xs = np.mgrid[0:h4, 0:w4].astype(np.float32)
+    disp = np.zeros((2, h4, w4), np.float32)
+    classes = np.zeros((h4, w4), np.int64)
+    for k, (cat, mask) in enumerate(instances):
+        yy, xx = np.nonzero(mask)
+        on = cell == k + 1
+        disp[0][on] = (yy.mean() - 1.5) / 4 - ys[on]  # grid cell i covers pixels 4i..4i+3, centre 4i+1.5
+        disp[1][on] = (xx.mean() - 1.5) / 4 - xs[on]
+        classes[on] = cat
+    edge = np.zeros((h4, w4), np.float32)
+    edge[:, :-1] = np.maximum(edge[:, :-1], classes[:, :-1] != classes[:, 1:])
+    edge[:-1] = np.maximum(edge[:-1], classes[:-1] != classes[1:])
+    return disp, edge
+
+
+def instances_of(gt: coco.Dataset, image: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
+    """``(category id, full-resolution bool mask)`` of every ground-truth instance of one image."""
+    h, w = image["height"], image["width"]
+    return [(a["category_id"], rle.decode(rle.to_compressed(a["segmentation"], h, w)).astype(bool))
+            for a in gt.annotations_by_image().get(image["id"], [])]

@@ -7,9 +7,11 @@ import torch
 
 from wsis_cli.stages.irnet_instances import (
     argmax_with_background,
+    centroid_candidates,
     cluster_centroids,
     detect_instances,
     instance_cams,
+    instance_map,
     refine_centroids,
     synthesize,
     upsample_scores,
@@ -91,3 +93,53 @@ def test_synthesize_separates_touching_instances() -> None:
     areas = sorted(int(d.mask.sum()) for d in big)
     assert 1200 <= areas[0] <= 2000 and 1200 <= areas[1] <= 2000  # each ~ a 40x40 square
     assert not (big[0].mask & big[1].mask).any()
+
+
+def small_touching_squares() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two touching 4x4 squares in a (2, 16, 24) field on a background of zero displacement: objects
+    smaller than the paper's 2.5-cell candidate radius (16 px squares at stride 4)."""
+    h, w = 16, 24
+    disp = np.zeros((2, h, w), np.float32)
+    a = np.zeros((h, w), bool)
+    b = np.zeros((h, w), bool)
+    a[6:10, 8:12] = True
+    b[6:10, 12:16] = True
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    for m in (a, b):
+        disp[0][m] = ys[m].mean() - ys[m]
+        disp[1][m] = xs[m].mean() - xs[m]
+    return disp, a, b
+
+
+def test_sink_candidates_keep_small_objects_apart_from_the_background() -> None:
+    disp, a, b = small_touching_squares()
+    cent = refine_centroids(disp, 100)
+    paper = instance_map(cent, disp, 2.5, divergence=None)
+    # the paper's |D| < 2.5 joins both squares and the whole background into one candidate region
+    assert len(np.unique(paper[a | b])) == 1 and paper[0, 0] == paper[a][0]
+    sink = instance_map(cent, disp, 2.5)
+    assert not centroid_candidates(disp)[0].any()  # flat background: not a sink
+    ia, ib = np.unique(sink[a]), np.unique(sink[b])
+    assert len(ia) == 1 and len(ib) == 1 and ia[0] > 0 and ib[0] > 0 and ia[0] != ib[0]
+    assert sink[0, 0] == 0 and (sink[~(a | b)] == 0).all()
+    masks = cluster_centroids(cent, disp, 2.5)
+    assert masks.shape[0] == 3 and masks[0][0, 0]  # the no-centroid cluster comes first
+
+
+def test_full_walk_keeps_touching_same_class_instances_apart() -> None:
+    """A class boundary does not separate two touching instances of one class: 256 steps of upstream's walk
+    spread both instance-wise CAMs over the pair; the instance map (``separate_instances``) stops that."""
+    disp, a, b = two_touching_squares()
+    union = a | b
+    cams = np.where(a, 1.0, np.where(b, 0.6, 0.0)).astype(np.float32)[None]  # one instance scores higher
+    ring = np.zeros_like(union)
+    ring[4:16, 4:26] = True
+    edge = torch.from_numpy((ring & ~union).astype(np.float32))
+
+    def kept(**kw: object) -> list[int]:
+        dets = synthesize(cams, edge, disp, 80, 120, **kw)
+        return sorted(int(d.mask.sum()) for d in dets if d.score > 0)
+
+    assert len(kept(separate_instances=False)) == 1  # merged into the stronger instance
+    areas = kept()
+    assert len(areas) == 2 and all(1200 <= x <= 2000 for x in areas)

@@ -54,3 +54,18 @@ def test_boundary_stops_propagation() -> None:
     assert out[0, :, :8].sum().item() > 0.5
     with pytest.raises(ValueError):
         random_walk(torch.zeros(1, 4, 4), torch.zeros(4, 5))
+
+
+def test_groups_block_pairs_between_instances() -> None:
+    edge = torch.zeros(12, 12)
+    groups = torch.zeros(12, 12, dtype=torch.int64)
+    groups[:, :6] = 1
+    groups[:, 6:] = 2
+    x = torch.zeros(1, 12, 12)
+    x[0, 6, 1] = 1.0
+    out = random_walk(x, edge, groups=groups)
+    assert out[0, :, 6:].abs().max().item() == 0.0 and out[0, :, :6].sum().item() > 0
+    groups[:, 5:7] = 0  # label 0 joins anything: the walk crosses through it
+    assert random_walk(x, edge, groups=groups)[0, :, 6:].sum().item() > 0
+    same = random_walk(x, edge, groups=torch.ones(12, 12, dtype=torch.int64))
+    assert torch.allclose(same, random_walk(x, edge))

@@ -62,6 +62,14 @@ def irnet(
                                                     rich_help_panel=_INFER)] = 0.25,
     centroid_threshold: Annotated[float, typer.Option(help="|displacement| below which a pixel is a centroid "
                                                       "candidate (stride-4 pixels).", rich_help_panel=_INFER)] = 2.5,
+    centroid_divergence: Annotated[float, typer.Option(
+        help="A centroid candidate must also be a sink of the displacement field (divergence below this), so "
+        "objects smaller than --centroid-threshold stay apart from the background; inf: the paper's rule.",
+        rich_help_panel=_INFER)] = -0.5,
+    separate_instances: Annotated[bool, typer.Option(
+        help="The random walk does not cross between two instances of the displacement field (touching "
+        "instances of one class stay apart); --no-separate-instances: upstream's walk.",
+        rich_help_panel=_INFER)] = True,
     min_score: Annotated[float, typer.Option(help="Drop instances scoring less (fragments under 1% of the image "
                                              "score 0).", rich_help_panel=_INFER)] = 1e-5,
     run: RunOpt = None,
@@ -101,7 +109,8 @@ def irnet(
             weights=weights, arch=arch, fg_threshold=fg_threshold, bg_threshold=bg_threshold,
             crf_iterations=crf_iterations, epochs=epochs, batch_size=batch_size, crop=crop, edge_lr=edge_lr,
             dp_lr=dp_lr, seed=seed, beta=beta, walk_steps=walk_steps, ins_bg_threshold=ins_bg_threshold,
-            sem_bg_threshold=sem_bg_threshold, centroid_threshold=centroid_threshold, min_score=min_score,
+            sem_bg_threshold=sem_bg_threshold, centroid_threshold=centroid_threshold,
+            centroid_divergence=centroid_divergence, separate_instances=separate_instances, min_score=min_score,
             amp=not no_amp,
         )
     except ValueError as e:

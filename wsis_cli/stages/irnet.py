@@ -6,7 +6,8 @@
    (:mod:`wsis_cli.models.irnet_heads`) on a frozen backbone: by default the CAM classifier's, found
    through the provenance ``cams.h5`` records; ``weights`` overrides it. Skipped with ``checkpoint``.
 3. Inference per image (:mod:`~wsis_cli.stages.irnet_instances`): boundary → affinities, displacement →
-   centroids → instance map, instance-wise CAMs, sparse random walk, instance synthesis with scores.
+   centroids → instance map, instance-wise CAMs, sparse random walk, instance synthesis with scores
+   (centroids must be sinks of the field and the walk keeps instances apart: see ``irnet_instances``).
 
 Writes a COCO dataset (RLE masks, XYWH boxes, mask areas, scores) and optionally semantic label maps.
 """
@@ -53,6 +54,8 @@ class IRNetSettings:
     ins_bg_threshold: float = 0.25
     sem_bg_threshold: float = 0.25
     centroid_threshold: float = 2.5
+    centroid_divergence: float = -0.5  # candidates must be sinks of the field; inf: the paper's rule
+    separate_instances: bool = True  # the walk does not cross instances; False: upstream's walk
     refine_steps: int = 300
     fragment_fraction: float = 0.01
     min_score: float = 1e-5
@@ -262,6 +265,7 @@ def predict_image(model: Any, image: np.ndarray, cams: np.ndarray, settings: IRN
     walk = {"beta": settings.beta, "steps": settings.walk_steps, "radius": settings.walk_radius}
     dets = synthesize(cams, edge, disp.cpu().numpy(), height, width, bg_threshold=settings.ins_bg_threshold,
                       refine_steps=settings.refine_steps, centroid_threshold=settings.centroid_threshold,
+                      sink_divergence=settings.centroid_divergence, separate_instances=settings.separate_instances,
                       fragment_fraction=settings.fragment_fraction, **walk)
     sem = semantic_labels(cams, edge, height, width, bg_threshold=settings.sem_bg_threshold, **walk) if semantic \
         else None

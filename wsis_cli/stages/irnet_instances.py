@@ -6,6 +6,15 @@ channels, upstream's choice), given a constant background channel (0.25) and arg
 resolution; each channel's pixels split into 4-connected fragments, and each fragment is one instance
 scored by the max walked score inside it, or 0 when it is smaller than 1% of the image (upstream
 ``detect_instance``).
+
+Two deviations from upstream, both measured on synthetic images where instances of one class touch
+(oracle maps from the ground truth, see ``tests/stages/test_stage_irnet_quality.py``), both switchable:
+
+* centroid candidates must be sinks of the displacement field (:func:`centroid_candidates`): with the
+  paper's ``|D| < 2.5`` alone, every object under ~10 px radius joins the background's candidate region;
+* the random walk does not cross between two instances of the instance map (``separate_instances``):
+  the boundary branch only learns class boundaries, so upstream's 256 steps spread the instance-wise CAMs
+  of touching same-class instances over each other and the stronger one takes both.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from wsis_cli.stages.random_walk import random_walk
 
 REFINE_STEPS = 300
 CENTROID_THRESHOLD = 2.5
+SINK_DIVERGENCE = -0.5  # a candidate centroid must be a sink of the field (see centroid_candidates)
 BG_THRESHOLD = 0.25
 FRAGMENT_FRACTION = 0.01
 
@@ -55,23 +65,50 @@ def refine_centroids(disp: np.ndarray, steps: int = REFINE_STEPS) -> np.ndarray:
     return np.stack([np.round(cy), np.round(cx)]).astype(np.int64)
 
 
-def cluster_centroids(centroids: np.ndarray, disp: np.ndarray, threshold: float = CENTROID_THRESHOLD) -> np.ndarray:
-    """Instance map from converged centroids (upstream ``cluster_centroids``).
+def centroid_candidates(disp: np.ndarray, threshold: float = CENTROID_THRESHOLD,
+                        divergence: float | None = SINK_DIVERGENCE) -> np.ndarray:
+    """``(h, w)`` bool: the pixels that may be part of a centroid.
 
-    Candidate centroids are the pixels with ``|disp| < threshold``; their 4-connected components are the
-    centroids, and each pixel takes the component its own end point lands in. End points landing outside
-    every component form one more cluster (upstream keeps it too).
-
-    Returns:
-        ``(K, h, w)`` bool one-hot instance masks (clusters in the order of their component numbers).
+    The paper's candidates are the pixels with ``|D| < threshold`` (2.5 grid cells). Background pixels
+    are trained to ``D = 0`` too, so on their own they form one region that swallows every object whose
+    radius is below about the threshold (10 px at stride 4: most objects of a small image, far objects of
+    a large one). A centroid is a *sink* of the field (``div D = -2`` for an exact field, ``0`` on a flat
+    background), so with ``divergence`` set the candidates must also have ``div D < divergence``; large
+    objects keep the paper's centroids, small ones are no longer merged into the background. ``None``
+    gives the paper's rule.
     """
-    _, h, w = disp.shape
-    weak = (np.sqrt(disp[0] ** 2 + disp[1] ** 2) < threshold).astype(np.uint8)
+    weak = np.sqrt(disp[0] ** 2 + disp[1] ** 2) < threshold
+    if divergence is not None:
+        div = np.gradient(disp[0].astype(np.float32), axis=0) + np.gradient(disp[1].astype(np.float32), axis=1)
+        weak &= div < divergence
+    return weak
+
+
+def instance_map(centroids: np.ndarray, disp: np.ndarray, threshold: float = CENTROID_THRESHOLD,
+                 divergence: float | None = SINK_DIVERGENCE) -> np.ndarray:
+    """``(h, w)`` int64 instance of every pixel: the 4-connected candidate component its end point lands in
+    (1..K, numbered in component order), or 0 when it lands on no candidate (paper eq. 15)."""
+    weak = centroid_candidates(disp, threshold, divergence).astype(np.uint8)
     _, comp = cv2.connectedComponents(weak, connectivity=4)
     assigned = comp[centroids[0], centroids[1]]
-    _, inverse = np.unique(assigned, return_inverse=True)
-    inverse = inverse.reshape(h, w)
-    return inverse[None] == np.arange(inverse.max() + 1)[:, None, None]
+    used = np.unique(assigned[assigned > 0])
+    lut = np.zeros(int(comp.max()) + 1, np.int64)
+    lut[used] = np.arange(1, len(used) + 1)
+    return lut[assigned]
+
+
+def cluster_centroids(centroids: np.ndarray, disp: np.ndarray, threshold: float = CENTROID_THRESHOLD,
+                      divergence: float | None = SINK_DIVERGENCE) -> np.ndarray:
+    """Instance masks from converged centroids (upstream ``cluster_centroids``, candidates as in
+    :func:`centroid_candidates`).
+
+    Returns:
+        ``(K, h, w)`` bool one-hot masks in :func:`instance_map` order; when some end points land on no
+        candidate, their pixels come first as one more mask (upstream keeps that cluster too).
+    """
+    inst = instance_map(centroids, disp, threshold, divergence)
+    first = 0 if (inst == 0).any() else 1
+    return inst[None] == np.arange(first, int(inst.max()) + 1)[:, None, None]
 
 
 def instance_cams(cams: np.ndarray, instances: np.ndarray) -> np.ndarray:
@@ -131,6 +168,7 @@ def argmax_with_background(scores: Tensor, bg: float) -> np.ndarray:
 def synthesize(cams: np.ndarray, edge: Tensor, disp: np.ndarray, height: int, width: int, *,
                beta: float = 10.0, steps: int = 256, radius: float = 5, bg_threshold: float = BG_THRESHOLD,
                refine_steps: int = REFINE_STEPS, centroid_threshold: float = CENTROID_THRESHOLD,
+               sink_divergence: float | None = SINK_DIVERGENCE, separate_instances: bool = True,
                fragment_fraction: float = FRAGMENT_FRACTION) -> list[Detection]:
     """Instances of one image from its stride-4 CAMs, boundary map and displacement field.
 
@@ -138,16 +176,22 @@ def synthesize(cams: np.ndarray, edge: Tensor, disp: np.ndarray, height: int, wi
         cams: ``(C, h, w)`` float CAMs of the image's classes, in [0, 1].
         edge: ``(h, w)`` boundary probabilities (on the device the walk should run on).
         disp: ``(2, h, w)`` displacement field after the mean shift.
+        sink_divergence: see :func:`centroid_candidates` (``None``: the paper's candidates).
+        separate_instances: the walk may not cross between two pixels of different instances (see
+            :mod:`wsis_cli.stages.random_walk`); ``False`` is upstream's walk.
     Returns:
         detections with ``channel`` = index into ``cams``; the caller maps it to a category id.
     """
     if cams.shape[0] == 0:
         return []
     centroids = refine_centroids(disp, refine_steps)
-    instances = cluster_centroids(centroids, disp, centroid_threshold)
+    inst = instance_map(centroids, disp, centroid_threshold, sink_divergence)
+    first = 0 if (inst == 0).any() else 1
+    instances = inst[None] == np.arange(first, int(inst.max()) + 1)[:, None, None]
     k = instances.shape[0]
     scores = torch.from_numpy(instance_cams(cams, instances)).to(edge.device)
-    walked = random_walk(scores, edge, radius, beta, steps)
+    groups = torch.from_numpy(inst).to(edge.device) if separate_instances else None
+    walked = random_walk(scores, edge, radius, beta, steps, groups=groups)
     up = upsample_scores(walked, height, width)
     labels = argmax_with_background(up, bg_threshold)
     channel_class = [c for c in range(cams.shape[0]) for _ in range(k)]

@@ -10,6 +10,12 @@ Upstream builds ``T`` as a dense ``(HW)²`` matrix and squares it 8 times, about
 image at stride 4. Here each pixel keeps ``2·34 + 1`` gather weights (its neighbours at ``±d`` and
 itself), so a step is 69 shifted multiply-adds over ``(C, H, W)``; :func:`random_walk_dense` keeps the
 dense method as the reference for tests and ``bench/random_walk.py``.
+
+``groups`` (an extension, off by default): an instance map at the walk's grid. A pair whose two ends lie
+in two different instances (both labels > 0) gets affinity 0, so instance-wise CAMs of one class do not
+flow into a touching instance of that class. IRNet's boundary branch learns *class* boundaries only (its
+relations come from class labels), so nothing else stops that flow; without it the walk merges touching
+same-class instances, the very case the displacement field is there to separate.
 """
 
 from __future__ import annotations
@@ -32,11 +38,14 @@ def _check(x: Tensor, edge: Tensor) -> None:
 
 
 def walk_weights(edge: Tensor, radius: float = RADIUS, beta: float = BETA,
-                 dtype: torch.dtype = torch.float32) -> tuple[list[tuple[int, int]], Tensor]:
+                 dtype: torch.dtype = torch.float32,
+                 groups: Tensor | None = None) -> tuple[list[tuple[int, int]], Tensor]:
     """Gather weights of one step: ``y[j] = sum_k W[k, j] * x[j + offsets[k]]``.
 
     Args:
         edge: ``(H, W)`` boundary probabilities in [0, 1].
+        groups: optional ``(H, W)`` integer instance map; pairs joining two different labels > 0 get
+            affinity 0 (label 0 joins anything).
     Returns:
         ``offsets`` (``2·D + 1`` of them: ``+d``, ``-d`` for each direction, then ``(0, 0)``) and ``W``,
         ``(2·D + 1, H, W)`` of ``dtype``: the column-normalised ``A^β`` (zero towards pixels outside the map).
@@ -45,10 +54,18 @@ def walk_weights(edge: Tensor, radius: float = RADIUS, beta: float = BETA,
     f = radius_floor(radius)
     # out-of-map path points count as boundary 1: pairs leaving the map get affinity 0
     padded = F.pad(edge.to(dtype)[None, None], (f, f, f, f), value=1.0)[0, 0]
+    gpad = None
+    if groups is not None:
+        if groups.shape != edge.shape:
+            raise ValueError(f"groups must be (H, W) like edge, got {tuple(groups.shape)}")
+        gpad = F.pad(groups.to(device=edge.device, dtype=torch.int64), (f, f, f, f), value=0)
     fwd, bwd = [], []
     for dy, dx in search_directions(radius):
         m = torch.stack([padded[f + oy : f + oy + h, f + ox : f + ox + w] for oy, ox in path_offsets(dy, dx)]).amax(0)
         a = (1.0 - m).clamp_(min=0.0).pow_(beta)  # a[p]: pair (p, p + d)
+        if gpad is not None:
+            gs, gd = gpad[f : f + h, f : f + w], gpad[f + dy : f + dy + h, f + dx : f + dx + w]
+            a = a * ((gs == gd) | (gs == 0) | (gd == 0)).to(dtype)
         b = torch.zeros_like(a)  # b[p] = a[p - d]: pair (p - d, p)
         if abs(dy) < h and abs(dx) < w:
             b[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = a[max(-dy, 0) : h - max(dy, 0),
@@ -62,20 +79,22 @@ def walk_weights(edge: Tensor, radius: float = RADIUS, beta: float = BETA,
     return offsets, weights
 
 
-def random_walk(x: Tensor, edge: Tensor, radius: float = RADIUS, beta: float = BETA, steps: int = STEPS) -> Tensor:
+def random_walk(x: Tensor, edge: Tensor, radius: float = RADIUS, beta: float = BETA, steps: int = STEPS,
+                groups: Tensor | None = None) -> Tensor:
     """Propagate scores over affinities from a boundary map, sparsely (upstream ``propagate_to_edge``).
 
     Args:
         x: ``(C, H, W)`` non-negative scores (CAMs or instance-wise CAMs) at the edge map's stride.
         edge: ``(H, W)`` boundary probabilities in [0, 1].
         steps: number of transition steps (upstream: ``2 ** exp_times = 256``).
+        groups: optional ``(H, W)`` instance map that the walk may not cross (see :func:`walk_weights`).
     Returns:
         ``(C, H, W)`` float32 (float64 for float64 ``x``) on ``x``'s device. Memory is ``O((C + 2D) · H · W)``.
     """
     _check(x, edge)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     edge = edge.to(device=x.device, dtype=dtype)
-    offsets, weights = walk_weights(edge, radius, beta, dtype)
+    offsets, weights = walk_weights(edge, radius, beta, dtype, groups)
     c, h, w = x.shape
     f = radius_floor(radius)
     # x lives in the interior of a zero-padded buffer, so every shifted read is a plain slice
