@@ -259,7 +259,7 @@ __wsis_node__irnet() {
 # wsis mal-label
 __wsis_node__mal_label() {
     case $1 in
-    vopts) __wsis_r=' -i --images -o --out --run --checkpoint --encoder --weights --encoder-depth --patch --crop-size --decoder-dim --outside --threshold --predict-with --epochs --lr --weight-decay --warmup-epochs --final-lr --ema-momentum --max-expand --min-train-area --mil-weight --crf-weight --mil-warmup --crf-warmup --crf-iterations --crf-zeta --device --batch-size --workers --shard --seed ' ;;
+    vopts) __wsis_r=' -i --images -o --out --run --checkpoint --encoder --weights --encoder-depth --patch --crop-size --decoder-dim --outside --threshold --predict-with --epochs --lr --weight-decay --warmup-epochs --final-lr --ema-momentum --max-expand --min-train-area --mil-weight --crf-weight --mil-warmup --crf-warmup --crf-iterations --crf-zeta --crf-variant --device --batch-size --workers --shard --seed ' ;;
     complete)
         case $prev in
         -i|--images) __wsis_dirs 0; return ;;
@@ -289,6 +289,7 @@ __wsis_node__mal_label() {
         --crf-warmup) :; return ;;
         --crf-iterations) :; return ;;
         --crf-zeta) :; return ;;
+        --crf-variant) :; return ;;
         --device) :; return ;;
         --batch-size) :; return ;;
         --workers) :; return ;;
@@ -296,7 +297,7 @@ __wsis_node__mal_label() {
         --seed) :; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--batch-size --checkpoint --crf-iterations --crf-warmup --crf-weight --crf-zeta --crop-size --decoder-dim --device --ema-momentum --encoder --encoder-depth --epochs --final-lr --help --images --lr --max-expand --mil-warmup --mil-weight --min-train-area --no-amp --no-scale-buckets --out --outside --patch --predict-with --quiet --resume --run --scale-buckets --seed --shard --threshold --verbose --warmup-epochs --weight-decay --weights --workers -h -i -o -q -v'
+            __wsis_words '--batch-size --checkpoint --crf-iterations --crf-variant --crf-warmup --crf-weight --crf-zeta --crop-size --decoder-dim --device --ema-momentum --encoder --encoder-depth --epochs --final-lr --help --images --lr --max-expand --mil-warmup --mil-weight --min-train-area --no-amp --no-scale-buckets --out --outside --patch --predict-with --quiet --resume --run --scale-buckets --seed --shard --threshold --verbose --warmup-epochs --weight-decay --weights --workers -h -i -o -q -v'
             return
         fi
         case $npos in

@@ -83,7 +83,8 @@ def test_missing_image_and_bad_checkpoint_exit_3(data, tmp_path):
 
 
 def test_bad_options_exit_2(data, tmp_path):
-    for extra in (["--encoder", "vgg16"], ["--threshold", "1.5"], ["--outside", "zeros"], ["--crop-size", "40"]):
+    for extra in (["--encoder", "vgg16"], ["--threshold", "1.5"], ["--outside", "zeros"], ["--crop-size", "40"],
+                  ["--crf-variant", "full"]):
         args = [*TINY, *extra]
         r = subprocess.run([*WSIS, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"), "-o",
                             str(tmp_path / "o.json"), *args], capture_output=True, text=True)

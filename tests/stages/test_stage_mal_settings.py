@@ -5,9 +5,13 @@ from __future__ import annotations
 import inspect
 from dataclasses import MISSING, fields
 
+import pytest
+import torch
+
 from wsis_cli.cli.mal_label import mal_label
 from wsis_cli.stages.mal_label import DEMO_SETTINGS, MalSettings
-from wsis_cli.stages.mal_train import ModelSpec, TrainConfig
+from wsis_cli.stages.mal_train import ModelSpec, TrainConfig, crf_params, denormalize
+from wsis_kernels.crf import CRFParams, mal_crf_params
 
 
 def _defaults(cls) -> dict:
@@ -39,3 +43,14 @@ def test_cli_defaults_are_the_settings_defaults():
             assert conv(p.default) == settings[key], name
             checked += 1
     assert checked == len(settings)  # every setting is a flag
+
+
+def test_crf_variants():
+    assert crf_params(TrainConfig()) == mal_crf_params(iterations=100, zeta=0.1)  # upstream's MeanField
+    assert crf_params(TrainConfig(crf_variant="dense", crf_iterations=7)) == CRFParams(iterations=7)
+    with pytest.raises(ValueError, match="crf variant"):
+        MalSettings(crf_variant="full")
+    from wsis_cli.models.backbones import normalize
+
+    x = torch.rand(2, 3, 5, 5)
+    assert torch.allclose(denormalize(normalize(x)), x, atol=1e-6)

@@ -56,7 +56,8 @@ def mal_label(
     decoder_dim: Annotated[int, typer.Option(min=1, help="Channels of the attention decoder.",
                                              rich_help_panel=_MODEL)] = 256,
     scale_buckets: Annotated[bool, typer.Option("--scale-buckets/--no-scale-buckets", help="Decode small/medium/large boxes at "
-                                                "crop/32, /16, /8 (on by default).",
+                                                "crop/32, /16, /8 (as MAL at 512² crops; turn off for small "
+                                                "crops, where these grids get too coarse).",
                                                 rich_help_panel=_MODEL)] = True,
     outside: Annotated[str, typer.Option(help="Crop parts outside the image: wrap (as MAL), reflect or replicate.",
                                          rich_help_panel=_MODEL)] = "wrap",
@@ -87,6 +88,9 @@ def mal_label(
                                                 rich_help_panel=_LOSS)] = 100,
     crf_zeta: Annotated[float, typer.Option(min=0.0, help="Colour std of the CRF kernel (normalised image units).",
                                             rich_help_panel=_LOSS)] = 0.1,
+    crf_variant: Annotated[str, typer.Option(help="CRF of the CRF loss's target: mal (MAL's MeanField: 3x3, "
+                                             "normalised image, --crf-zeta) or dense (refine-crf's bilateral "
+                                             "CRF on the [0, 1] image).", rich_help_panel=_LOSS)] = "mal",
     device: Device = "auto",
     batch_size: BatchSize = 4,
     workers: Workers = 0,
@@ -125,7 +129,7 @@ def mal_label(
             decoder_dim=decoder_dim, scale_buckets=scale_buckets, epochs=epochs, batch_size=batch_size, lr=lr,
             weight_decay=weight_decay, warmup_epochs=warmup_epochs, final_lr=final_lr, mil_weight=mil_weight,
             crf_weight=crf_weight, mil_warmup=mil_warmup, crf_warmup=crf_warmup, ema_momentum=ema_momentum,
-            crf_iterations=crf_iterations, crf_zeta=crf_zeta, max_expand=max_expand, outside=outside,
+            crf_iterations=crf_iterations, crf_zeta=crf_zeta, crf_variant=crf_variant, max_expand=max_expand, outside=outside,
             min_train_area=min_train_area, threshold=threshold, predict_with=predict_with, seed=seed,
             amp=not no_amp,
         )
