@@ -316,43 +316,30 @@ def run(settings: IRNetSettings, job: IRNetJob, progress: Any = None) -> IRNetRe
     ids = shard_ids(inputs.ids, shard)
     identity = {**settings.to_json(), "cams": str(job.cams), "checkpoint": str(job.checkpoint or ""),
                 "shard": [shard.index, shard.count]}
-    ckpt = None if job.out == "-" else ImageCheckpoint(job.out, STAGE, identity, resume=job.resume)
-    done = ckpt.done if ckpt else set()
-    results: dict[int, list[dict[str, Any]]] = {}
     t1 = time.perf_counter()
-    progress.start(len(ids), "irnet")
-    progress.advance(len([i for i in ids if i in done]))
-    completed = False
-    try:
+    with ImageCheckpoint(job.out, STAGE, identity, resume=job.resume) as ckpt:
+        progress.start(len(ids), "irnet")
+        progress.advance(len([i for i in ids if i in ckpt.done]))
         for image_id in ids:
-            if image_id in done:
+            if image_id in ckpt.done:
                 continue
             rec = inputs.dataset.image_index[image_id]
             cams, cats = image_cams(inputs, image_id)
             image = _loader(inputs, inputs.images, image_id)()
             dets, sem = predict_image(model, image, cams, settings, ctx.device, semantic=job.semantic is not None)
-            anns = to_annotations(image_id, dets, cats, settings.min_score)
             if sem is not None:
                 lut = np.array([0, *cats], dtype=np.int64)
                 label = lut[sem]
                 dtype = np.uint8 if lut.max() <= 255 else np.uint16
                 write_image(Path(job.semantic) / semantic_name(rec), label.astype(dtype))
-            if ckpt:
-                ckpt.add(image_id, anns)
-            else:
-                results[image_id] = anns
+            ckpt.add(image_id, to_annotations(image_id, dets, cats, settings.min_score))
             progress.advance(1)
         progress.finish()
-        annotations = list(ckpt.records()) if ckpt else [a for v in results.values() for a in v]
-        annotations.sort(key=lambda a: a["id"])
+        annotations = ckpt.annotations()
         keep = set(ids)
         images = [im for im in inputs.dataset.images if im["id"] in keep]
         out = coco.Dataset(images, annotations, inputs.dataset.categories, {}, inputs.dataset.source)
         coco.write_dataset(out, job.out)
-        completed = True
-    finally:
-        if ckpt:
-            ckpt.close(completed=completed)
     t_infer = time.perf_counter() - t1
     log.info("irnet: %d instances on %d images (%.2f s per image)", len(annotations), len(ids),
              t_infer / max(len(ids), 1))
