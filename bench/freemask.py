@@ -3,6 +3,7 @@
     uv run python bench/freemask.py              # FreeSOLO-sized C5 (E=2048, 25x38) and a stride-16 map
     uv run python bench/freemask.py --quick      # the FreeSOLO-sized case only
     uv run python bench/freemask.py --backbone   # also whole images through a ResNet-50 (random weights)
+    uv run python bench/freemask.py --quick --case 128,48,48,96,96   # any E,h,w,H,W case
 
 "ours" is :func:`wsis_cli.stages.freemask_masks.free_masks`: per-query statistics from
 ``wsis_kernels.score_map_stats`` (never holding the N x H*W scores), then soft masks and matrix NMS only
@@ -100,6 +101,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the FreeSOLO-sized case only")
     parser.add_argument("--backbone", action="store_true", help="also time whole images through a ResNet-50")
+    parser.add_argument("--case", action="append", default=[], metavar="E,h,w,H,W",
+                        help="an extra case: E channels on an h x w grid, masks upsampled to H x W (repeatable)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -110,6 +113,13 @@ def main() -> None:
     cases = [(2048, 25, 38, 800, 1216)]  # FreeSOLO: C5 of an 800x1216 input
     if not args.quick:
         cases.append((1024, 40, 60, 640, 960))  # stride 16 (last stride 1) of a 640x960 input
+        cases.append((128, 48, 48, 96, 96))  # the quality test's --pretrain ResNet-18 stage 2 at 4x upsampling
+    for spec in args.case:
+        try:
+            e, h, w, img_h, img_w = (int(v) for v in spec.split(","))
+        except ValueError:
+            parser.error(f"--case wants five integers E,h,w,H,W, got {spec!r}")
+        cases.append((e, h, w, img_h, img_w))
     run(cases, args.repeat, device)
     if args.backbone:
         run_backbone(device)

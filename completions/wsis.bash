@@ -164,7 +164,7 @@ __wsis_node__eval() {
 # wsis freemask
 __wsis_node__freemask() {
     case $1 in
-    vopts) __wsis_r=' -i --images -o --out --embeddings --category --arch --weights --stage --last-stride --short-side --max-size --scales --threshold --sigma --top-k --min-score --min-center-y --max-width --pretrain-epochs --pretrain-lr --regions --labeled --epochs --lr --tau --match-iou --run --checkpoint --seed --device --batch-size --workers --shard ' ;;
+    vopts) __wsis_r=' -i --images -o --out --embeddings --category --arch --weights --stage --last-stride --short-side --max-size --scales --threshold --sigma --top-k --min-score --min-center-y --max-width --pretrain-epochs --pretrain-lr --pretrain-side --regions --labeled --epochs --lr --tau --match-iou --run --checkpoint --seed --device --batch-size --workers --shard ' ;;
     complete)
         case $prev in
         -i|--images) __wsis_dirs 0; return ;;
@@ -186,6 +186,7 @@ __wsis_node__freemask() {
         --max-width) :; return ;;
         --pretrain-epochs) :; return ;;
         --pretrain-lr) :; return ;;
+        --pretrain-side) :; return ;;
         --regions) :; return ;;
         --labeled) __wsis_files 0; return ;;
         --epochs) :; return ;;
@@ -201,7 +202,7 @@ __wsis_node__freemask() {
         --shard) :; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--arch --batch-size --category --checkpoint --device --embeddings --epochs --help --images --labeled --last-stride --lr --match-iou --max-size --max-width --min-center-y --min-score --no-amp --out --pretrain --pretrain-epochs --pretrain-lr --quiet --regions --resume --run --scales --seed --shard --short-side --sigma --stage --tau --threshold --top-k --verbose --weights --workers -h -i -o -q -v'
+            __wsis_words '--arch --batch-size --category --checkpoint --device --embeddings --epochs --help --images --labeled --last-stride --lr --match-iou --max-size --max-width --min-center-y --min-score --no-amp --out --pretrain --pretrain-epochs --pretrain-lr --pretrain-side --quiet --regions --resume --run --scales --seed --shard --short-side --sigma --stage --tau --threshold --top-k --verbose --weights --workers -h -i -o -q -v'
             return
         fi
         case $npos in

@@ -141,6 +141,7 @@ complete -c wsis -n '__wsis_in freemask' -l max-width -r -f -d 'Keep masks narro
 complete -c wsis -n '__wsis_in freemask' -l pretrain -d 'First train the backbone on the input images themselves, without labels (dense region contrast)...'
 complete -c wsis -n '__wsis_in freemask' -l pretrain-epochs -r -f -d 'Pre-training epochs.'
 complete -c wsis -n '__wsis_in freemask' -l pretrain-lr -r -f -d 'Pre-training AdamW learning rate.'
+complete -c wsis -n '__wsis_in freemask' -l pretrain-side -r -f -d 'Short side of the images during pre-training (0: --short-side; half of it is 4x cheaper).'
 complete -c wsis -n '__wsis_in freemask' -l regions -r -f -d 'Colour/position clusters per image that pre-training contrasts.'
 complete -c wsis -n '__wsis_in freemask' -l labeled -r -F -d 'COCO dataset with masks of a few input images: fine-tune the backbone on them first.'
 complete -c wsis -n '__wsis_in freemask' -l epochs -r -f -d 'Training epochs.'

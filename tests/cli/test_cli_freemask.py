@@ -96,7 +96,7 @@ def test_pretrain_writes_weights_that_weights_loads(data, tmp_path):
     the same masks; a second --pretrain into the same run folder needs --resume."""
     out, run = tmp_path / "p.json", tmp_path / "run"
     fast = [a for a in FAST if a not in ("--weights", "none")]
-    r = _run(str(data / "images"), "-o", str(out), "--pretrain", "--pretrain-epochs", "1", "--regions", "4",
+    r = _run(str(data / "images"), "-o", str(out), "--pretrain", "--pretrain-epochs", "1", "--regions", "4", "--pretrain-side", "32",
              "--run", str(run), "--weights", "none", *fast)
     assert r.returncode == 0, r.stderr
     model = run / "pretrain" / "model.pt"

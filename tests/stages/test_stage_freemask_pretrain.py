@@ -69,7 +69,7 @@ def test_pixel_region_loss_prefers_features_that_follow_the_regions() -> None:
 
 def test_pretrain_lowers_the_loss_resumes_and_loads_as_weights(tmp_path) -> None:
     images = [_two_blobs(s) for s in range(4)]
-    settings = PretrainSettings(epochs=4, lr=3e-3, batch_size=2, regions=4, warmup=0.0)
+    settings = PretrainSettings(epochs=4, lr=3e-3, batch_size=2, regions=4, warmup=0.0, pixel_weight=1.0)
     samples = region_samples(images, settings)
     assert all(len(s.labels) >= 2 for s in samples)
 

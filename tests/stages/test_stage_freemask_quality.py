@@ -1,14 +1,23 @@
 """Free Mask's quality on synthetic data: class-agnostic mask AP50 against the colour-components floor.
 
-The backbone is learnt inside the test (no network, no downloaded weights): a ResNet-18 (two stages) is
-trained from scratch with the contrastive mask-pooling loss on the ground-truth masks of a *disjoint*
-synthetic set (seed 1), a stand-in for a pretrained backbone; Free Mask then labels the evaluation set
-(seed 0) without any label of it. ``--labeled`` is then measured with the masks of 10% of the evaluation images.
+The backbone is learnt inside the test, without any mask or tag: ``freemask --pretrain``'s self-supervised
+region contrast (:mod:`wsis_cli.stages.freemask_pretrain`) trains a ResNet-18 (two stages) from scratch on the
+*unlabelled evaluation images themselves*, as a user runs it on their own image folder. Free Mask then
+labels them. ``--labeled`` is measured with the masks of 10% of the images.
 
-Measured (30 images of 96 px, 2 CPU cores): Free Mask AP50 0.233 against 0.169 for the colour floor, 0.233
-after ``--labeled`` on 10% (a few labelled images do not help here). The 2x input upsampling is what makes
-the difference (see ``SPEC``). 14 epochs rather than 10 for a margin that holds across initialisations:
-torch seeds 0/1/2 give 0.233/0.224/0.239 with 14 epochs, 0.335/0.172/0.223 with 10.
+Measured (30 images of 96 px, 2 CPU cores; AP50, class-agnostic; colour-components floor 0.169):
+
+    backbone (ResNet-18, 2 stages, trained in the test)         Free Mask read at 192   at 384 (this test)
+    region contrast on the unlabelled images, 14 ep, batch 8     0.167                   0.265
+      the same, batch 10                                         -                       0.236
+      + pixel-to-region term (weight 1)                          0.145                   0.237
+      trained at 96 px instead of 192                            0.096                   0.183
+    class tags (BCE, every layer learning), 14 epochs            0.052                   0.114
+    random initialisation                                        0.001                   0.016
+
+Reading the features of 4x upsampled images (a 48 x 48 stage-2 grid) is what lifts the label-free backbone
+over the floor: at 24 x 24 objects of 6-17 px (60% of the instances) are 1.5-4 cells and Free Mask finds
+4-14% of them. ``--labeled`` on 10% of the images (3 images, 5 SGD epochs) gave 0.236 -> 0.224: no gain.
 """
 
 from __future__ import annotations
@@ -20,19 +29,32 @@ import torch
 from wsis_cli.io import coco
 from wsis_cli.io import rle as rle_utils
 from wsis_cli.io.images import load_image_for
-from wsis_cli.models.backbones import ResNetFeatures
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.stages import synth
 from wsis_cli.stages.baselines import colour_components
 from wsis_cli.stages.evaluate import EvalSettings, evaluate
-from wsis_cli.stages.freemask_features import BackboneSpec, annotations_for, generate
+from wsis_cli.stages.freemask_features import (
+    BackboneSpec,
+    annotations_for,
+    build_backbone,
+    generate,
+    load_backbone_state,
+)
 from wsis_cli.stages.freemask_masks import FreeMaskParams
+from wsis_cli.stages.freemask_pretrain import (
+    PretrainSettings,
+    build_pretrain_backbone,
+    pretrain,
+    region_samples,
+)
 from wsis_cli.stages.freemask_tune import TuneSettings, fine_tune, make_sample
 
 log = get_logger("test-freemask")
-# the 96 px images are upsampled 2x: stage 2 (stride 8) then gives a 24 x 24 grid, fine enough for the small
-# shapes (at 96 px the 12 x 12 grid gave AP50 0.055 after 6 epochs; at 192 px 0.10 after 6, 0.23 after 14)
-SPEC = BackboneSpec(arch="resnet18", weights="none", stage=2, last_stride=2, short_side=192)
+# pre-training sees the 96 px images at 192 (a 24 x 24 stage-2 grid); Free Mask reads the features of 4x
+# upsampled images (48 x 48): objects of 6-17 px are 1.5-4 cells at 24 x 24 and were mostly missed there
+SPEC = BackboneSpec(arch="resnet18", weights="none", stage=2, last_stride=2, short_side=384)
+PRETRAIN = PretrainSettings(epochs=14, short_side=192)  # lr 3e-3, batch 8
+TRAIN_SPEC = PRETRAIN.train_spec(SPEC)
 PARAMS = FreeMaskParams(min_score=None)  # tiny images: keep every top-k mask and let AP rank them
 
 
@@ -88,31 +110,30 @@ def test_free_mask_reaches_what_instance_features_allow(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_free_mask_beats_the_colour_floor_and_few_labels_are_measured(tmp_path) -> None:
-    for name, seed in (("eval", 0), ("pre", 1)):
-        synth.run(synth.SynthSettings(num_images=30, height=96, width=96, seed=seed), tmp_path / name)
+    synth.run(synth.SynthSettings(num_images=30, height=96, width=96, seed=0), tmp_path / "eval")
     gt, items = _load(tmp_path / "eval")
-    _, pre = _load(tmp_path / "pre")
 
+    # self-supervised: the unlabelled images only (their masks and tags are never read)
     torch.manual_seed(0)
-    net = ResNetFeatures("resnet18", None, last_stride=2, frozen_bn=False, stages=2)
-    none = np.zeros((0, 96, 96), bool)
-    fine_tune(net, [make_sample(img, m, none, 0.5) for _, img, m in pre], SPEC,
-              TuneSettings(epochs=14, lr=3e-3, optimizer="adamw", batch_size=10), torch.device("cpu"))
+    net = build_pretrain_backbone(TRAIN_SPEC)
+    pretrain(net, region_samples([img for _, img, _ in items], PRETRAIN), TRAIN_SPEC, PRETRAIN, torch.device("cpu"))
+    frozen = build_backbone(SPEC, weights="none")
+    load_backbone_state(frozen, net.state_dict())
 
-    free = _ap50(gt, _free_mask(net, items))
+    free = _ap50(gt, _free_mask(frozen, items))
     floor = _ap50(gt, colour_components(gt.with_annotations([]),
                                         lambda im: load_image_for(tmp_path / "eval" / "images", im, gt.source)
                                         ).annotations)
 
-    # --labeled on 10% of the evaluation images: Free Mask's masks matched to their ground truth
+    # --labeled on 10% of the images: Free Mask's masks matched to their ground truth
     few = items[:3]
-    gen = {i: r.masks.numpy() for i, r in generate(net, [(i, img) for i, img, _ in few], SPEC, PARAMS,
+    gen = {i: r.masks.numpy() for i, r in generate(frozen, [(i, img) for i, img, _ in few], SPEC, PARAMS,
                                                     torch.device("cpu"))}
-    fine_tune(net, [make_sample(img, m, gen[i], 0.5) for i, img, m in few], SPEC,
-              TuneSettings(epochs=5, lr=1e-3, optimizer="adamw"), torch.device("cpu"))
-    labelled = _ap50(gt, _free_mask(net, items))
+    fine_tune(frozen, [make_sample(img, m, gen[i], 0.5) for i, img, m in few], SPEC, TuneSettings(epochs=5),
+              torch.device("cpu"))
+    labelled = _ap50(gt, _free_mask(frozen, items))
     log.warning("freemask quality: AP50 Free Mask %.3f, colour components %.3f, Free Mask --labeled 10%% %.3f",
                 free, floor, labelled)
     print(f"AP50: free mask {free:.3f}  colour floor {floor:.3f}  with 10% labels {labelled:.3f}")
-    assert free > 0.0 and labelled > 0.0
+    assert labelled > 0.0
     assert free > floor + 0.05, f"Free Mask AP50 {free:.3f} does not clearly beat the colour floor {floor:.3f}"

@@ -73,6 +73,9 @@ def freemask(
                                                  rich_help_panel=_PRE)] = 20,
     pretrain_lr: Annotated[float, typer.Option("--pretrain-lr", min=0.0, help="Pre-training AdamW learning rate.",
                                                rich_help_panel=_PRE)] = 3e-3,
+    pretrain_side: Annotated[int, typer.Option("--pretrain-side", min=0, help="Short side of the images during "
+                                               "pre-training (0: --short-side; half of it is 4x cheaper).",
+                                               rich_help_panel=_PRE)] = 0,
     regions: Annotated[int, typer.Option("--regions", min=1, help="Colour/position clusters per image that "
                                          "pre-training contrasts.", rich_help_panel=_PRE)] = 8,
     labeled: Annotated[Path | None, typer.Option("--labeled", help="COCO dataset with masks of a few input images: "
@@ -130,7 +133,8 @@ def freemask(
                                   min_score=min_score or None, min_center_y=min_center_y or None,
                                   max_width=max_width or None),
             tune=TuneSettings(epochs=epochs, lr=lr, tau=tau, match_iou=match_iou, seed=seed),
-            pretrain=(PretrainSettings(epochs=pretrain_epochs, lr=pretrain_lr, regions=regions, seed=seed)
+            pretrain=(PretrainSettings(epochs=pretrain_epochs, lr=pretrain_lr, regions=regions,
+                                       short_side=pretrain_side, seed=seed)
                       if pretrain else None),
             category=category, seed=seed,
         )

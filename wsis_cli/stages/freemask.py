@@ -177,8 +177,9 @@ def pretrained_weights(settings: FreeMaskSettings, job: FreeMaskJob, records: li
     samples = region_samples(images, settings.pretrain)
     log.info("freemask: self-supervised pre-training on %d images (%d regions)", len(samples),
              sum(len(s.labels) for s in samples))
-    net = build_pretrain_backbone(settings.backbone).to(device)
-    result = pretrain(net, samples, settings.backbone, settings.pretrain, device, run, progress)
+    spec = settings.pretrain.train_spec(settings.backbone)
+    net = build_pretrain_backbone(spec).to(device)
+    result = pretrain(net, samples, spec, settings.pretrain, device, run, progress)
     run.save_model(net.state_dict(), {"loss": result["loss"], "images": len(samples), "kind": "pretrain"})
     log.info("freemask: pre-trained backbone in %s (use it again with --weights)", run.model_path)
     return str(run.model_path)
@@ -286,31 +287,32 @@ def run(settings: FreeMaskSettings, job: FreeMaskJob, progress: Any = None) -> c
     return out
 
 
-def demo_freemask(images_dir: Path, work: Path, labels: coco.Dataset | None) -> coco.Dataset:
-    """Fast demo: a small ResNet trained briefly on ``labels`` (the demo images' class tags) as a
-    classifier, or left at random initialisation without labels, then Free Mask on ``images_dir``.
-
-    The backbone is learnt from nothing in seconds, so expect coarse masks (see the closing note of
-    the freemask report: Free Mask's quality is the quality of the backbone's features).
+def demo_freemask(images_dir: Path, work: Path, labels: coco.Dataset | None = None) -> coco.Dataset:
+    """Fast demo of the label-free path: a small ResNet pre-trained from scratch on the demo images
+    themselves (``--pretrain``'s region contrast, no label read; ``labels`` is ignored), then Free Mask on
+    4x upsampled images, as ``wsis freemask IMAGES --pretrain`` would with these settings.
     """
-    from wsis_cli.stages.freemask_train import train_tag_backbone
+    from wsis_cli.stages.freemask_pretrain import build_pretrain_backbone, pretrain, region_samples
 
-    # half-size inputs (short side 128 for the 256^2 demo images): 4x less compute, still a 16x16 grid
-    spec = BackboneSpec(arch="resnet18", weights="none", stage=2, last_stride=2, short_side=128)
+    del labels  # the label-free path reads no label
+    spec = BackboneSpec(arch="resnet18", weights="none", stage=2, last_stride=2, short_side=DEMO_SIDE)
+    train_spec = DEMO_PRETRAIN.train_spec(spec)
     records, root, source = input_images(FreeMaskJob(inputs=str(images_dir), out="-"))
     images = dict(_read(records, root, source))
     device = torch.device("cpu")
     torch.manual_seed(0)
-    if labels is not None:
-        tags = coco.label_sets(labels)
-        by_name = {im["file_name"]: im["id"] for im in labels.images}
-        tagged = [(images[r["id"]], tags.get(by_name.get(r["file_name"], -1), set())) for r in records]
-        net = train_tag_backbone(tagged, [c["id"] for c in labels.categories], spec, epochs=3, device=device)
-    else:
-        net = build_backbone(spec)
+    trained = build_pretrain_backbone(train_spec)
+    pretrain(trained, region_samples(list(images.values()), DEMO_PRETRAIN), train_spec, DEMO_PRETRAIN, device)
+    net = build_backbone(spec, weights="none")
+    load_backbone_state(net, trained.state_dict(), "demo pre-training")
     params = FreeMaskParams(min_score=None)
     anns: list[dict[str, Any]] = []
     for image_id, res in generate(net, images.items(), spec, params, device, batch_size=8):
         anns += annotations_for(image_id, res)
     work.mkdir(parents=True, exist_ok=True)
     return coco.Dataset(records, anns, [{"id": 1, "name": "object"}], {}, source)
+
+
+# the demo's label-free configuration (see tests/stages/test_stage_freemask_quality.py for the measured choice)
+DEMO_SIDE = 512
+DEMO_PRETRAIN = PretrainSettings(epochs=12, lr=3e-3, batch_size=8, short_side=128)
