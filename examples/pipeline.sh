@@ -59,7 +59,9 @@ for labels in mal.crf gt; do
   src=$OUT/$labels.json
   [ "$labels" = gt ] && src=$D/gt.json
   $WSIS train-student "$src" -i "$D/images" -o "$OUT/student-$labels" --arch resnet18-fpn --weights none \
-    --epochs $((EPOCHS * 2)) --batch-size 4 --min-size 128 --max-size 128 --rois-per-image 64 --workers 0 -q
+    --epochs $((EPOCHS * 2)) --batch-size 2 --min-size 128 --max-size 128 --rois-per-image 64 --workers 0 \
+    --group-norm --fpn-channels 64 --box-head-dim 256 --mask-head-channels 64 --proposals 200 \
+    --optimizer adamw --lr 1e-3 --warmup-iters 10 -q  # the demo's from-scratch recipe (see the README)
   $WSIS train-student "$D/gt.json" -i "$D/images" --checkpoint "$OUT/student-$labels/model.pt" \
     -o "$OUT/student-$labels.preds.json" --min-size 128 --max-size 128 -q
   echo "== student trained on $labels"
