@@ -330,39 +330,26 @@ def run(settings: MalSettings, job: MalJob, progress: Any = None) -> MalSummary:
             shard = resolve_shard(job.shard)
         ids = shard_ids([im["id"] for im in ds.images], shard)
         by_image = ds.annotations_by_image()
-        to_stdout = job.out == "-"
         identity = {**asdict(settings), "boxes": str(job.boxes), "shard": [shard.index, shard.count],
                     "checkpoint": str(Path(job.checkpoint).resolve()) if job.checkpoint else None}
-        ckpt = None if to_stdout else ImageCheckpoint(job.out, STAGE, identity, resume=job.resume)
-        done = ckpt.done if ckpt else set()
-        todo = [i for i in ids if i not in done]
-        results: dict[int, list[dict[str, Any]]] = {}
         crop_size = model.crop_size  # a --checkpoint's own, whatever the flags say
-        dataset = RoiImageSet(todo, by_image, ds.image_index, job.images, ds.source, crop_size, settings.outside)  # type: ignore[arg-type]
-        completed = False
         t0 = time.perf_counter()
-        try:
+        with ImageCheckpoint(job.out, STAGE, identity, resume=job.resume) as ckpt:
+            todo = [i for i in ids if i not in ckpt.done]
+            dataset = RoiImageSet(todo, by_image, ds.image_index, job.images, ds.source, crop_size, settings.outside)  # type: ignore[arg-type]
             progress.start(len(ids), "mal-label: labelling")
             progress.advance(len(ids) - len(todo))
             for image_id, records in label_images(model, dataset, ctx.device, settings.batch_size,
                                                   settings.threshold, job.workers, settings.amp):
-                if ckpt:
-                    ckpt.add(image_id, records)
-                else:
-                    results[image_id] = records
+                ckpt.add(image_id, records)
                 summary.boxes += len(records)
                 progress.advance(1)
             progress.finish()
             summary.label_seconds = time.perf_counter() - t0
-            annotations = list(ckpt.records()) if ckpt else [a for rs in results.values() for a in rs]
-            annotations.sort(key=lambda a: a["id"])
             keep = set(ids)
             images = [im for im in ds.images if im["id"] in keep]
-            coco.write_dataset(coco.Dataset(images, annotations, ds.categories, dict(ds.extra), ds.source), job.out)
-            completed = True
-        finally:
-            if ckpt:
-                ckpt.close(completed=completed)
+            coco.write_dataset(coco.Dataset(images, ckpt.annotations(), ds.categories, dict(ds.extra), ds.source),
+                               job.out)
         summary.images = len(ids)
         log.info("mal-label: labelled %d boxes on %d images in %.1f s (%.1f boxes/s)", summary.boxes, len(ids),
                  summary.label_seconds, summary.boxes_per_second)
