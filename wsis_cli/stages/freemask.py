@@ -237,50 +237,37 @@ def run(settings: FreeMaskSettings, job: FreeMaskJob, progress: Any = None) -> c
     todo_records = [im for im in records if im["id"] in ids]
     identity = {**settings.to_json(), "inputs": str(job.inputs), "labeled": job.labeled,
                 "checkpoint": job.checkpoint, "shard": [shard.index, shard.count]}
-    to_stdout = job.out == "-"
-    ckpt = None if to_stdout else ImageCheckpoint(job.out, STAGE, identity, resume=job.resume)
     writer = None
-    if job.embeddings:
-        from wsis_cli.io.h5 import H5Writer
-
-        writer = H5Writer(job.embeddings, STAGE, identity, {"inputs": str(job.inputs)}, resume=job.resume)
-        writer.open()
-    done = ckpt.done if ckpt else set()
-    if writer is not None:
-        done &= writer.done_ids
-    results: dict[int, list[dict[str, Any]]] = {}
-    progress.start(len(todo_records), "freemask")
-    progress.advance(len([im for im in todo_records if im["id"] in done]))
-    completed = False
     try:
-        pending = [im for im in todo_records if im["id"] not in done]
-        for image_id, res in generate(net, _read(pending, root, source, job.workers), settings.backbone, settings.params,
-                                      device, batch_size=job.batch_size, amp=job.amp):
-            anns = annotations_for(image_id, res)
-            if writer is not None and not writer.has(image_id):
-                writer.put(image_id, {"embeddings": res.embeddings.cpu().numpy(),
-                                      "annotation_ids": np.asarray([a["id"] for a in anns], np.int64),
-                                      "scores": res.scores.cpu().numpy()},
-                           dtypes={"embeddings": np.float16},
-                           dataset_attrs={"embeddings": {"dim": settings.params.embed_dim}})
-            if ckpt:
+        with ImageCheckpoint(job.out, STAGE, identity, resume=job.resume) as ckpt:
+            if job.embeddings:
+                from wsis_cli.io.h5 import H5Writer
+
+                writer = H5Writer(job.embeddings, STAGE, identity, {"inputs": str(job.inputs)}, resume=job.resume)
+                writer.open()
+            done = ckpt.done if writer is None else ckpt.done & writer.done_ids
+            progress.start(len(todo_records), "freemask")
+            progress.advance(len([im for im in todo_records if im["id"] in done]))
+            pending = [im for im in todo_records if im["id"] not in done]
+            for image_id, res in generate(net, _read(pending, root, source, job.workers), settings.backbone,
+                                          settings.params, device, batch_size=job.batch_size, amp=job.amp):
+                anns = annotations_for(image_id, res)
+                if writer is not None and not writer.has(image_id):
+                    writer.put(image_id, {"embeddings": res.embeddings.cpu().numpy(),
+                                          "annotation_ids": np.asarray([a["id"] for a in anns], np.int64),
+                                          "scores": res.scores.cpu().numpy()},
+                               dtypes={"embeddings": np.float16},
+                               dataset_attrs={"embeddings": {"dim": settings.params.embed_dim}})
                 ckpt.add(image_id, anns)
-            else:
-                results[image_id] = anns
-            progress.advance(1)
-        progress.finish()
-        annotations = list(ckpt.records()) if ckpt else [a for anns in results.values() for a in anns]
-        annotations.sort(key=lambda a: a["id"])
-        out = coco.Dataset(todo_records, annotations, [{"id": 1, "name": settings.category}],
-                           {"info": {"description": "wsis freemask coarse masks"}}, source)
-        coco.write_dataset(out, job.out)
-        if writer is not None:
-            writer.close()
-            writer = None
-        completed = True
+                progress.advance(1)
+            progress.finish()
+            out = coco.Dataset(todo_records, ckpt.annotations(), [{"id": 1, "name": settings.category}],
+                               {"info": {"description": "wsis freemask coarse masks"}}, source)
+            coco.write_dataset(out, job.out)
+            if writer is not None:
+                writer.close()
+                writer = None
     finally:
-        if ckpt:
-            ckpt.close(completed=completed)
         if writer is not None:
             writer.abort()
     log.info("freemask: %d masks on %d images", len(out.annotations), len(todo_records))
