@@ -21,9 +21,11 @@ def test_student_trained_on_ground_truth_beats_an_untrained_one(tmp_path: Path) 
                                   seed=11), root)
     ds = load_dataset(root / "gt.json")
     images = str(root / "images")
+    # the from-scratch recipe measured for the demo (GroupNorm, 64-channel FPN, AdamW 1e-3)
     settings = stage.StudentSettings(arch="resnet18-fpn", weights="none", min_size=64, max_size=64, epochs=10,
-                                     batch_size=2, lr=0.02, warmup_iters=5, rois_per_image=32, mask_head_channels=32,
-                                     max_dets=20, workers=0)
+                                     batch_size=2, optimizer="adamw", lr=1e-3, warmup_iters=5, rois_per_image=32,
+                                     mask_head_channels=32, group_norm=True, fpn_channels=64, box_head_dim=256,
+                                     proposals=200, max_dets=20, workers=0)
     cpu = DistContext()
 
     def score(result: stage.TrainResult) -> tuple[float, float, float]:
@@ -41,7 +43,8 @@ def test_student_trained_on_ground_truth_beats_an_untrained_one(tmp_path: Path) 
     trained = score(trained_run)
     losses = [h["loss"] for h in trained_run.history]
     assert losses[-1] < 0.5 * losses[0], losses
-    # measured (8 images, 40 steps): untrained AP 0 / AP50 0 / mean IoU 0.003; trained 0.012 / 0.036 / 0.43
-    assert untrained[2] < 0.05, untrained
-    assert trained[2] > untrained[2] + 0.25, (trained, untrained)
-    assert trained[1] > untrained[1] and trained[0] > untrained[0], (trained, untrained)
+    # measured (8 images, 40 steps): untrained 0 / 0 / 0.157, trained 0.057 / 0.129 / 0.532
+    print(f"\nstudent (8 images, 40 steps): untrained AP/AP50/mIoU {untrained}, trained {trained}")
+    # an untrained head's mean IoU depends on the initialisation (0.003-0.17 measured): compare, do not bound it
+    assert trained[2] > untrained[2] + 0.2, (trained, untrained)
+    assert trained[1] > untrained[1] + 0.05 and trained[0] > untrained[0], (trained, untrained)
