@@ -31,10 +31,16 @@ from torch import Tensor, nn
 
 from wsis_cli.models.freemask_head import mask_pool, nt_xent
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.runtime.training import check_finite, rng_state, set_lr, set_rng_state, warmup_cosine
+from wsis_cli.runtime.training import check_finite, set_lr, warmup_cosine
 from wsis_cli.stages.freemask_features import BackboneSpec, patch_multiple, prepare
 from wsis_cli.stages.freemask_regions import region_proposals
-from wsis_cli.stages.freemask_tune import Sample, _batched_features, augmented_view
+from wsis_cli.stages.freemask_tune import (
+    Sample,
+    _batched_features,
+    augmented_view,
+    end_epoch,
+    resume_training,
+)
 
 log = get_logger("freemask")
 
@@ -165,13 +171,8 @@ def pretrain(net: nn.Module, samples: Sequence[Sample], spec: BackboneSpec, sett
     base_lrs = [g["lr"] for g in opt.param_groups]
     per_epoch = max(1, -(-len(samples) // settings.batch_size))
     total = per_epoch * settings.epochs
-    start, loss_mean = 0, float("nan")
-    ckpt = run.load_checkpoint() if run is not None else None
-    if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start, loss_mean = int(ckpt["epoch"]), float(ckpt.get("loss", float("nan")))
-        set_rng_state(ckpt["rng"])
+    modules = {"model": net}
+    start, loss_mean = resume_training(run, modules, opt)
     mult = patch_multiple(net)
     if progress is not None:
         progress.start(max(settings.epochs - start, 0), "freemask pretrain", unit="epochs")
@@ -193,14 +194,7 @@ def pretrain(net: nn.Module, samples: Sequence[Sample], spec: BackboneSpec, sett
             running += float(loss.detach())
             steps += 1
         loss_mean = running / max(steps, 1)
-        seconds = time.perf_counter() - t0
-        log.info("freemask: pretrain epoch %d/%d  loss %.4f  (%.1f s)", epoch + 1, settings.epochs, loss_mean, seconds)
-        if run is not None:
-            run.log_metrics({"epoch": epoch + 1, "loss": loss_mean, "seconds": round(seconds, 3)})
-            run.save_checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                                 "loss": loss_mean, "rng": rng_state()})
-        if progress is not None:
-            progress.advance(1)
+        end_epoch(run, progress, "pretrain", epoch, settings.epochs, loss_mean, t0, modules, opt)
     if progress is not None:
         progress.finish()
     net.eval()

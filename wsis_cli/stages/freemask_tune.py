@@ -105,14 +105,8 @@ def fine_tune(net: nn.Module, samples: Sequence[Sample], spec: BackboneSpec, set
     params = [p for p in list(net.parameters()) + list(head.parameters()) if p.requires_grad]
     opt = (torch.optim.SGD(params, lr=settings.lr, momentum=0.9, weight_decay=1e-4) if settings.optimizer == "sgd"
            else torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-4))
-    start, loss_mean = 0, float("nan")
-    ckpt = run.load_checkpoint() if run is not None else None
-    if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        head.load_state_dict(ckpt["head"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start, loss_mean = int(ckpt["epoch"]), float(ckpt.get("loss", float("nan")))
-        set_rng_state(ckpt["rng"])
+    modules = {"model": net, "head": head}
+    start, loss_mean = resume_training(run, modules, opt)
     mult = patch_multiple(net)
     if progress is not None:
         progress.start(max(settings.epochs - start, 0), "freemask fine-tune", unit="epochs")
@@ -142,18 +136,38 @@ def fine_tune(net: nn.Module, samples: Sequence[Sample], spec: BackboneSpec, set
             total += float(loss.detach())
             steps += 1
         loss_mean = total / max(steps, 1)
-        log.info("freemask: fine-tune epoch %d/%d  loss %.4f  (%.1f s)", epoch + 1, settings.epochs, loss_mean,
-                 time.perf_counter() - t0)
-        if run is not None:
-            run.log_metrics({"epoch": epoch + 1, "loss": loss_mean, "seconds": round(time.perf_counter() - t0, 3)})
-            run.save_checkpoint({"model": net.state_dict(), "head": head.state_dict(), "optimizer": opt.state_dict(),
-                                 "epoch": epoch + 1, "loss": loss_mean, "rng": rng_state()})
-        if progress is not None:
-            progress.advance(1)
+        end_epoch(run, progress, "fine-tune", epoch, settings.epochs, loss_mean, t0, modules, opt)
     if progress is not None:
         progress.finish()
     net.eval()
     return {"loss": loss_mean}
+
+
+def resume_training(run: Any, modules: dict[str, nn.Module], opt: torch.optim.Optimizer) -> tuple[int, float]:
+    """Load a resumed run's ``last.pt`` (``modules`` by key, the optimizer, the RNG state) when there is
+    one; returns ``(first epoch to train, last finished epoch's loss)``."""
+    ckpt = run.load_checkpoint() if run is not None else None
+    if ckpt is None:
+        return 0, float("nan")
+    for key, module in modules.items():
+        module.load_state_dict(ckpt[key])
+    opt.load_state_dict(ckpt["optimizer"])
+    set_rng_state(ckpt["rng"])
+    return int(ckpt["epoch"]), float(ckpt.get("loss", float("nan")))
+
+
+def end_epoch(run: Any, progress: Any, what: str, epoch: int, epochs: int, loss_mean: float, t0: float,
+              modules: dict[str, nn.Module], opt: torch.optim.Optimizer) -> None:
+    """Log the finished epoch, append it to the run's metrics, checkpoint everything :func:`resume_training`
+    reads back, and advance the progress bar."""
+    seconds = time.perf_counter() - t0
+    log.info("freemask: %s epoch %d/%d  loss %.4f  (%.1f s)", what, epoch + 1, epochs, loss_mean, seconds)
+    if run is not None:
+        run.log_metrics({"epoch": epoch + 1, "loss": loss_mean, "seconds": round(seconds, 3)})
+        run.save_checkpoint({**{key: m.state_dict() for key, m in modules.items()}, "optimizer": opt.state_dict(),
+                             "epoch": epoch + 1, "loss": loss_mean, "rng": rng_state()})
+    if progress is not None:
+        progress.advance(1)
 
 
 def _batched_features(net: nn.Module, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
