@@ -18,19 +18,24 @@ from wsis_cli.stages.irnet_instances import (
 )
 
 
-def two_touching_squares() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A (2, 20, 30) field: every pixel of each of two touching 10x10 squares points at its square's centre."""
-    h, w = 20, 30
+def _squares_field(h: int, w: int, box_a: tuple[slice, slice], box_b: tuple[slice, slice]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A (2, h, w) field where every pixel of two squares points at its square's centre (zero elsewhere)."""
     disp = np.zeros((2, h, w), np.float32)
     a = np.zeros((h, w), bool)
     b = np.zeros((h, w), bool)
-    a[5:15, 5:15] = True
-    b[5:15, 15:25] = True
+    a[box_a] = True
+    b[box_b] = True
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    for m, (cy, cx) in ((a, (9.5, 9.5)), (b, (9.5, 19.5))):
-        disp[0][m] = cy - ys[m]
-        disp[1][m] = cx - xs[m]
+    for m in (a, b):
+        disp[0][m] = ys[m].mean() - ys[m]
+        disp[1][m] = xs[m].mean() - xs[m]
     return disp, a, b
+
+
+def two_touching_squares() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A (2, 20, 30) field: every pixel of each of two touching 10x10 squares points at its square's centre."""
+    return _squares_field(20, 30, np.s_[5:15, 5:15], np.s_[5:15, 15:25])
 
 
 def test_centroids_converge_and_clusters_split_touching_squares() -> None:
@@ -98,17 +103,7 @@ def test_synthesize_separates_touching_instances() -> None:
 def small_touching_squares() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Two touching 4x4 squares in a (2, 16, 24) field on a background of zero displacement: objects
     smaller than the paper's 2.5-cell candidate radius (16 px squares at stride 4)."""
-    h, w = 16, 24
-    disp = np.zeros((2, h, w), np.float32)
-    a = np.zeros((h, w), bool)
-    b = np.zeros((h, w), bool)
-    a[6:10, 8:12] = True
-    b[6:10, 12:16] = True
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    for m in (a, b):
-        disp[0][m] = ys[m].mean() - ys[m]
-        disp[1][m] = xs[m].mean() - xs[m]
-    return disp, a, b
+    return _squares_field(16, 24, np.s_[6:10, 8:12], np.s_[6:10, 12:16])
 
 
 def test_sink_candidates_keep_small_objects_apart_from_the_background() -> None:
