@@ -209,6 +209,8 @@ complete -c wsis -n '__wsis_in mal-label' -l encoder -r -f -d 'Image encoder: a 
 complete -c wsis -n '__wsis_in mal-label' -l weights -r -f -d 'Backbone init: a torchvision weights name (DEFAULT, IMAGENET1K_V2...), a local checkpoint...'
 complete -c wsis -n '__wsis_in mal-label' -l encoder-depth -r -f -d 'Keep only the first N ViT blocks (0: all).'
 complete -c wsis -n '__wsis_in mal-label' -l patch -r -f -d 'ViT patch size override (0: the encoder\'s own); a finer token grid for small crops, its...'
+complete -c wsis -n '__wsis_in mal-label' -l conv-stem -d 'ViT: MAL\'s convolutional stem (stride-2 conv3x3 + GroupNorm + GELU layers, trained from scratch)...'
+complete -c wsis -n '__wsis_in mal-label' -l no-conv-stem -d 'ViT: MAL\'s convolutional stem (stride-2 conv3x3 + GroupNorm + GELU layers, trained from scratch)...'
 complete -c wsis -n '__wsis_in mal-label' -l crop-size -r -f -d 'Side of the square RoI crop fed to the encoder (a multiple of its stride).'
 complete -c wsis -n '__wsis_in mal-label' -l decoder-dim -r -f -d 'Channels of the attention decoder.'
 complete -c wsis -n '__wsis_in mal-label' -l scale-buckets -d 'Decode small/medium/large boxes at crop/32, /16, /8 (as MAL at 512² crops; turn off for small...'

@@ -82,13 +82,34 @@ def test_missing_image_and_bad_checkpoint_exit_3(data, tmp_path):
     assert r.returncode == 3 and "junk.pt" in r.stderr
 
 
-def test_bad_options_exit_2(data, tmp_path):
-    for extra in (["--encoder", "vgg16"], ["--threshold", "1.5"], ["--outside", "zeros"], ["--crop-size", "40"],
-                  ["--crf-variant", "full"]):
-        args = [*TINY, *extra]
-        r = subprocess.run([*WSIS, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"), "-o",
-                            str(tmp_path / "o.json"), *args], capture_output=True, text=True)
-        assert r.returncode == 2, (extra, r.stderr)
+BAD_OPTIONS = [["--encoder", "vgg16"], ["--threshold", "1.5"], ["--outside", "zeros"], ["--crop-size", "40"],
+               ["--crf-variant", "full"], ["--predict-with", "mixed"], ["--conv-stem", "--encoder", "resnet18"],
+               ["--conv-stem", "--patch", "12"], ["--encoder", "resnet18", "--encoder-depth", "1", "--crop-size", "34"]]
+
+
+@pytest.mark.parametrize("extra", BAD_OPTIONS, ids=lambda e: " ".join(e))
+def test_bad_options_exit_2(data, tmp_path, extra):
+    """In-process through Typer's runner (the same parsing and validation as the real command)."""
+    from typer.testing import CliRunner
+
+    from wsis_cli.cli.app import app
+
+    out = tmp_path / "o.json"
+    r = CliRunner().invoke(app, ["mal-label", str(data / "boxes.json"), "-i", str(data / "images"), "-o", str(out),
+                                 *TINY, *extra])
+    assert r.exit_code == 2, (extra, r.output)
+    assert not out.exists() and not (tmp_path / "o.mal-label-run").exists()  # refused before any work
+
+
+def test_bad_option_exits_2_before_loading_torch(data, tmp_path):
+    """The real process: a bad flag is refused before the network stack is imported (so at once)."""
+    code = ("import sys; from wsis_cli.cli.app import main\n"
+            "try:\n    main(sys.argv[1:])\n"
+            "finally:\n    print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"),
+                        "-o", str(tmp_path / "o.json"), *TINY, "--crop-size", "40"], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "multiple of the encoder stride" in r.stderr and r.stderr.strip().endswith("NO-TORCH")
 
 
 def test_default_vit_b_16_loads_a_weights_file(data, tmp_path):

@@ -70,6 +70,21 @@ def test_patch_override_gives_a_finer_grid():
     torch.testing.assert_close(vit.conv_proj(flat)[0, :, 0, 0], before, rtol=0.05, atol=0.02)
 
 
+def test_conv_stem_replaces_the_patch_embedding():
+    from wsis_cli.models.mal import ConvStem
+
+    stem = ConvStem(768, 16)  # upstream's: 96, 192, 384, 768 channels, four stride-2 convs, then 1x1
+    widths = [m.out_channels for m in stem.body if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [96, 192, 384, 768] and stem.proj.kernel_size == (1, 1)
+    assert all(isinstance(m, torch.nn.GroupNorm) and m.num_groups == 1 for m in stem.body[1::3])
+    assert stem(torch.randn(1, 3, 64, 64)).shape == (1, 768, 4, 4)
+    enc = MalEncoder(ViTFeatures("vit_tiny"), depth=1, patch=4, conv_stem=True)
+    assert isinstance(enc.backbone.conv_proj, ConvStem) and enc.stride == 4
+    assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 192, 8, 8)
+    with pytest.raises(ValueError, match="power-of-2"):
+        ConvStem(192, 14)
+
+
 def test_dice_eps_form():
     a = torch.tensor([[1.0, 0.0, 1.0]])
     assert dice_loss(a, a).item() == pytest.approx(1 - 4 / (4 + 0.002), rel=1e-3)

@@ -54,3 +54,29 @@ def test_crf_variants():
 
     x = torch.rand(2, 3, 5, 5)
     assert torch.allclose(denormalize(normalize(x)), x, atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder, depth, patch, conv_stem", [
+    ("resnet18", 1, 0, False), ("resnet18", 2, 0, False), ("resnet18", 0, 0, False), ("vit_tiny", 1, 0, False),
+    ("vit_tiny", 1, 8, False), ("vit_tiny", 1, 4, True), ("vit_tiny", 1, 0, True),
+])
+def test_encoder_stride_matches_the_built_network(encoder, depth, patch, conv_stem):
+    """The CLI checks the crop size with this arithmetic before torch loads: it must agree with the network."""
+    from wsis_cli.stages.mal_settings import encoder_stride
+    from wsis_cli.stages.mal_train import build_model
+
+    stride = encoder_stride(encoder, depth if encoder.startswith("resnet") else 0, patch, conv_stem)
+    spec = MalSettings(encoder=encoder, weights="none", encoder_depth=depth, patch=patch, conv_stem=conv_stem,
+                       crop_size=64, decoder_dim=8).model_spec()
+    assert build_model(spec).encoder.stride == stride
+    with pytest.raises(ValueError, match="multiple of the encoder stride"):
+        MalSettings(encoder=encoder, encoder_depth=depth, patch=patch, conv_stem=conv_stem, crop_size=64 + stride // 2)
+
+
+def test_settings_module_is_light():
+    """The CLI validates flags through mal_settings before the network stack loads."""
+    import subprocess
+    import sys
+
+    code = "import sys, wsis_cli.stages.mal_settings; print(sorted(m for m in ('torch', 'numpy', 'cv2') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"

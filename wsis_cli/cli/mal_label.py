@@ -27,12 +27,12 @@ from wsis_cli.cli.common import (
 _MODEL = "Model"
 _TRAIN = "Training"
 _LOSS = "Losses"
-_ENCODERS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14", "vit_tiny", "vit_small",
-             "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
 def _encoder_names(incomplete: str) -> list[str]:
-    return [e for e in _ENCODERS if e.startswith(incomplete)]
+    from wsis_cli.stages.mal_settings import ENCODERS  # light: no torch
+
+    return [e for e in ENCODERS if e.startswith(incomplete)]
 
 
 def mal_label(
@@ -51,6 +51,9 @@ def mal_label(
     patch: Annotated[int, typer.Option(min=0, help="ViT patch size override (0: the encoder's own); a finer "
                                        "token grid for small crops, its embedding resampled.",
                                        rich_help_panel=_MODEL)] = 0,
+    conv_stem: Annotated[bool, typer.Option("--conv-stem/--no-conv-stem", help="ViT: MAL's convolutional stem "
+                                            "(stride-2 conv3x3 + GroupNorm + GELU layers, trained from scratch) "
+                                            "instead of the patch embedding.", rich_help_panel=_MODEL)] = False,
     crop_size: Annotated[int, typer.Option(min=32, help="Side of the square RoI crop fed to the encoder "
                                            "(a multiple of its stride).", rich_help_panel=_MODEL)] = 512,
     decoder_dim: Annotated[int, typer.Option(min=1, help="Channels of the attention decoder.",
@@ -110,32 +113,34 @@ def mal_label(
     torchrun; label shards with --shard and a --checkpoint.
     """
     setup(quiet, verbose)
+    # every flag is checked before the network stack (torch) is imported: a bad option fails at once
+    from wsis_cli.stages.mal_settings import ENCODERS, MalJob, MalSettings
+
+    if encoder not in ENCODERS:
+        raise typer.BadParameter(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}",
+                                 param_hint="--encoder")
+    try:
+        settings = MalSettings(
+            encoder=encoder, weights=weights, encoder_depth=encoder_depth, patch=patch, conv_stem=conv_stem,
+            crop_size=crop_size, decoder_dim=decoder_dim, scale_buckets=scale_buckets, epochs=epochs,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+            final_lr=final_lr, mil_weight=mil_weight, crf_weight=crf_weight, mil_warmup=mil_warmup,
+            crf_warmup=crf_warmup, ema_momentum=ema_momentum, crf_iterations=crf_iterations, crf_zeta=crf_zeta,
+            crf_variant=crf_variant, max_expand=max_expand, outside=outside, min_train_area=min_train_area,
+            threshold=threshold, predict_with=predict_with, seed=seed, amp=not no_amp,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     if out != "-":
         from wsis_cli.io.atomic import check_output_path
 
         check_output_path(out)
     elif resume and checkpoint is not None:
         raise typer.BadParameter("--resume of the labelling needs a file output, not stdout", param_hint="--resume")
-    from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.mal_label import MalJob, MalSettings
-    from wsis_cli.stages.mal_label import run as run_stage
-
-    if encoder not in _ENCODERS:
-        raise typer.BadParameter(f"unknown encoder {encoder!r}; choose from {', '.join(_ENCODERS)}",
-                                 param_hint="--encoder")
-    try:
-        settings = MalSettings(
-            encoder=encoder, weights=weights, encoder_depth=encoder_depth, patch=patch, crop_size=crop_size,
-            decoder_dim=decoder_dim, scale_buckets=scale_buckets, epochs=epochs, batch_size=batch_size, lr=lr,
-            weight_decay=weight_decay, warmup_epochs=warmup_epochs, final_lr=final_lr, mil_weight=mil_weight,
-            crf_weight=crf_weight, mil_warmup=mil_warmup, crf_warmup=crf_warmup, ema_momentum=ema_momentum,
-            crf_iterations=crf_iterations, crf_zeta=crf_zeta, crf_variant=crf_variant, max_expand=max_expand, outside=outside,
-            min_train_area=min_train_area, threshold=threshold, predict_with=predict_with, seed=seed,
-            amp=not no_amp,
-        )
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
     job = MalJob(boxes=boxes, images=str(images) if images else None, out=out, run=str(run) if run else None,
                  checkpoint=str(checkpoint) if checkpoint else None, resume=resume, device=device,
                  workers=workers, shard=shard)
+    from wsis_cli.runtime.progress import make_progress
+    from wsis_cli.stages.mal_label import run as run_stage
+
     run_stage(settings, job, make_progress(quiet))

@@ -17,6 +17,8 @@ Pure modules: no file access. Weights reach the encoder through :mod:`wsis_cli.s
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,19 +53,23 @@ class MalEncoder(nn.Module):
     taken. ``depth`` > 0 keeps only the first ``depth`` transformer blocks of a ViT (a cheap encoder for
     laptops and tests; pretrained weights of the kept blocks still apply); a ResNet's stages are chosen
     when it is built. ``patch`` > 0 replaces the
-    ViT's patch embedding by one of that patch size (its kernel resized from the original, like MAL,
-    which swaps the patch embedding for a convolutional stem): a finer token grid for small crops.
+    ViT's patch embedding by one of that patch size (its kernel resized from the original): a finer token
+    grid for small crops. ``conv_stem`` replaces the patch embedding by MAL's :class:`ConvStem` (of the
+    same stride: the ViT's patch size or ``patch``), trained from scratch as upstream.
     """
 
-    def __init__(self, backbone: nn.Module, depth: int = 0, patch: int = 0) -> None:
+    def __init__(self, backbone: nn.Module, depth: int = 0, patch: int = 0, conv_stem: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.is_vit = hasattr(backbone, "patch")
-        if patch > 0 and self.is_vit and patch != backbone.patch:
+        if (patch > 0 or conv_stem) and not self.is_vit:
+            raise ValueError("a patch size or conv stem applies to ViT encoders only")
+        if conv_stem:
+            backbone.patch = patch or backbone.patch
+            backbone.conv_proj = ConvStem(backbone.channels, backbone.patch)
+        elif patch > 0 and patch != backbone.patch:
             backbone.conv_proj = _resized_patch_embedding(backbone.conv_proj, patch)
             backbone.patch = patch
-        elif patch > 0 and not self.is_vit:
-            raise ValueError("a patch size applies to ViT encoders only")
         if depth > 0:
             if not self.is_vit:
                 raise ValueError("pass the stages of a ResNet to its constructor")
@@ -95,6 +101,31 @@ def _resized_patch_embedding(conv: nn.Conv2d, patch: int) -> nn.Conv2d:
         if conv.bias is not None:
             new.bias.copy_(conv.bias)
     return new
+
+
+class ConvStem(nn.Module):
+    """MAL's convolutional stem for a ViT (after Xiao et al., "Early convolutions help transformers see
+    better"): ``log2(stride)`` layers of (conv3x3 stride 2, GroupNorm(1), GELU) whose widths double up to
+    ``dim`` (upstream at stride 16 and 768: 96, 192, 384, 768), then a 1x1 conv to ``dim``.
+
+    Forward: ``(B, 3, H, W)`` → ``(B, dim, H/stride, W/stride)``, a drop-in for the patch embedding.
+    """
+
+    def __init__(self, dim: int, stride: int = 16) -> None:
+        super().__init__()
+        layers = int(math.log2(stride)) if stride > 1 else 0
+        if layers < 1 or 2**layers != stride:
+            raise ValueError(f"the conv stem needs a power-of-2 stride, got {stride}")
+        widths = [max(dim >> (layers - 1 - i), 1) for i in range(layers)]
+        convs: list[nn.Module] = []
+        for i, width in enumerate(widths):
+            convs += [nn.Conv2d(3 if i == 0 else widths[i - 1], width, 3, stride=2, padding=1, bias=False),
+                      nn.GroupNorm(1, width), nn.GELU()]
+        self.body = nn.Sequential(*convs)
+        self.proj = nn.Conv2d(widths[-1], dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.body(x))
 
 
 class InstanceHead(nn.Module):

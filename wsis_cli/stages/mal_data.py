@@ -40,9 +40,9 @@ from torch.utils.data import Dataset
 
 from wsis_cli.models.backbones import normalize
 from wsis_cli.models.mal import box_buckets, output_size
+from wsis_cli.stages.mal_settings import OUTSIDE_MODES
 
 Outside = Literal["wrap", "reflect", "replicate"]
-OUTSIDE_MODES: tuple[str, ...] = ("wrap", "reflect", "replicate")
 TEST_MARGIN = 0.3  # per side: the inference crop is 1.3 x the box
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,97 +36,12 @@ from wsis_cli.io import coco
 from wsis_cli.io import rle as rle_utils
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.stages.mal_data import OUTSIDE_MODES, RoiImageSet, RoiTrainSet, xywh_to_xyxy
-from wsis_cli.stages.mal_train import CRF_VARIANTS, ModelSpec, TrainConfig, build_model, train
+from wsis_cli.stages.mal_data import RoiImageSet, RoiTrainSet, xywh_to_xyxy
+from wsis_cli.stages.mal_settings import MalJob, MalSettings, ModelSpec
+from wsis_cli.stages.mal_train import build_model, train
 
 log = get_logger("mal-label")
 STAGE = "mal-label"
-
-
-# The defaults of the network and of the optimisation live in ModelSpec and TrainConfig only; the settings
-# take theirs from them (the CLI's defaults are checked against these by a test).
-_MODEL = ModelSpec()
-_TRAIN = TrainConfig()
-
-
-@dataclass(frozen=True)
-class MalSettings:
-    """Settings of ``wsis mal-label`` that shape the result (one field per flag).
-
-    Network fields default to :class:`ModelSpec`'s and optimisation fields to :class:`TrainConfig`'s
-    (upstream MAL's values); :meth:`model_spec` and :meth:`train_config` hand them back.
-    """
-
-    encoder: str = _MODEL.encoder
-    weights: str = "DEFAULT"
-    encoder_depth: int = _MODEL.encoder_depth  # >0: keep only the first N ViT blocks or ResNet stages
-    patch: int = _MODEL.patch  # >0: ViT patch size override (a finer token grid for small crops)
-    crop_size: int = _MODEL.crop_size
-    decoder_dim: int = _MODEL.decoder_dim
-    scale_buckets: bool = _MODEL.scale_buckets
-    epochs: int = _TRAIN.epochs
-    batch_size: int = _TRAIN.batch_size
-    lr: float | None = _TRAIN.lr  # None: 1.5e-6 x global batch (upstream)
-    weight_decay: float = _TRAIN.weight_decay
-    warmup_epochs: float = _TRAIN.warmup_epochs
-    final_lr: float = _TRAIN.final_lr
-    mil_weight: float = _TRAIN.mil_weight
-    crf_weight: float = _TRAIN.crf_weight
-    mil_warmup: int = _TRAIN.mil_warmup
-    crf_warmup: int = _TRAIN.crf_warmup
-    ema_momentum: float = _TRAIN.ema_momentum
-    crf_iterations: int = _TRAIN.crf_iterations
-    crf_zeta: float = _TRAIN.crf_zeta
-    crf_variant: str = _TRAIN.crf_variant
-    max_expand: float = 1.2
-    outside: str = "wrap"
-    min_train_area: float = 2048.0  # boxes smaller than this (pixels²) do not train, but are labelled
-    threshold: float = 0.5
-    predict_with: str = "student"
-    seed: int = _TRAIN.seed
-    amp: bool = _TRAIN.amp
-
-    def __post_init__(self) -> None:
-        if self.crop_size < 32:
-            raise ValueError(f"crop size must be at least 32, got {self.crop_size}")
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.outside not in OUTSIDE_MODES:
-            raise ValueError(f"outside must be one of {', '.join(OUTSIDE_MODES)}, got {self.outside!r}")
-        if self.predict_with not in ("student", "teacher"):
-            raise ValueError(f"predict-with must be student or teacher, got {self.predict_with!r}")
-        if self.crf_variant not in CRF_VARIANTS:
-            raise ValueError(f"crf variant must be one of {', '.join(CRF_VARIANTS)}, got {self.crf_variant!r}")
-        if not 0 <= self.ema_momentum <= 1:
-            raise ValueError(f"ema momentum must be in [0, 1], got {self.ema_momentum}")
-        if min(self.max_expand, self.min_train_area, self.encoder_depth, self.patch) < 0 or self.decoder_dim < 1:
-            raise ValueError("max-expand, min-train-area, encoder-depth and patch must be >= 0, decoder-dim >= 1")
-
-    def model_spec(self) -> ModelSpec:
-        # BN is frozen on pretrained weights (small RoI batches would wreck its statistics) and trained
-        # when the encoder learns from scratch
-        names = {f.name for f in fields(ModelSpec)} - {"frozen_bn"}
-        return ModelSpec(**{k: getattr(self, k) for k in names},
-                         frozen_bn=self.weights.lower() not in ("", "none", "random", "scratch"))
-
-    def train_config(self, workers: int = 0) -> TrainConfig:
-        names = {f.name for f in fields(TrainConfig)} - {"workers"}
-        return TrainConfig(**{k: getattr(self, k) for k in names}, workers=workers)
-
-
-@dataclass(frozen=True)
-class MalJob:
-    """Where ``run`` reads and writes, and how it executes."""
-
-    boxes: str  # COCO dataset with boxes ("-" for stdin)
-    images: str | None
-    out: str  # "-" for stdout
-    run: str | None = None  # run folder (default beside the output)
-    checkpoint: str | None = None  # a model.pt: label only
-    resume: bool = False
-    device: str = "auto"
-    workers: int = 0
-    shard: str | None = None
 
 
 @dataclass

@@ -21,7 +21,6 @@ same predictions of IoU 0.72), which a from-scratch encoder needs more than a pr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,27 +32,12 @@ from wsis_cli.models.mal_losses import crf_loss, mil_loss
 from wsis_cli.runtime.device import autocast, grad_scaler
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.runtime.training import EMA, linear_ramp, rng_state, set_lr, set_rng_state, warmup_cosine
+from wsis_cli.stages.mal_settings import CRF_VARIANTS, ModelSpec, TrainConfig
 from wsis_kernels.crf import CRFParams, mal_crf_params
 
 log = get_logger("mal-label")
 
 LR_PER_SAMPLE = 1.5e-6  # upstream: lr = 1.5e-6 x GPUs x batch per GPU
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What rebuilds the network (saved in ``model.pt`` so ``--checkpoint`` needs no other flag).
-
-    The defaults (upstream MAL's) are the only copy: ``MalSettings`` takes its network defaults from here.
-    """
-
-    encoder: str = "vit_b_16"
-    encoder_depth: int = 0
-    crop_size: int = 512
-    decoder_dim: int = 256
-    scale_buckets: bool = True
-    patch: int = 0  # >0: ViT patch size override
-    frozen_bn: bool = True  # ResNets: BN frozen (pretrained weights) or trained (from scratch)
 
 
 def build_model(spec: ModelSpec, weights: str = "none") -> MalNet:
@@ -70,36 +54,7 @@ def build_model(spec: ModelSpec, weights: str = "none") -> MalNet:
         depth = 0
     else:
         raise ValueError(f"unknown encoder {spec.encoder!r}")
-    return MalNet(MalEncoder(backbone, depth, spec.patch), spec.crop_size, spec.decoder_dim, spec.scale_buckets)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings (a subset of the stage settings).
-
-    The defaults (upstream MAL's) are the only copy: ``MalSettings`` takes its training defaults from here.
-    """
-
-    epochs: int = 10
-    batch_size: int = 4
-    lr: float | None = None  # None: 1.5e-6 x global batch
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    final_lr: float = 0.2
-    mil_weight: float = 4.0
-    crf_weight: float = 0.5
-    mil_warmup: int = 1000
-    crf_warmup: int = 4000
-    ema_momentum: float = 0.996
-    crf_iterations: int = 100
-    crf_zeta: float = 0.1
-    crf_variant: str = "mal"  # the CRF of the CRF loss's target: "mal" or "dense" (see crf_params)
-    seed: int = 0
-    amp: bool = True
-    workers: int = 0
-
-
-CRF_VARIANTS = ("mal", "dense")
+    return MalNet(MalEncoder(backbone, depth, spec.patch, spec.conv_stem), spec.crop_size, spec.decoder_dim, spec.scale_buckets)
 
 
 def crf_params(cfg: TrainConfig) -> CRFParams:

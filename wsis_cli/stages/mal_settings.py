@@ -1,0 +1,188 @@
+"""Settings of ``wsis mal-label``: the network spec, the optimisation config, the stage settings and job.
+
+This module imports nothing heavy (no torch, NumPy or OpenCV), so the command line validates every flag
+— names, ranges, and the crop size against the encoder's stride — in a fraction of a second, before
+the network stack is loaded. :mod:`wsis_cli.stages.mal_train` and :mod:`wsis_cli.stages.mal_label`
+re-export these classes.
+
+``ModelSpec`` and ``TrainConfig`` hold the only copy of the defaults (upstream MAL's,
+``upstream-implementations.md`` §2.2); ``MalSettings`` takes its own from them and a test checks that
+the CLI mirrors them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+# the encoders build_model knows; the ViT patch size is the number ending the name (vit_tiny/vit_small: 16)
+VIT_ENCODERS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14", "vit_tiny", "vit_small")
+RESNET_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+ENCODERS = VIT_ENCODERS + RESNET_ENCODERS
+# output stride of a ResNet kept to 1..4 stages (last stage at stride 16 without dilation, IRNet's strides)
+RESNET_STRIDES = (4, 8, 16, 16)
+CRF_VARIANTS = ("mal", "dense")
+OUTSIDE_MODES: tuple[str, ...] = ("wrap", "reflect", "replicate")
+PREDICT_WITH = ("student", "teacher")
+
+
+def vit_patch(encoder: str) -> int:
+    """The patch size of a ViT encoder by name (``vit_b_16`` → 16; DeiT-shaped tiny/small: 16)."""
+    tail = encoder.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 16
+
+
+def encoder_stride(encoder: str, depth: int = 0, patch: int = 0, conv_stem: bool = False) -> int:
+    """Output stride of the encoder :func:`wsis_cli.stages.mal_train.build_model` builds (pure arithmetic).
+
+    Raises ``ValueError`` for an unknown encoder or options it does not take.
+    """
+    if encoder in RESNET_ENCODERS:
+        if patch or conv_stem:
+            raise ValueError("--patch and --conv-stem apply to ViT encoders only")
+        if depth > len(RESNET_STRIDES):
+            raise ValueError(f"a ResNet has {len(RESNET_STRIDES)} stages, got encoder depth {depth}")
+        return RESNET_STRIDES[(depth or len(RESNET_STRIDES)) - 1]
+    if encoder not in VIT_ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
+    stride = patch or vit_patch(encoder)
+    if conv_stem and (stride < 2 or stride & (stride - 1)):
+        raise ValueError(f"the conv stem halves the resolution per layer: the patch size must be a power of 2, "
+                         f"got {stride} (pick one with --patch)")
+    return stride
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What rebuilds the network (saved in ``model.pt`` so ``--checkpoint`` needs no other flag).
+
+    The defaults (upstream MAL's) are the only copy: ``MalSettings`` takes its network defaults from here.
+    """
+
+    encoder: str = "vit_b_16"
+    encoder_depth: int = 0
+    crop_size: int = 512
+    decoder_dim: int = 256
+    scale_buckets: bool = True
+    patch: int = 0  # >0: ViT patch size override
+    frozen_bn: bool = True  # ResNets: BN frozen (pretrained weights) or trained (from scratch)
+    # ViT: MAL's convolutional stem (stride-2 conv3x3 + GN + GELU layers, then a 1x1 conv) instead of the
+    # linear patch embedding. Upstream always uses it (and trains it from scratch); off by default here
+    # so that torchvision/timm weights keep their patch embedding
+    conv_stem: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (a subset of the stage settings).
+
+    The defaults (upstream MAL's) are the only copy: ``MalSettings`` takes its training defaults from here.
+    """
+
+    epochs: int = 10
+    batch_size: int = 4
+    lr: float | None = None  # None: 1.5e-6 x global batch
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    final_lr: float = 0.2
+    mil_weight: float = 4.0
+    crf_weight: float = 0.5
+    mil_warmup: int = 1000
+    crf_warmup: int = 4000
+    ema_momentum: float = 0.996
+    crf_iterations: int = 100
+    crf_zeta: float = 0.1
+    crf_variant: str = "mal"  # the CRF of the CRF loss's target: "mal" or "dense" (see mal_train.crf_params)
+    seed: int = 0
+    amp: bool = True
+    workers: int = 0
+
+
+_MODEL = ModelSpec()
+_TRAIN = TrainConfig()
+
+
+@dataclass(frozen=True)
+class MalSettings:
+    """Settings of ``wsis mal-label`` that shape the result (one field per flag).
+
+    Network fields default to :class:`ModelSpec`'s and optimisation fields to :class:`TrainConfig`'s
+    (upstream MAL's values); :meth:`model_spec` and :meth:`train_config` hand them back. Construction
+    validates every field (``ValueError``), the crop size against the encoder's stride included.
+    """
+
+    encoder: str = _MODEL.encoder
+    weights: str = "DEFAULT"
+    encoder_depth: int = _MODEL.encoder_depth  # >0: keep only the first N ViT blocks or ResNet stages
+    patch: int = _MODEL.patch  # >0: ViT patch size override (a finer token grid for small crops)
+    conv_stem: bool = _MODEL.conv_stem
+    crop_size: int = _MODEL.crop_size
+    decoder_dim: int = _MODEL.decoder_dim
+    scale_buckets: bool = _MODEL.scale_buckets
+    epochs: int = _TRAIN.epochs
+    batch_size: int = _TRAIN.batch_size
+    lr: float | None = _TRAIN.lr  # None: 1.5e-6 x global batch (upstream)
+    weight_decay: float = _TRAIN.weight_decay
+    warmup_epochs: float = _TRAIN.warmup_epochs
+    final_lr: float = _TRAIN.final_lr
+    mil_weight: float = _TRAIN.mil_weight
+    crf_weight: float = _TRAIN.crf_weight
+    mil_warmup: int = _TRAIN.mil_warmup
+    crf_warmup: int = _TRAIN.crf_warmup
+    ema_momentum: float = _TRAIN.ema_momentum
+    crf_iterations: int = _TRAIN.crf_iterations
+    crf_zeta: float = _TRAIN.crf_zeta
+    crf_variant: str = _TRAIN.crf_variant
+    max_expand: float = 1.2
+    outside: str = "wrap"
+    min_train_area: float = 2048.0  # boxes smaller than this (pixels²) do not train, but are labelled
+    threshold: float = 0.5
+    predict_with: str = "student"
+    seed: int = _TRAIN.seed
+    amp: bool = _TRAIN.amp
+
+    def __post_init__(self) -> None:
+        if self.crop_size < 32:
+            raise ValueError(f"crop size must be at least 32, got {self.crop_size}")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.outside not in OUTSIDE_MODES:
+            raise ValueError(f"outside must be one of {', '.join(OUTSIDE_MODES)}, got {self.outside!r}")
+        if self.predict_with not in PREDICT_WITH:
+            raise ValueError(f"predict-with must be student or teacher, got {self.predict_with!r}")
+        if self.crf_variant not in CRF_VARIANTS:
+            raise ValueError(f"crf variant must be one of {', '.join(CRF_VARIANTS)}, got {self.crf_variant!r}")
+        if not 0 <= self.ema_momentum <= 1:
+            raise ValueError(f"ema momentum must be in [0, 1], got {self.ema_momentum}")
+        if min(self.max_expand, self.min_train_area, self.encoder_depth, self.patch) < 0 or self.decoder_dim < 1:
+            raise ValueError("max-expand, min-train-area, encoder-depth and patch must be >= 0, decoder-dim >= 1")
+        stride = encoder_stride(self.encoder, self.encoder_depth if self.encoder in RESNET_ENCODERS else 0,
+                                self.patch, self.conv_stem)
+        if self.crop_size % stride:
+            raise ValueError(f"crop size {self.crop_size} is not a multiple of the encoder stride {stride} "
+                             f"({self.encoder})")
+
+    def model_spec(self) -> ModelSpec:
+        # BN is frozen on pretrained weights (small RoI batches would wreck its statistics) and trained
+        # when the encoder learns from scratch
+        names = {f.name for f in fields(ModelSpec)} - {"frozen_bn"}
+        return ModelSpec(**{k: getattr(self, k) for k in names},
+                         frozen_bn=self.weights.lower() not in ("", "none", "random", "scratch"))
+
+    def train_config(self, workers: int = 0) -> TrainConfig:
+        names = {f.name for f in fields(TrainConfig)} - {"workers"}
+        return TrainConfig(**{k: getattr(self, k) for k in names}, workers=workers)
+
+
+@dataclass(frozen=True)
+class MalJob:
+    """Where ``run`` reads and writes, and how it executes."""
+
+    boxes: str  # COCO dataset with boxes ("-" for stdin)
+    images: str | None
+    out: str  # "-" for stdout
+    run: str | None = None  # run folder (default beside the output)
+    checkpoint: str | None = None  # a model.pt: label only
+    resume: bool = False
+    device: str = "auto"
+    workers: int = 0
+    shard: str | None = None
