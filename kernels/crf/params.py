@@ -55,6 +55,10 @@ class CRFParams:
         unary_floor: probabilities are clamped to at least this before any logarithm.
         norm_eps: constant added to the normaliser (MAL adds 1e-6).
         clamp: ``(low, high)`` bounds applied to ``Q`` after every update (MAL: (0.1, 0.9)), or ``None``.
+        sparse_eps: CPU path, ``message="mean_field"``: changes of ``Q`` no larger than this are not
+            propagated to the messages, so each logit is within ``sparse_eps * sum_j k(i, j)`` of the exact
+            update from the current state (see :mod:`wsis_kernels.crf.incremental`); 0 for the exact update.
+            The Triton path is always exact.
     """
 
     kernel_size: int = 5
@@ -71,6 +75,7 @@ class CRFParams:
     unary_floor: float = 1e-5
     norm_eps: float = 0.0
     clamp: tuple[float, float] | None = None
+    sparse_eps: float = 1e-6
 
     def __post_init__(self) -> None:
         if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
@@ -83,7 +88,7 @@ class CRFParams:
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"{name} must be > 0 (math.inf allowed), got {value!r}")
-        for name in ("w_appearance", "w_smooth", "unary_weight", "norm_eps"):
+        for name in ("w_appearance", "w_smooth", "unary_weight", "norm_eps", "sparse_eps"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {value!r}")

@@ -11,6 +11,10 @@ map into one ``(B, L, H, W)`` message buffer, so memory stays O(L*H*W). Two fact
 Weights are ``exp2`` of the colour distance times ``-log2(e) / (2 theta_beta^2)``, clamped at -126:
 PyTorch's ``exp`` is several times slower on CPU, and far slower still where its result would be denormal.
 The Triton path evaluates the same expression.
+
+With many labels and ``sparse_eps > 0`` (the default), :func:`mean_field_crf_reference` hands the loop to
+:mod:`wsis_kernels.crf.incremental`, which propagates only the changes of ``Q`` larger than ``sparse_eps``;
+``sparse_eps = 0`` runs :func:`_multi` here, the plain loop and the truth the tests compare against.
 """
 
 from __future__ import annotations
@@ -89,13 +93,7 @@ class _MessagePass:
             torch.add(diff[:, 0:1], diff[:, 1:2], out=wt)
             for c in range(2, channels):
                 wt.add_(diff[:, c : c + 1])
-        # Scaling after the sum (not the image before it) keeps the weights within ~3e-6 of float64.
-        wt.mul_(-self.scale).clamp_(min=-MAX_EXP2).exp2_()
-        if a != 1.0:
-            wt.mul_(a)
-        if g != 0.0:
-            wt.add_(g)
-        return wt
+        return _finish_weight(wt, self.scale, a, g)
 
     def _band_rows(self, labels: int) -> int:
         batch, _, height, width = self.shape
@@ -132,6 +130,28 @@ class _MessagePass:
                     _madd(msg[into], src[frm], part)
                     if weight_sum is not None:
                         weight_sum[into].add_(part)
+
+
+def _finish_weight(wt: Tensor, scale: float, a: float, g: float) -> Tensor:
+    """``a * exp2(max(-scale * wt, -126)) + g`` in place, ``wt`` holding ``sum_c (I_i - I_j)^2``."""
+    # Scaling after the sum (not the image before it) keeps the weights within ~3e-6 of float64.
+    wt.mul_(-scale).clamp_(min=-MAX_EXP2).exp2_()
+    if a != 1.0:
+        wt.mul_(a)
+    if g != 0.0:
+        wt.add_(g)
+    return wt
+
+
+def tap_weight(sq: Tensor, scale: float, a: float, g: float) -> Tensor:
+    """One tap's kernel ``(N, 1, h, w)`` from squared colour differences ``sq`` ``(N, C, h, w)``.
+
+    Sums the channels in the order :meth:`_MessagePass._weights` does, so both give identical weights.
+    """
+    wt = sq[:, 0:1].clone() if sq.shape[1] == 1 else torch.add(sq[:, 0:1], sq[:, 1:2])
+    for c in range(2, sq.shape[1]):
+        wt.add_(sq[:, c : c + 1])
+    return _finish_weight(wt, scale, a, g)
 
 
 def _madd(out: Tensor, src: Tensor, weight: Tensor | float) -> None:
@@ -303,6 +323,10 @@ def mean_field_crf_reference(image: Tensor, probs: Tensor, box: Tensor | None, p
         log_box_fg = None if boxes is None else _log_box(boxes[:, 1:2])
         p = _binary(img, q[:, 1:2].contiguous(), u_fg, u_bg, log_box_fg, params)
         return torch.cat([1.0 - p, p], dim=1)
+    from .incremental import IncrementalMeanField  # it builds on this module's pieces
+
+    if IncrementalMeanField.applicable(params):
+        return IncrementalMeanField(img, params, labels).run(q, unary, _log_box(boxes))
     return _multi(img, q, unary, _log_box(boxes), params)
 
 

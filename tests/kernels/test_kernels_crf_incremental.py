@@ -1,0 +1,102 @@
+"""The incremental multi-label CPU path (sparse_eps > 0) against the plain dense reference (sparse_eps = 0)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wsis_kernels import CRFParams, mean_field_crf
+from wsis_kernels.crf import incremental
+
+BASE = CRFParams(kernel_size=5, dilation=1, w_appearance=2.0, theta_alpha=4.0, theta_beta=0.2, w_smooth=0.7,
+                 theta_gamma=1.5, iterations=8)
+
+
+def peaked_inputs(gen, batch, labels, height, width, box="none"):
+    """Colour regions with a confident, noisy label each: the state settles, so little changes late on."""
+    region = (torch.rand(batch, 1, max(1, height // 6), max(1, width // 6), generator=gen) * labels).floor()
+    region = F.interpolate(region, size=(height, width), mode="nearest")[:, 0].long()
+    colour = torch.rand(labels, 3, generator=gen)
+    image = colour[region].permute(0, 3, 1, 2) + 0.03 * torch.randn(batch, 3, height, width, generator=gen)
+    logits = 4.0 * F.one_hot(region, labels).permute(0, 3, 1, 2).float()
+    probs = torch.softmax(logits + 1.5 * torch.randn(logits.shape, generator=gen), dim=1)
+    boxes = None
+    if box == "one":
+        boxes = (torch.rand(batch, 1, height, width, generator=gen) > 0.2).float()
+    elif box == "all":
+        boxes = (torch.rand(batch, labels, height, width, generator=gen) > 0.2).float()
+        boxes[:, 0] = 1.0
+    return image, probs, boxes
+
+
+CASES = [
+    # (batch, labels, H, W, params, box): non-multiples of the tile, 1-pixel images, L = 2 (through the
+    # general loop: clamp), 3 and 21, dilation, the centre tap, boxes, no unary, MAL's normaliser epsilon
+    (1, 21, 37, 45, BASE, "none"),
+    (2, 3, 20, 17, dataclasses.replace(BASE, include_centre=True, kernel_size=3, dilation=2), "one"),
+    (1, 2, 1, 40, dataclasses.replace(BASE, clamp=(0.05, 0.95)), "none"),
+    (1, 5, 33, 1, dataclasses.replace(BASE, kernel_size=11, theta_alpha=math.inf), "all"),
+    (1, 4, 8, 8, dataclasses.replace(BASE, unary_weight=0.0, norm_eps=1e-6), "none"),
+    (1, 21, 26, 19, dataclasses.replace(BASE, kernel_size=7, dilation=1, w_smooth=0.0), "one"),
+]
+
+
+def force_per_tile(monkeypatch):
+    """8x8 tiles and no fallback to the banded pass, so that small images exercise every per-tile branch."""
+    monkeypatch.setattr(incremental, "TILE", (8, 8))
+    monkeypatch.setattr(incremental, "SPARSE_FRACTION", 1.0)
+    monkeypatch.setattr(incremental, "DENSE_NORMALISE", 1.0)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    force_per_tile(monkeypatch)
+
+
+@pytest.mark.parametrize(("batch", "labels", "height", "width", "params", "box"), CASES)
+def test_propagating_every_change_equals_the_dense_reference(reference_backend, small_tiles, rng, batch, labels,
+                                                             height, width, params, box):
+    # sparse_eps = 1e-30 propagates every change: only the bookkeeping (tiles, patches, borders) is tested
+    image, probs, boxes = peaked_inputs(rng, batch, labels, height, width, box)
+    want = mean_field_crf(image, probs, boxes, dataclasses.replace(params, sparse_eps=0.0))
+    got = mean_field_crf(image, probs, boxes, dataclasses.replace(params, sparse_eps=1e-30))
+    assert got.shape == want.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("forced", [True, False], ids=["per-tile", "as-dispatched"])
+@pytest.mark.parametrize(("batch", "labels", "height", "width", "params", "box"), CASES)
+def test_default_eps_stays_close_to_the_dense_reference(reference_backend, monkeypatch, rng, batch, labels,
+                                                        height, width, params, box, forced):
+    if forced:
+        force_per_tile(monkeypatch)
+    image, probs, boxes = peaked_inputs(rng, batch, labels, height, width, box)
+    want = mean_field_crf(image, probs, boxes, dataclasses.replace(params, sparse_eps=0.0))
+    got = mean_field_crf(image, probs, boxes, params)  # default sparse_eps 1e-6
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("eps", [1e-3, 3e-2])
+def test_one_step_error_within_the_documented_bound(reference_backend, small_tiles, rng, eps):
+    # Two iterations: Q1 is exact, Q2 comes from logits within eps * sum_j k(i, j) of the exact ones, and a
+    # logit error of at most delta moves a softmax probability by at most exp(2 delta) - 1.
+    params = dataclasses.replace(BASE, iterations=2, sparse_eps=eps)
+    image, probs, _ = peaked_inputs(rng, 1, 6, 30, 27)
+    want = mean_field_crf(image, probs, None, dataclasses.replace(params, sparse_eps=0.0))
+    got = mean_field_crf(image, probs, None, params)
+    kernel_sum = sum(a + g for _, _, a, g in params.offset_weights())
+    bound = math.expm1(2 * eps * kernel_sum)
+    error = (got - want).abs().max().item()
+    assert 0 < error <= bound  # > 0: some change really was left out
+
+
+def test_default_path_is_incremental_and_exact_dense_stays_reachable():
+    assert CRFParams().sparse_eps > 0 and incremental.IncrementalMeanField.applicable(CRFParams())
+    assert not incremental.IncrementalMeanField.applicable(dataclasses.replace(CRFParams(), sparse_eps=0.0))
+    assert not incremental.IncrementalMeanField.applicable(dataclasses.replace(CRFParams(), message="log_pool"))
+    with pytest.raises(ValueError, match="sparse_eps"):
+        CRFParams(sparse_eps=-1.0)
