@@ -50,3 +50,14 @@ def test_model_file_for_checkpoint_flag(tmp_path):
     torch.save({"w": torch.zeros(1)}, tmp_path / "plain.pt")
     with pytest.raises(BadInputError, match="not a wsis model"):
         read_model(tmp_path / "plain.pt", "cam")
+
+
+def test_only_rank_0_writes_run_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    RunDir(tmp_path / "worker", "cam", {"lr": 0.1}, resume=False)
+    assert (tmp_path / "worker").is_dir() and not (tmp_path / "worker" / "run.json").exists()
+    monkeypatch.setenv("RANK", "0")
+    RunDir(tmp_path / "main", "cam", {"lr": 0.1}, resume=False)
+    assert (tmp_path / "main" / "run.json").exists()
+    RunDir(tmp_path / "explicit", "cam", {"lr": 0.1}, resume=False, main=False)
+    assert not (tmp_path / "explicit" / "run.json").exists()

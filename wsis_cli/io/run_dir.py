@@ -45,10 +45,28 @@ def default_run_dir(out: str | os.PathLike, stage: str) -> Path:
     return p.with_name(f"{stem}.{stage}-run")
 
 
-class RunDir:
-    """One learning run's folder (see the module docstring for its layout)."""
+def is_main_process() -> bool:
+    """Rank 0 of a data-parallel job (the process group's rank, else the launcher's variables), or a lone
+    process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    for name in ("RANK", "SLURM_PROCID"):
+        value = os.environ.get(name, "")
+        if value.strip().isdigit():
+            return int(value) == 0
+    return True
 
-    def __init__(self, path: str | os.PathLike, stage: str, settings: Any, *, resume: bool) -> None:
+
+class RunDir:
+    """One learning run's folder (see the module docstring for its layout).
+
+    Every rank of a data-parallel job opens the same folder (they all read a resumed checkpoint), but only
+    rank 0 writes ``run.json`` (``main``; by default :func:`is_main_process`); the training loops already
+    save checkpoints, metrics and the model from rank 0 only.
+    """
+
+    def __init__(self, path: str | os.PathLike, stage: str, settings: Any, *, resume: bool,
+                 main: bool | None = None) -> None:
         self.path = Path(path)
         self.stage = stage
         self.settings = to_jsonable(settings)
@@ -65,7 +83,7 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(f"--run {self.path}: cannot create the run folder ({e.strerror})") from None
-        if not (resume and run_json.exists()):
+        if (is_main_process() if main is None else main) and not (resume and run_json.exists()):
             with atomic_write_text(run_json) as fh:
                 json.dump({"stage": stage, "wsis_version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                            "settings": self.settings}, fh, indent=1, sort_keys=True)
