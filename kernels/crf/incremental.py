@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .params import CRFParams
-from .reference import _MessagePass, normalise_labels, tap_weight
+from .reference import _finish_weight, _MessagePass, normalise_labels
 
 TILE = (32, 32)  # rows, columns
 SPARSE_FRACTION = 0.08  # per-pair propagation while at most this fraction of (tile, label) pairs changed
@@ -137,8 +137,7 @@ class IncrementalMeanField:
     def _normalise_all(self, out: Tensor) -> None:
         """``out`` (padded) = the update from the current logits, over the whole image."""
         z = out[:, :, : self.shape[2], : self.shape[3]]
-        z.copy_(self.logits)
-        normalise_labels(z, self.log_box, self.params.norm_eps, self.scratch)
+        normalise_labels(z, self.log_box, self.params.norm_eps, self.scratch, logits=self.logits)
         if self.params.clamp is not None:
             z.clamp_(*self.params.clamp)
 
@@ -189,17 +188,28 @@ class IncrementalMeanField:
         slot = {tile: i for i, tile in enumerate(tiles)}
         owner = torch.tensor([slot[p[:3]] for p in pairs], device=d_pairs.device)
         img = self._gather(self.img_pad, tiles, grow=2 * r)  # (N_t, C, th + 2r, tw + 2r)
-        centre = img[:, :, r : r + th, r : r + tw]
         out = d_pairs.new_zeros(len(pairs), th + 2 * r, tw + 2 * r)
-        for dy, dx, a, g in self.taps:
-            # pixel j of the tile sends k(j, j - d) * d(j) to its neighbour j - d (k is symmetric)
-            into = out[:, r - dy : r - dy + th, r - dx : r - dx + tw]
+        taps = self.passes.taps
+        if taps.centre:
+            out[:, r : r + th, r : r + tw].add_(d_pairs, alpha=taps.centre)
+        for dy, dx, a, g in taps.half:
+            # Pixel j sends k(j, j + d) d(j) to j + d and k(j, j - d) d(j) to j - d. With u(p) = k(p, p + d)
+            # (k is symmetric) both are u: at j, and at j - d. u is computed once on tile + (tile - d).
+            x0 = max(0, dx)  # column of the tile in u
+            to_plus = out[:, r + dy : r + dy + th, r + dx : r + dx + tw]
+            to_minus = out[:, r - dy : r - dy + th, r - dx : r - dx + tw]
             if a == 0.0:
-                into.add_(d_pairs, alpha=g)
+                to_plus.add_(d_pairs, alpha=g)
+                to_minus.add_(d_pairs, alpha=g)
                 continue
-            diff = centre - img[:, :, r - dy : r - dy + th, r - dx : r - dx + tw]
-            weight = tap_weight(diff.mul_(diff), self.passes.scale, a, g)[:, 0]
-            into.addcmul_(d_pairs, weight.index_select(0, owner))
+            h, w, c0 = th + dy, tw + abs(dx), r + min(0, -dx)
+            diff = img[:, :, r - dy : r - dy + h, c0 : c0 + w] - img[:, :, r : r + h, c0 + dx : c0 + dx + w]
+            u = torch.mul(diff[:, 0], diff[:, 0])
+            for c in range(1, diff.shape[1]):
+                u.addcmul_(diff[:, c], diff[:, c])
+            u = _finish_weight(u, self.passes.scale, a, g).index_select(0, owner)
+            to_plus.addcmul_(d_pairs, u[:, dy : dy + th, x0 : x0 + tw])
+            to_minus.addcmul_(d_pairs, u[:, :th, x0 - dx : x0 - dx + tw])
         for k, (b, ty, tx, lab) in enumerate(pairs):
             self._tile(self.logits_pad, b, ty, tx, lab, grow=2 * r).add_(out[k])
 

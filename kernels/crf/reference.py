@@ -143,17 +143,6 @@ def _finish_weight(wt: Tensor, scale: float, a: float, g: float) -> Tensor:
     return wt
 
 
-def tap_weight(sq: Tensor, scale: float, a: float, g: float) -> Tensor:
-    """One tap's kernel ``(N, 1, h, w)`` from squared colour differences ``sq`` ``(N, C, h, w)``.
-
-    Sums the channels in the order :meth:`_MessagePass._weights` does, so both give identical weights.
-    """
-    wt = sq[:, 0:1].clone() if sq.shape[1] == 1 else torch.add(sq[:, 0:1], sq[:, 1:2])
-    for c in range(2, sq.shape[1]):
-        wt.add_(sq[:, c : c + 1])
-    return _finish_weight(wt, scale, a, g)
-
-
 def _madd(out: Tensor, src: Tensor, weight: Tensor | float) -> None:
     if isinstance(weight, float):
         out.add_(src, alpha=weight)
@@ -170,24 +159,32 @@ def _log_box(box: Tensor | None) -> Tensor | None:
     return None if box is None else box.to(torch.float32).log()
 
 
-def normalise_labels(z: Tensor, log_box: Tensor | None, eps: float, scratch: tuple[Tensor, Tensor] | None = None) -> Tensor:
+def normalise_labels(
+    z: Tensor,
+    log_box: Tensor | None,
+    eps: float,
+    scratch: tuple[Tensor, Tensor] | None = None,
+    logits: Tensor | None = None,
+) -> Tensor:
     """``box * exp(z) / (sum_labels box * exp(z) + eps)`` over dim 1, max-subtracted, in place in ``z``.
 
     ``log_box`` is ``log(box)`` (``-inf`` outside). A pixel whose labels are all boxed out gets ``Q = 0``.
     ``scratch`` holds two ``(B, 1, H, W)`` buffers to reuse; fresh ones are allocated otherwise. (Written
     out rather than ``torch.softmax``: over dim 1 of an NCHW tensor that is ~1.5x slower on CPU and
-    allocates, and fresh multi-megabyte buffers cost page faults every iteration.)
+    allocates, and fresh multi-megabyte buffers cost page faults every iteration.) With ``logits`` given,
+    they are read from there and left unchanged, ``z`` being only the output (one pass fewer than a copy).
     """
+    src = z if logits is None else logits
     if log_box is not None:
-        z.add_(log_box)
+        src = torch.add(src, log_box, out=z)
     m, den = scratch if scratch is not None else (z.new_empty(z[:, :1].shape), z.new_empty(z[:, :1].shape))
-    torch.amax(z, dim=1, keepdim=True, out=m)
+    torch.amax(src, dim=1, keepdim=True, out=m)
     if eps > 0:
         m.clamp_(min=math.log(eps))
     elif log_box is not None:
         m.nan_to_num_(neginf=0.0)  # every label boxed out: exp(-inf) = 0 below, and 0 / 0 is cleared after
     if log_box is None:  # exp2 of a clamped exponent: several times faster than exp, and no denormals
-        z.sub_(m).mul_(LOG2E).clamp_(min=-MAX_EXP2).exp2_()
+        torch.sub(src, m, out=z).mul_(LOG2E).clamp_(min=-MAX_EXP2).exp2_()
     else:  # keep exp(-inf) = 0 outside the box exact
         z.sub_(m).exp_()
     torch.sum(z, dim=1, keepdim=True, out=den)
