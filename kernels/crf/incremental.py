@@ -58,10 +58,8 @@ class IncrementalMeanField:
         batch, channels, height, width = img.shape
         self.params, self.labels, self.eps = params, labels, params.sparse_eps
         self.passes = _MessagePass(img, params)
-        # every tap (both signs) for the per-pair path; reach in pixels
-        self.taps = [(dy, dx, a, g) for dy, dx, a, g in params.offset_weights()
-                     if (a or g) and abs(dy) < height and abs(dx) < width]
-        self.reach = max([max(abs(dy), abs(dx)) for dy, dx, _, _ in self.taps] + [0])
+        # how far a change travels, in pixels: the margin of every tile patch
+        self.reach = max([max(dy, abs(dx)) for dy, dx, _, _ in self.passes.taps.half] + [0])
         th, tw = TILE
         self.grid = (math.ceil(height / th), math.ceil(width / tw))
         self.hp, self.wp = self.grid[0] * th, self.grid[1] * tw
