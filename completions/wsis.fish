@@ -169,6 +169,7 @@ complete -c wsis -n '__wsis_in irnet' -l labels -r -F -d 'COCO file with the ima
 complete -c wsis -n '__wsis_in irnet' -l semantic -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Also write semantic label maps (PNG, category ids) to this folder.'
 complete -c wsis -n '__wsis_in irnet' -l weights -r -f -d 'Frozen backbone: cam (the CAM classifier\'s, via cams.h5), a torchvision weights name, a...'
 complete -c wsis -n '__wsis_in irnet' -l arch -r -f -d 'ResNet when --weights is not cam.'
+complete -c wsis -n '__wsis_in irnet' -l scale -r -f -d 'Upsample images by this (1, 2 or 4) before the backbone, so the branches work at stride 4/scale...'
 complete -c wsis -n '__wsis_in irnet' -l fg-threshold -r -f -d 'Background score against which CAMs are confident foreground.'
 complete -c wsis -n '__wsis_in irnet' -l bg-threshold -r -f -d 'Background score against which CAMs are confident background.'
 complete -c wsis -n '__wsis_in irnet' -l crf-iterations -r -f -d 'CRF iterations.'

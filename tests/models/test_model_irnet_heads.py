@@ -28,6 +28,30 @@ def test_shapes_at_stride_4(model: IRNet, size: tuple[int, int]) -> None:
     assert float(e.min()) >= 0 and float(e.max()) <= 1
 
 
+@pytest.mark.parametrize("size", [(64, 64), (83, 121)])
+def test_scale_2_works_at_stride_2_and_infers_at_stride_4(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    net = IRNet(ResNetFeatures("resnet18", None, last_stride=1), scale=2)
+    h, w = size
+    net.train()
+    edge, disp = net(torch.randn(1, 3, h, w))
+    assert edge.shape == (1, 1, -(-h // 2), -(-w // 2)) and disp.shape == (1, 2, -(-h // 2), -(-w // 2))
+    net.mean_shift.zero_()
+    x = torch.randn(3, h, w)
+    e, d = infer_maps(net, x)
+    assert e.shape == (-(-h // 4), -(-w // 4)) and d.shape == (2, -(-h // 4), -(-w // 4))
+    # pooled back: the boundary is the block max, the displacement the block mean in stride-4 cells
+    net.eval()
+    with torch.no_grad():
+        pad = torch.nn.functional.pad(x, (0, (-w) % 4))
+        e2, d2 = net(torch.stack([pad, pad.flip(-1)]))
+    fine = torch.sigmoid((e2[0, 0] + e2[1, 0].flip(-1)) / 2)
+    assert torch.isclose(e[0, 0], fine[:2, :2].max(), atol=1e-5)
+    assert torch.allclose(d[:, 0, 0], d2[0, :, :2, :2].mean((1, 2)) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="scale"):
+        IRNet(ResNetFeatures("resnet18", None, last_stride=1), scale=3)
+
+
 def test_backbone_frozen_and_mean_shift_only_at_eval(model: IRNet) -> None:
     model.train()
     assert not model.backbone.training

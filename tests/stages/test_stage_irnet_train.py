@@ -55,6 +55,19 @@ def test_flipped_views_keep_labels_on_their_pixels() -> None:
     assert index == 0 and flip in (0, 1)
 
 
+def test_stride_2_views_keep_labels_on_their_pixels() -> None:
+    image = np.zeros((40, 42, 3), np.uint8)  # the grid of a model at scale 2: 2 pixels a cell
+    image[:, :2] = 255
+    labels = np.zeros((20, 21), np.uint8)
+    labels[:, :1] = 1
+    ds = RelationDataset([Sample(1, lambda: image, labels)], (48, 48), seed=0, stride=2)
+    img, lab = ds.view(0, True, None)
+    assert img.shape == (3, 48, 48) and lab.shape == (24, 24)
+    assert lab[0, 20] == 1 and lab[0, 19] == 0 and lab[0, 21] == 255
+    bright = img[0, 0] > 1.0
+    assert bright[40:42].all() and not bright[:40].any()
+
+
 def test_crop_size() -> None:
     assert crop_size([(128, 96)], 512) == (128, 96)
     assert crop_size([(600, 300), (100, 700)], 512) == (512, 512)

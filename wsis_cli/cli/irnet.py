@@ -42,6 +42,10 @@ def irnet(
         help="Frozen backbone: cam (the CAM classifier's, via cams.h5), a torchvision weights name, a "
         "checkpoint file or none.")] = "cam",
     arch: Annotated[str, typer.Option(help="ResNet when --weights is not cam.", rich_help_panel=_TRAIN)] = "resnet50",
+    scale: Annotated[int, typer.Option(
+        help="Upsample images by this (1, 2 or 4) before the backbone, so the branches work at stride 4/scale: "
+        "for small objects (a few stride-4 cells across); costs about scale² the compute.",
+        rich_help_panel=_TRAIN)] = 1,
     fg_threshold: Annotated[float, typer.Option(help="Background score against which CAMs are confident "
                                                 "foreground.", rich_help_panel=_MINE)] = 0.30,
     bg_threshold: Annotated[float, typer.Option(help="Background score against which CAMs are confident "
@@ -106,7 +110,7 @@ def irnet(
 
     try:
         settings = IRNetSettings(
-            weights=weights, arch=arch, fg_threshold=fg_threshold, bg_threshold=bg_threshold,
+            weights=weights, arch=arch, scale=scale, fg_threshold=fg_threshold, bg_threshold=bg_threshold,
             crf_iterations=crf_iterations, epochs=epochs, batch_size=batch_size, crop=crop, edge_lr=edge_lr,
             dp_lr=dp_lr, seed=seed, beta=beta, walk_steps=walk_steps, ins_bg_threshold=ins_bg_threshold,
             sem_bg_threshold=sem_bg_threshold, centroid_threshold=centroid_threshold,

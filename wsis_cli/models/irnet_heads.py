@@ -11,14 +11,23 @@ both branches read its five levels ``x1`` (stem, stride 4), ``x2`` (layer1, 4), 
   stride-4 pixels, minus a stored mean shift at inference.
 
 Upsampled maps are cropped to the finer level's size, so any input size works (``ceil(H/4)`` outputs).
+
+``scale`` (an extension; upstream works at 1): the image is upsampled by this factor before the backbone,
+so the branches work at stride ``4 / scale`` of the image (outputs ``ceil(scale·H/4)``, displacement in
+those finer cells). :func:`infer_maps` pools both maps back to the CAMs' stride-4 grid. On small objects
+(a few stride-4 cells across) the radius-10 training pairs otherwise span several objects, and the maps
+are too coarse to draw a boundary between them.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsis_cli.models.backbones import ResNetFeatures
+
+SCALES = (1, 2, 4)
 
 
 def _block(cin: int, cout: int, groups: int, up: int = 1) -> nn.Sequential:
@@ -76,11 +85,15 @@ class IRNet(nn.Module):
     ``forward(x)`` takes ``(B, 3, H, W)`` normalised images and returns ``(edge_logits (B,1,h,w),
     displacement (B,2,h,w))`` with ``h = ceil(H/4)``; the displacement has the mean shift subtracted
     in eval mode only (training learns it up to a constant). The backbone never trains: it stays in
-    eval mode and its features are computed without gradients.
+    eval mode and its features are computed without gradients. With ``scale > 1`` the images are
+    upsampled by ``scale`` first, so ``h = ceil(scale·H/4)`` (see the module docstring).
     """
 
-    def __init__(self, backbone: ResNetFeatures) -> None:
+    def __init__(self, backbone: ResNetFeatures, scale: int = 1) -> None:
         super().__init__()
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale}")
+        self.scale = scale
         self.backbone = backbone
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -99,6 +112,8 @@ class IRNet(nn.Module):
     def features(self, x: Tensor) -> list[Tensor]:
         with torch.no_grad():
             b = self.backbone
+            if self.scale > 1:
+                x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
             x1 = b.stem(x)
             x2 = b.layer1(x1)
             x3 = b.layer2(x2)
@@ -126,10 +141,24 @@ class IRNet(nn.Module):
 @torch.no_grad()
 def infer_maps(model: IRNet, image: Tensor) -> tuple[Tensor, Tensor]:
     """Upstream ``EdgeDisplacement`` without its 512 crop: one normalised ``(3, H, W)`` image →
-    ``(edge (h, w) probabilities, displacement (2, h, w))``; edge logits averaged over a horizontal flip,
-    displacement from the unflipped pass (minus the mean shift)."""
+    ``(edge (h, w) probabilities, displacement (2, h, w))`` on the stride-4 grid (``h = ceil(H/4)``);
+    edge logits averaged over a horizontal flip, displacement from the unflipped pass (minus the mean
+    shift). A model working at ``scale > 1`` has its maps pooled back to stride 4: the boundary by its max
+    over each ``scale x scale`` block (a thin boundary survives), the displacement by the block mean,
+    divided by ``scale`` into stride-4 cells."""
     model.eval()
+    width = image.shape[-1]
+    if width % 4:
+        # the flipped pass must put its grid cells where the unflipped pass has them: pad to a multiple of 4
+        image = F.pad(image, (0, 4 - width % 4))
     batch = torch.stack([image, image.flip(-1)])
     edge, disp = model(batch)
     logits = (edge[0, 0] + edge[1, 0].flip(-1)) / 2
-    return torch.sigmoid(logits.float()), disp[0].float()
+    prob, disp = torch.sigmoid(logits.float()), disp[0].float()
+    h4, w4 = -(-image.shape[-2] // 4), -(-width // 4)
+    if model.scale == 1:
+        return prob[:h4, :w4], disp[:, :h4, :w4]
+    s = model.scale
+    prob = F.max_pool2d(prob[None, None], s, ceil_mode=True)[0, 0, :h4, :w4]
+    disp = F.avg_pool2d(disp[None], s, ceil_mode=True)[0, :, :h4, :w4] / s
+    return prob, disp

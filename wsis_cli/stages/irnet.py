@@ -38,6 +38,7 @@ class IRNetSettings:
 
     weights: str = FROM_CAM  # "cam" | torchvision weights name | checkpoint file | "none"
     arch: str = "resnet50"  # used unless the backbone comes from the CAM classifier
+    scale: int = 1  # images upsampled by this before the backbone (1, 2 or 4): see models.irnet_heads
     fg_threshold: float = 0.30
     bg_threshold: float = 0.05
     crf_iterations: int = 10
@@ -67,6 +68,8 @@ class IRNetSettings:
                              f"{self.fg_threshold}")
         if self.crop < 16 or self.batch_size < 1 or self.epochs < 0 or self.walk_steps < 0:
             raise ValueError("crop must be >= 16, batch-size >= 1, epochs and walk-steps >= 0")
+        if self.scale not in (1, 2, 4):
+            raise ValueError(f"scale must be 1, 2 or 4, got {self.scale}")
         if not 1 < self.walk_radius <= 16:
             raise ValueError(f"walk-radius must be in (1, 16], got {self.walk_radius}")
         if self.crf_iterations < 0 or self.refine_steps < 0 or self.beta <= 0:
@@ -189,7 +192,7 @@ def load_irnet(path: str) -> Any:
     from wsis_cli.models.irnet_heads import IRNet
 
     obj = read_model(path, STAGE)
-    model = IRNet(ResNetFeatures(obj.get("arch", "resnet50"), None, last_stride=1))
+    model = IRNet(ResNetFeatures(obj.get("arch", "resnet50"), None, last_stride=1), scale=int(obj.get("scale", 1)))
     try:
         model.load_state_dict(obj["model"])
     except RuntimeError as e:
@@ -199,7 +202,7 @@ def load_irnet(path: str) -> Any:
 
 def mine_relations(inputs: Inputs, images: str | None, settings: IRNetSettings, device: torch.device,
                    progress: Any) -> list[Any]:
-    """Relation labels of every image (stride 4), as training samples."""
+    """Relation labels of every image (at the branches' stride, ``4 / scale``), as training samples."""
     from wsis_cli.stages.irnet_relations import relation_labels, strided_labels
     from wsis_cli.stages.irnet_train import Sample
     from wsis_kernels.crf import CRFParams
@@ -212,7 +215,7 @@ def mine_relations(inputs: Inputs, images: str | None, settings: IRNetSettings, 
         cams, _ = image_cams(inputs, image_id)
         full = relation_labels(load(), cams, fg_threshold=settings.fg_threshold,
                                bg_threshold=settings.bg_threshold, params=params, device=device)
-        samples.append(Sample(image_id, load, strided_labels(full)))
+        samples.append(Sample(image_id, load, strided_labels(full, 4 // settings.scale)))
         progress.advance(1)
     progress.finish()
     return samples
@@ -231,7 +234,7 @@ def train_model(inputs: Inputs, settings: IRNetSettings, job: IRNetJob, ctx: Any
         log.info("irnet: %s holds the trained model; predicting with it", run.model_path)
         return load_irnet(str(run.model_path))
     seed_everything(settings.seed)
-    model = IRNet(build_backbone(settings, inputs.reader)).to(ctx.device)
+    model = IRNet(build_backbone(settings, inputs.reader), scale=settings.scale).to(ctx.device)
     if settings.epochs > 0:
         samples = mine_relations(inputs, inputs.images, settings, ctx.device, progress)
     else:  # nothing to learn: only the mean shift is measured
@@ -244,7 +247,7 @@ def train_model(inputs: Inputs, settings: IRNetSettings, job: IRNetJob, ctx: Any
     model.mean_shift.copy_(shift.to(model.mean_shift.device))
     log.info("irnet: displacement mean shift (dy, dx) = (%.3f, %.3f) over %d images", *shift.tolist(), len(samples))
     if ctx.is_main:
-        run.save_model(model.state_dict(), {"arch": model.backbone.arch, "last_stride": 1})
+        run.save_model(model.state_dict(), {"arch": model.backbone.arch, "last_stride": 1, "scale": model.scale})
     ctx.barrier()
     return model
 

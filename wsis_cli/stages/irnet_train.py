@@ -1,8 +1,8 @@
 """Training IRNet's branches on mined relations, and the dataset-wide displacement mean shift.
 
 Each training sample is an image and its relation labels (from :mod:`wsis_cli.stages.irnet_relations`,
-kept at stride 4 so memory stays small), randomly flipped and cropped to a common size on the stride-4
-grid (pad: 0 after normalisation for the image, 255 for the labels). SGD with momentum 0.9 (upstream
+kept at the branches' stride, ``4 / scale`` of the image, so memory stays small), randomly flipped and
+cropped to a common size on that grid (pad: 0 after normalisation for the image, 255 for the labels). SGD with momentum 0.9 (upstream
 passes its momentum in the weight-decay slot, a bug not reproduced here), lr 0.1 for the edge branch and
 1.0 for the displacement branch, weight decay 1e-4, poly decay per step; AMP on GPU; a checkpoint every
 epoch. Under ``torchrun`` the model is wrapped in DDP and the sampler splits the images.
@@ -39,23 +39,24 @@ STRIDE = 4
 
 @dataclass
 class Sample:
-    """One training image: where to read it and its stride-4 relation labels."""
+    """One training image: where to read it and its relation labels at the branches' stride."""
 
     image_id: int
     load: Callable[[], np.ndarray]  # () -> (H, W, 3) uint8 RGB
-    labels: np.ndarray  # (ceil(H/4), ceil(W/4)) uint8
+    labels: np.ndarray  # (ceil(H/s), ceil(W/s)) uint8 with s = 4 / the model's scale
 
 
 class RelationDataset(Dataset):
-    """Flip + crop (on the stride-4 grid) of images and relation labels to ``crop`` pixels.
+    """Flip + crop (on the labels' grid, ``stride`` pixels a cell) of images and relation labels to ``crop`` pixels.
 
-    Items: ``(image (3, crop_h, crop_w) float32 normalised, labels (crop_h/4, crop_w/4) int64)``. The
+    Items: ``(image (3, crop_h, crop_w) float32 normalised, labels (crop_h/s, crop_w/s) int64)``. The
     randomness comes from a generator seeded by ``(seed, epoch, index)``, so an epoch is the same with any
     number of workers and after a resume.
     """
 
-    def __init__(self, samples: Sequence[Sample], crop: tuple[int, int], seed: int) -> None:
+    def __init__(self, samples: Sequence[Sample], crop: tuple[int, int], seed: int, stride: int = STRIDE) -> None:
         self.samples = list(samples)
+        self.stride = stride
         self.crop = crop
         self.seed = seed
         self.epoch = 0
@@ -74,7 +75,7 @@ class RelationDataset(Dataset):
         if not self.load_images:
             s = self.samples[index]
             labels = s.labels[:, ::-1] if flip else s.labels
-            gh, gw = self.crop[0] // STRIDE, self.crop[1] // STRIDE
+            gh, gw = self.crop[0] // self.stride, self.crop[1] // self.stride
             lab = torch.full((gh, gw), IGNORE, dtype=torch.int64)
             lab[: labels.shape[0], : labels.shape[1]] = torch.from_numpy(labels.astype(np.int64))
             return torch.zeros(0), lab, index, int(flip)
@@ -88,18 +89,19 @@ class RelationDataset(Dataset):
         labels = s.labels
         if flip:
             image, labels = image[:, ::-1], labels[:, ::-1]
-            # a flipped image whose width is not a multiple of 4 shifts the stride-4 grid: crop it back
-            extra = (-image.shape[1]) % STRIDE
+            # a flipped image whose width is not a multiple of the stride shifts the grid: pad it back
+            extra = (-image.shape[1]) % self.stride
             if extra:
                 image = np.pad(image, ((0, 0), (extra, 0), (0, 0)))
         ch, cw = self.crop
-        gh, gw = ch // STRIDE, cw // STRIDE
+        st = self.stride
+        gh, gw = ch // st, cw // st
         h4, w4 = labels.shape
         oy = int(rng.integers(0, h4 - gh + 1)) if h4 > gh and rng is not None else 0
         ox = int(rng.integers(0, w4 - gw + 1)) if w4 > gw and rng is not None else 0
         img = torch.zeros(3, ch, cw)
         lab = torch.full((gh, gw), IGNORE, dtype=torch.int64)
-        part = np.ascontiguousarray(image[oy * STRIDE : oy * STRIDE + ch, ox * STRIDE : ox * STRIDE + cw])
+        part = np.ascontiguousarray(image[oy * st : oy * st + ch, ox * st : ox * st + cw])
         ph, pw = part.shape[:2]
         img[:, :ph, :pw] = normalize(torch.from_numpy(part).permute(2, 0, 1)[None])[0]
         lpart = np.ascontiguousarray(labels[oy : oy + gh, ox : ox + gw])
@@ -145,10 +147,10 @@ class FeatureCache:
     @staticmethod
     def fits(model: IRNet, dataset: RelationDataset, max_bytes: int) -> bool:
         s = dataset.samples
-        if any(x.labels.shape[0] * STRIDE > dataset.crop[0] or x.labels.shape[1] * STRIDE > dataset.crop[1]
-               for x in s):
+        cell = dataset.stride
+        if any(x.labels.shape[0] * cell > dataset.crop[0] or x.labels.shape[1] * cell > dataset.crop[1] for x in s):
             return False
-        ch, cw = dataset.crop
+        ch, cw = dataset.crop[0] * model.scale, dataset.crop[1] * model.scale
         channels = [model.backbone.stem[0].out_channels, *model.backbone.channels]
         strides = [4, 4, 8, 16, 16]
         per = sum(c * math.ceil(ch / st) * math.ceil(cw / st) for c, st in zip(channels, strides, strict=True))
@@ -190,8 +192,9 @@ def train(model: IRNet, samples: Sequence[Sample], cfg: TrainConfig, ctx: DistCo
     device = ctx.device
     if cfg.epochs == 0:
         return
-    crop = crop_size([(s.labels.shape[0] * STRIDE, s.labels.shape[1] * STRIDE) for s in samples], cfg.crop)
-    dataset = RelationDataset(samples, crop, cfg.seed)
+    stride = STRIDE // model.scale
+    crop = crop_size([(s.labels.shape[0] * stride, s.labels.shape[1] * stride) for s in samples], cfg.crop)
+    dataset = RelationDataset(samples, crop, cfg.seed, stride)
     sampler = ctx.sampler(dataset, shuffle=True, seed=cfg.seed, drop_last=False)
     per_rank = max(1, cfg.batch_size // ctx.world_size)
     loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers,
