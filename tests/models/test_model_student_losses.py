@@ -124,3 +124,52 @@ def test_projection_mask_loss_without_instances_keeps_gradients() -> None:
     total = sum(out.values())
     total.backward()
     assert total.item() == 0.0 and logits.grad is not None
+
+
+def _disc_scene() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 42² crop: a red disc (radius 10.5) on a blue-grey background with pixel noise, its box-filled
+    coarse mask (the box of the disc) and the disc itself; colours as CIE Lab."""
+    from wsis_cli.stages.student_data import rgb_to_lab
+
+    yy, xx = torch.meshgrid(torch.arange(42.0), torch.arange(42.0), indexing="ij")
+    disc = ((yy - 21) ** 2 + (xx - 21) ** 2) <= 10.5 ** 2
+    noise = torch.randn(42, 42, 3, generator=torch.Generator().manual_seed(0)) * 3
+    rgb = torch.where(disc[..., None], torch.tensor([200.0, 60, 50]), torch.tensor([90.0, 110, 140])) + noise
+    lab = torch.from_numpy(rgb_to_lab(rgb.clamp(0, 255).round().to(torch.uint8).numpy()))
+    return lab, box(42, 42, 10, 32, 10, 32), disc.float()
+
+
+def _total(mask: torch.Tensor, target: torch.Tensor, lab: torch.Tensor) -> float:
+    logits = (mask * 8 - 4)[None]  # confident masks, probabilities 0.018 / 0.982
+    return sum(v.item() for v in projection_mask_loss(logits, target[None], lab[None], 10**6).values())
+
+
+def test_with_context_around_the_box_the_object_is_the_cheapest_mask() -> None:
+    """The loss must prefer the object to its box, to nothing and to everything, on a box-filled target.
+
+    What a crop that is the box itself gets wrong (why the projection student on box-filled labels learns
+    boxes; Mask R-CNN's RoI crops are such crops): with no pixel outside the box in view, the filled box
+    satisfies every term and costs less than the object.
+    """
+    lab, target, disc = _disc_scene()
+    candidates = {"object": disc, "box": target, "empty": torch.zeros_like(disc), "full": torch.ones_like(disc)}
+    with_context = {k: _total(m, target, lab) for k, m in candidates.items()}
+    assert min(with_context, key=with_context.get) == "object"
+    assert with_context["object"] < 0.7 * with_context["box"]
+    crop = slice(10, 32)  # the crop is the box: the degenerate frame torchvision's mask branch would give
+    in_box = {k: _total(m[crop, crop], target[crop, crop], lab[:, crop, crop]) for k, m in candidates.items()}
+    assert in_box["box"] < in_box["object"]
+
+
+def test_pairwise_neighbours_connect_adjacent_pixels() -> None:
+    """At dilation 2 the 3×3 window only links pixels of equal row and column parity, so masks whose
+    alternate columns are on and off cost nothing: the four parity classes are the four taps of Mask
+    R-CNN's stride-2 transposed convolution, which learnt exactly such stripes. Dilation 1 (the default)
+    ties neighbours together."""
+    lab = torch.full((1, 3, 16, 16), 50.0)  # one flat colour: every pair counts
+    stripes = (torch.arange(16) % 2).float().expand(16, 16)
+    logits = (stripes * 8 - 4)[None]
+    target = torch.ones(1, 16, 16)
+    assert ProjectionLossWeights().dilation == 1
+    assert pairwise_loss(logits, lab, target, dilation=2).item() < 0.05
+    assert pairwise_loss(logits, lab, target, dilation=1).item() > 2.0

@@ -118,8 +118,9 @@ class ProjectionMaskLoss:
             if lab is not None:
                 h0, w0 = lab.shape[-2:]
                 scale = props.new_tensor([w0 / w, h0 / h, w0 / w, h0 / h])
-                labs.append(roi_align(lab[None].float(), [props.float() * scale], (m, m), 1.0, sampling_ratio=2,
-                                      aligned=True))
+                # sampled as project_masks_on_boxes samples the target (aligned=False); the adaptive
+                # sampling averages each bin, which also calms pixel noise before the colour comparison
+                labs.append(roi_align(lab[None].float(), [props.float() * scale], (m, m), 1.0))
         target = torch.cat(crops).clamp(0, 1)
         lab_crops = torch.cat(labs) if len(labs) == len(crops) and labs else None
         return projection_mask_loss(logits, target, lab_crops, self.step, self.weights)
