@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,9 @@ from wsis_cli.io import coco
 from wsis_cli.stages import synth
 
 WSIS = [sys.executable, "-m", "wsis_cli"]
+# one intra-op thread: the runs are tiny, and two spin-waiting threads on a busy machine made a 2-step epoch
+# take 7.8 s instead of 0.2 s
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = ["--encoder", "vit_tiny", "--weights", "none", "--encoder-depth", "1", "--crop-size", "32",
         "--decoder-dim", "8", "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--crf-iterations", "3",
         "--min-train-area", "16", "--device", "cpu", "-q"]
@@ -35,7 +39,7 @@ def _bad(data, tmp_path, change):
 def test_train_then_label_from_checkpoint_to_stdout(data, tmp_path):
     out = tmp_path / "masks.json"
     r = subprocess.run([*WSIS, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"), "-o", str(out),
-                        *TINY], capture_output=True, text=True)
+                        *TINY], capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr
     ds = coco.load_dataset(out)
     assert all(a["segmentation"] and a["area"] > 0 for a in ds.annotations)
@@ -43,12 +47,12 @@ def test_train_then_label_from_checkpoint_to_stdout(data, tmp_path):
     assert model.exists() and (tmp_path / "masks.mal-label-run" / "last.pt").exists()
     # a second training run into the same folder is refused (usage error) ...
     r = subprocess.run([*WSIS, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"), "-o", str(out),
-                        *TINY], capture_output=True, text=True)
+                        *TINY], capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and "--resume" in r.stderr
     # ... while --checkpoint only labels, here through a pipe
     r = subprocess.run([*WSIS, "mal-label", "-", "-i", str(data / "images"), "-o", "-", "--checkpoint", str(model),
                         "--device", "cpu", "-q"], input=(data / "boxes.json").read_text(), capture_output=True,
-                       text=True)
+                       text=True, env=ENV)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["annotations"] == json.loads(out.read_text())["annotations"]
 
@@ -64,7 +68,7 @@ def test_bad_boxes_exit_3_with_one_line(data, tmp_path, change, words):
     bad = _bad(data, tmp_path, change)
     out = tmp_path / "o.json"
     r = subprocess.run([*WSIS, "mal-label", str(bad), "-i", str(data / "images"), "-o", str(out), *TINY],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=ENV)
     assert r.returncode == 3, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.json" in lines[0] and "annotations[" in lines[0] and words in lines[0]
@@ -73,12 +77,12 @@ def test_bad_boxes_exit_3_with_one_line(data, tmp_path, change, words):
 
 def test_missing_image_and_bad_checkpoint_exit_3(data, tmp_path):
     r = subprocess.run([*WSIS, "mal-label", str(data / "boxes.json"), "-i", str(tmp_path), "-o",
-                        str(tmp_path / "o.json"), *TINY], capture_output=True, text=True)
+                        str(tmp_path / "o.json"), *TINY], capture_output=True, text=True, env=ENV)
     assert r.returncode == 3 and "not found" in r.stderr
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     r = subprocess.run([*WSIS, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"), "-o",
-                        str(tmp_path / "o.json"), "--checkpoint", str(junk), "-q"], capture_output=True, text=True)
+                        str(tmp_path / "o.json"), "--checkpoint", str(junk), "-q"], capture_output=True, text=True, env=ENV)
     assert r.returncode == 3 and "junk.pt" in r.stderr
 
 
@@ -107,7 +111,7 @@ def test_bad_option_exits_2_before_loading_torch(data, tmp_path):
             "try:\n    main(sys.argv[1:])\n"
             "finally:\n    print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
     r = subprocess.run([sys.executable, "-c", code, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"),
-                        "-o", str(tmp_path / "o.json"), *TINY, "--crop-size", "40"], capture_output=True, text=True)
+                        "-o", str(tmp_path / "o.json"), *TINY, "--crop-size", "40"], capture_output=True, text=True, env=ENV)
     assert r.returncode == 2, r.stderr
     assert "multiple of the encoder stride" in r.stderr and r.stderr.strip().endswith("NO-TORCH")
 
@@ -130,7 +134,7 @@ def test_default_vit_b_16_loads_a_weights_file(data, tmp_path):
             "--decoder-dim", "8", "--epochs", "1", "--batch-size", "4", "--lr", "0", "--crf-iterations", "2",
             "--min-train-area", "16", "--device", "cpu", "-q"]
     r = subprocess.run([*WSIS, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"), "-o", str(out),
-                        *args], capture_output=True, text=True)
+                        *args], capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr
     saved = torch.load(tmp_path / "masks.mal-label-run" / "model.pt", weights_only=False)
     assert saved["spec"]["encoder"] == "vit_b_16"
