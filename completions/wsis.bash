@@ -117,7 +117,7 @@ __wsis_node__completion() {
 # wsis demo
 __wsis_node__demo() {
     case $1 in
-    vopts) __wsis_r=' -o --out -n --num-images --size -k --classes --methods --student-epochs --student-loss --seed ' ;;
+    vopts) __wsis_r=' -o --out -n --num-images --size -k --classes --methods --student-epochs --student-loss -j --student-jobs --seed ' ;;
     complete)
         case $prev in
         -o|--out) __wsis_dirs 0; return ;;
@@ -127,10 +127,11 @@ __wsis_node__demo() {
         --methods) :; return ;;
         --student-epochs) :; return ;;
         --student-loss) :; return ;;
+        -j|--student-jobs) :; return ;;
         --seed) :; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--classes --full --help --methods --no-refine --no-students --num-images --out --quiet --refine --seed --size --student-epochs --student-loss --students --verbose -h -k -n -o -q -v'
+            __wsis_words '--classes --full --help --methods --no-refine --no-students --num-images --out --quiet --refine --seed --size --student-epochs --student-jobs --student-loss --students --verbose -h -j -k -n -o -q -v'
             return
         fi
         ;;

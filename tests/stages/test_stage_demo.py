@@ -69,3 +69,30 @@ def test_every_path_runs_and_refinement_rows_follow(tmp_path):
     assert mal.mean_iou > 0.3  # a trained MAL labels boxes with real masks
     students = [n for n in names if n.startswith("student ←")]
     assert students[0] == "student ← ground truth (upper bound)" and len(students) >= 3
+
+
+def test_job_pool_runs_jobs_in_workers_and_reports_their_time():
+    import math
+    import operator
+
+    from wsis_cli.stages.demo_jobs import JobPool
+
+    for jobs in (1, 2):  # 1: in this process at once; 2: two spawned workers
+        with JobPool(jobs) as pool:
+            a, b = pool.submit(math.prod, [2, 3, 7]), pool.submit(operator.add, 1, 2)
+            bad = pool.submit(operator.truediv, 1, 0) if jobs == 2 else None
+            (ra, ta), (rb, _) = a.get(), b.get()
+            assert (ra, rb) == (42, 3) and ta.wall >= 0 and ta.cpu >= 0
+            if bad is not None:
+                with pytest.raises(ZeroDivisionError):  # a job's error reaches the caller
+                    bad.get()
+
+
+def test_demo_settings_take_their_size_from_one_place():
+    from wsis_cli.stages.demo import FULL_IMAGES, FULL_SIZE
+
+    base = DemoSettings()
+    assert DemoSettings.make() == base
+    full = DemoSettings.make(full=True)
+    assert (full.num_images, (full.height, full.width), full.full) == (FULL_IMAGES, FULL_SIZE, True)
+    assert DemoSettings.make(num_images=5, size=(64, 96)).num_images == 5

@@ -8,6 +8,10 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.common import Quiet, Seed, Verbose, setup
+from wsis_cli.stages.demo import FULL_EPOCHS_FACTOR, FULL_IMAGES, FULL_SIZE, DemoSettings
+
+# the defaults live in DemoSettings (and train_student.DEMO_EPOCHS); the help only shows them
+_D = DemoSettings()
 
 
 def demo(
@@ -17,24 +21,28 @@ def demo(
                      help="Keep every intermediate file in this folder (default: a temporary folder, removed)."),
     ] = None,
     num_images: Annotated[int | None, typer.Option("--num-images", "-n", min=4, show_default=False,
-                                                   help="Synthetic images [default: 24; 64 with --full].")] = None,
+                                                   help=f"Synthetic images (default: {_D.num_images}; {FULL_IMAGES} with "
+                                                   "--full).")] = None,
     size: Annotated[str | None, typer.Option("--size", metavar="HxW", show_default=False,
-                                             help="Image size, height x width [default: 128x128; 192x192 with "
-                                             "--full].")] = None,
-    classes: Annotated[int, typer.Option("--classes", "-k", min=1, max=8, help="Synthetic classes.")] = 3,
+                                             help=f"Image size, height x width (default: {_D.height}x{_D.width}; "
+                                             f"{FULL_SIZE[0]}x{FULL_SIZE[1]} with --full).")] = None,
+    classes: Annotated[int, typer.Option("--classes", "-k", min=1, max=8, help="Synthetic classes.")] = _D.classes,
     methods: Annotated[str, typer.Option("--methods", metavar="KEY,...",
                                          help="Only these paths: box-filled, mal, irnet, freemask (default: all).")] = "",
-    refine: Annotated[bool, typer.Option("--refine/--no-refine", help="Also score each path after refine-crf.")] = True,
+    refine: Annotated[bool, typer.Option("--refine/--no-refine", help="Also score each path after refine-crf.")] = _D.refine,
     students: Annotated[bool, typer.Option("--students/--no-students",
                                            help="Train a student (Mask R-CNN) on each path's labels and on the ground "
-                                           "truth, and report retention of that upper bound.")] = True,
+                                           "truth, and report retention of that upper bound.")] = _D.students,
     student_epochs: Annotated[int | None, typer.Option("--student-epochs", min=1, show_default=False,
-                                                       help="Epochs of each student [default: 16; 48 with --full]."
-                                                       )] = None,
+                                                       help="Epochs of each student (default: the demo student's; "
+                                                       f"{FULL_EPOCHS_FACTOR}x that with --full).")] = None,
     student_loss: Annotated[str, typer.Option("--student-loss", metavar="standard|projection",
-                                              help="The students' mask loss.")] = "standard",
-    full: Annotated[bool, typer.Option("--full", help="More and larger images, students trained 3x longer "
-                                       "(tens of minutes on a CPU).")] = False,
+                                              help="The students' mask loss.")] = _D.student_mask_loss,
+    student_jobs: Annotated[int, typer.Option("--student-jobs", "-j", min=1,
+                                              help="Students trained side by side, one CPU thread each (1: one "
+                                              "after another).")] = _D.student_jobs,
+    full: Annotated[bool, typer.Option("--full", help=f"More and larger images, students trained {FULL_EPOCHS_FACTOR}x "
+                                       "longer (tens of minutes on a CPU).")] = _D.full,
     seed: Seed = 0,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -48,20 +56,13 @@ def demo(
     """
     setup(quiet, verbose)
     from wsis_cli.cli.synth import parse_size
-    from wsis_cli.stages.demo import FULL_IMAGES, FULL_SIZE
 
-    if size is not None:
-        h, w = parse_size(size)
-    else:
-        h, w = FULL_SIZE if full else (128, 128)
-    if num_images is None:
-        num_images = FULL_IMAGES if full else 24
     if student_loss not in ("standard", "projection"):
         raise typer.BadParameter("expected standard or projection", param_hint="--student-loss")
 
     from wsis_cli.cli.tables import render_comparison
     from wsis_cli.io.atomic import work_dir
-    from wsis_cli.stages.demo import DemoSettings, run
+    from wsis_cli.stages.demo import run
 
     keys = tuple(k.strip() for k in methods.split(",") if k.strip())
     from wsis_cli.stages.demo import METHODS
@@ -70,13 +71,15 @@ def demo(
     if unknown:
         raise typer.BadParameter(f"unknown {unknown}; choose from {', '.join(m.key for m in METHODS)}",
                                  param_hint="--methods")
-    settings = DemoSettings(num_images=num_images, height=h, width=w, classes=classes, seed=seed, refine=refine,
-                            students=students, student_epochs=student_epochs,
-                            student_mask_loss=student_loss, methods=keys, full=full)
+    settings = DemoSettings.make(num_images=num_images, size=parse_size(size) if size is not None else None,
+                                 full=full, classes=classes, seed=seed, refine=refine, students=students,
+                                 student_epochs=student_epochs, student_mask_loss=student_loss, methods=keys,
+                                 student_jobs=student_jobs)
     with work_dir(out) as folder:
         rows = run(settings, folder)
         render_comparison([(r.method, r.report) for r in rows],
-                          title=f"wsis demo: {num_images} synthetic {h}x{w} images, {classes} classes")
+                          title=f"wsis demo: {settings.num_images} synthetic {settings.height}x{settings.width} "
+                          f"images, {classes} classes")
         if out is not None:
             from wsis_cli.runtime.log import get_logger
 

@@ -15,15 +15,19 @@ Every stage runs with a CPU-sized configuration from its own module (``demo_*`` 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from wsis_cli.io import coco
 from wsis_cli.io.stdio import write_json
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.stages import baselines, synth
-from wsis_cli.stages.evaluate import EvalReport, EvalSettings, evaluate
+from wsis_cli.stages.demo_jobs import Job, JobPool, JobTime, timed
+
+if TYPE_CHECKING:  # the stages themselves are imported when they run: `wsis demo --help` reads this module
+    from wsis_cli.io import coco
+    from wsis_cli.stages.evaluate import EvalReport
 
 log = get_logger("demo")
 
@@ -43,6 +47,17 @@ class DemoSettings:
     student_mask_loss: str = "standard"
     methods: tuple[str, ...] = ()  # only these methods (by key); empty: all
     full: bool = False  # the bigger, longer set-up (wsis demo --full)
+    student_jobs: int = 2  # students trained side by side, one CPU thread each (1: one after another)
+
+    @classmethod
+    def make(cls, *, num_images: int | None = None, size: tuple[int, int] | None = None, full: bool = False,
+             **rest: object) -> DemoSettings:
+        """Settings whose image count and size, when ``None``, are the default set's (or ``--full``'s)."""
+        base = cls()
+        if num_images is None:
+            num_images = FULL_IMAGES if full else base.num_images
+        height, width = size if size is not None else (FULL_SIZE if full else (base.height, base.width))
+        return cls(num_images=num_images, height=height, width=width, full=full, **rest)  # type: ignore[arg-type]
 
 
 # ``wsis demo --full``: more and larger images (the CLI's defaults then) and students trained longer
@@ -81,6 +96,8 @@ class DemoRow:
 
 
 def _box_filled(data: DemoData, work: Path) -> coco.Dataset:
+    from wsis_cli.stages import baselines
+
     return baselines.box_filled_masks(data.boxes)
 
 
@@ -113,22 +130,56 @@ METHODS: tuple[Method, ...] = (
 
 
 def _refine(labelled: coco.Dataset, data: DemoData, path: Path, out: Path) -> coco.Dataset:
+    from wsis_cli.io import coco
     from wsis_cli.stages import refine_crf
 
     refine_crf.run(refine_crf.RefineSettings(), refine_crf.RefineJob(str(path), str(data.images), str(out)))
     return coco.load_dataset(out)
 
 
-def _student(labels: coco.Dataset, data: DemoData, work: Path, settings: DemoSettings) -> list[dict]:
-    from wsis_cli.stages.train_student import DEMO_EPOCHS, demo_student
+def _student_epochs(settings: DemoSettings) -> int:
+    from wsis_cli.stages.train_student import DEMO_EPOCHS
 
-    epochs = settings.student_epochs if settings.student_epochs is not None else \
-        DEMO_EPOCHS * (FULL_EPOCHS_FACTOR if settings.full else 1)
-    return demo_student(data.images, labels, work, epochs=epochs, mask_loss=settings.student_mask_loss)
+    if settings.student_epochs is not None:
+        return settings.student_epochs
+    return DEMO_EPOCHS * (FULL_EPOCHS_FACTOR if settings.full else 1)
+
+
+def train_student_job(images: Path, labels: coco.Dataset, work: Path, epochs: int, mask_loss: str) -> list[dict]:
+    """One demo student (a :class:`~wsis_cli.stages.demo_jobs.JobPool` job): its COCO results."""
+    from wsis_cli.stages.train_student import demo_student
+
+    return demo_student(images, labels, work, epochs=epochs, mask_loss=mask_loss)
+
+
+class _Clock:
+    """Per-phase wall and CPU seconds of the demo (its own process; pool jobs report their own)."""
+
+    def __init__(self) -> None:
+        self.phases: list[dict[str, object]] = []
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+    def add(self, name: str, t: JobTime, where: str = "main") -> None:
+        self.phases.append({"phase": name, "wall_s": round(t.wall, 2), "cpu_s": round(t.cpu, 2), "process": where})
+        log.info("demo: %s took %.1f s (%.1f s CPU, %s)", name, t.wall, t.cpu, where)
+
+    def run(self, name: str, fn: Callable[..., object], *args: object) -> Any:
+        result, t = timed(fn, *args)
+        self.add(name, t)
+        return result
+
+    def summary(self) -> dict[str, object]:
+        cpu_main = time.process_time() - self.c0
+        cpu_jobs = sum(float(p["cpu_s"]) for p in self.phases if p["process"] != "main")  # type: ignore[arg-type]
+        return {"wall_s": round(time.perf_counter() - self.t0, 2), "cpu_main_s": round(cpu_main, 2),
+                "cpu_jobs_s": round(cpu_jobs, 2), "cpu_total_s": round(cpu_main + cpu_jobs, 2),
+                "phases": self.phases}
 
 
 def _score(data: DemoData, preds: list[dict], agnostic: bool, reference_ap: float | None = None,
            sources: dict | None = None) -> EvalReport:
+    from wsis_cli.stages.evaluate import EvalSettings, evaluate
+
     report = evaluate(data.gt, preds, EvalSettings(iou_type="both", class_agnostic=agnostic,
                                                    reference_ap=reference_ap))
     return replace(report, sources=sources or {})
@@ -136,13 +187,28 @@ def _score(data: DemoData, preds: list[dict], agnostic: bool, reference_ap: floa
 
 def run(settings: DemoSettings, out_dir: Path) -> list[DemoRow]:
     """Generate the data under ``out_dir/data``, run every method (and refine-crf, students), write each
-    output and ``report.json`` into ``out_dir`` and return one evaluated row per result."""
+    output and ``report.json`` into ``out_dir`` and return one evaluated row per result.
+
+    Students train in a :class:`~wsis_cli.stages.demo_jobs.JobPool` of ``student_jobs`` processes while
+    this process goes on labelling: the ground-truth student starts as soon as the data exists, each
+    path's student as soon as its labels do. ``report.json`` records each phase's wall and CPU seconds.
+    """
+    import torch
+
+    from wsis_cli.io import coco
+    from wsis_cli.stages import synth
+
+    methods = [m for m in METHODS if not settings.methods or m.key in settings.methods]
+    unknown = set(settings.methods) - {m.key for m in METHODS}
+    if unknown:
+        raise ValueError(f"unknown demo methods {sorted(unknown)}; choose from {[m.key for m in METHODS]}")
+    clock = _Clock()
     data_dir = out_dir / "data"
     synth_settings = synth.SynthSettings(
         num_images=settings.num_images, height=settings.height, width=settings.width,
         classes=settings.classes, seed=settings.seed, force=True,
     )
-    synth.run(synth_settings, data_dir)
+    clock.run("synth", synth.run, synth_settings, data_dir)
     data = DemoData(
         root=data_dir,
         images=data_dir / "images",
@@ -150,48 +216,63 @@ def run(settings: DemoSettings, out_dir: Path) -> list[DemoRow]:
         boxes=coco.load_dataset(data_dir / "boxes.json"),
         labels=coco.load_dataset(data_dir / "labels.json"),
     )
-    methods = [m for m in METHODS if not settings.methods or m.key in settings.methods]
-    unknown = set(settings.methods) - {m.key for m in METHODS}
-    if unknown:
-        raise ValueError(f"unknown demo methods {sorted(unknown)}; choose from {[m.key for m in METHODS]}")
     rows: list[DemoRow] = []
-    trained_on: list[tuple[str, str, coco.Dataset, bool]] = []  # labels worth a student
+    students: list[tuple[str, str, bool, Job]] = []  # (key, row name, class-agnostic, training job)
+    epochs = _student_epochs(settings)
 
     def add(name: str, supervision: str, output: Path, report: EvalReport) -> None:
         rows.append(DemoRow(name, supervision, output, report))
         log.info("demo: %s: mask AP %.3f, mean IoU %.3f", name, report.mask_ap or 0.0, report.mean_iou or 0.0)
 
-    for method in methods:
-        log.info("demo: %s (from %s)", method.name, method.supervision)
-        work = out_dir / method.key
-        work.mkdir(parents=True, exist_ok=True)
-        labelled = method.label(data, work)
-        output = out_dir / f"{method.key}.json"
-        coco.write_dataset(labelled, output)
-        add(method.name, method.supervision, output,
-            _score(data, labelled.annotations, method.class_agnostic, sources={"pred": str(output)}))
-        best = labelled
-        if settings.refine and method.refine and labelled.annotations:
-            refined_path = out_dir / f"{method.key}.crf.json"
-            best = _refine(labelled, data, output, refined_path)
-            add(f"{method.name} + refine-crf", method.supervision, refined_path,
-                _score(data, best.annotations, method.class_agnostic, sources={"pred": str(refined_path)}))
-        label_name = method.name if best is labelled else f"{method.name} + refine-crf"
-        trained_on.append((method.key, label_name, best, method.class_agnostic))
-    if settings.students:
-        upper_dir = out_dir / "student-gt"
-        upper = _score(data, _student(data.gt, data, upper_dir, settings), False)
-        add("student ← ground truth (upper bound)", "full masks", upper_dir, upper)
-        for key, name, labels, agnostic in trained_on:
-            if not labels.annotations:
-                continue
-            work = out_dir / f"student-{key}"
-            preds = _student(labels, data, work, settings)
-            ref = upper.mask_ap if upper.mask_ap and upper.mask_ap > 0 else None  # retention needs an AP > 0
-            add(f"student ← {name}", "as above", work, _score(data, preds, agnostic, reference_ap=ref))
+    jobs = settings.student_jobs if settings.students else 0
+    threads = torch.get_num_threads()
+    if jobs > 1:  # the students take the other core(s): labelling here must not spin a second thread
+        torch.set_num_threads(1)
+    try:
+        with JobPool(jobs) as pool:
+            def student(key: str, name: str, labels: coco.Dataset, agnostic: bool) -> None:
+                job = pool.submit(train_student_job, data.images, labels, out_dir / f"student-{key}", epochs,
+                                  settings.student_mask_loss)
+                students.append((key, name, agnostic, job))
+
+            if settings.students:
+                student("gt", "ground truth (upper bound)", data.gt, False)
+            for method in methods:
+                log.info("demo: %s (from %s)", method.name, method.supervision)
+                work = out_dir / method.key
+                work.mkdir(parents=True, exist_ok=True)
+                labelled = clock.run(method.key, method.label, data, work)
+                output = out_dir / f"{method.key}.json"
+                coco.write_dataset(labelled, output)
+                add(method.name, method.supervision, output,
+                    _score(data, labelled.annotations, method.class_agnostic, sources={"pred": str(output)}))
+                best = labelled
+                if settings.refine and method.refine and labelled.annotations:
+                    refined_path = out_dir / f"{method.key}.crf.json"
+                    best = clock.run(f"{method.key} refine-crf", _refine, labelled, data, output, refined_path)
+                    add(f"{method.name} + refine-crf", method.supervision, refined_path,
+                        _score(data, best.annotations, method.class_agnostic, sources={"pred": str(refined_path)}))
+                if settings.students and best.annotations:
+                    student(method.key, method.name if best is labelled else f"{method.name} + refine-crf", best,
+                            method.class_agnostic)
+            upper_ap: float | None = None
+            for key, name, agnostic, job in students:
+                preds, t = job.get()
+                clock.add(f"student {key}", t, "main" if jobs <= 1 else "pool")
+                report = _score(data, preds, agnostic, reference_ap=upper_ap if key != "gt" else None)
+                if key == "gt":  # retention needs a bound above zero
+                    upper_ap = report.mask_ap if report.mask_ap and report.mask_ap > 0 else None
+                add(f"student ← {name}", "full masks" if key == "gt" else "as above", out_dir / f"student-{key}",
+                    report)
+    finally:
+        torch.set_num_threads(threads)
+    timing = clock.summary()
+    log.info("demo: %.1f s wall, %.1f s CPU (%.1f s in this process, %.1f s in student jobs)", timing["wall_s"],
+             timing["cpu_total_s"], timing["cpu_main_s"], timing["cpu_jobs_s"])
     write_json({
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
         "rows": [{"method": r.method, "supervision": r.supervision, "output": str(r.output),
                   "report": r.report.to_json()} for r in rows],
+        "timing": timing,
     }, out_dir / "report.json", indent=1)
     return rows
