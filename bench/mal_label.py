@@ -7,10 +7,10 @@ depend on the weights), on a synthetic set; and the share of the time the networ
 Configurations: ``demo`` (ResNet-18 stages 1-2, 64² crops: the CPU demo), ``vit_tiny128`` (vit_tiny,
 128² crops), ``vit_b_16`` (upstream: vit_b_16 at 512², best on a GPU).
 
-Measured on the shared 2-core development machine (load ~11 from other jobs, so an upper bound on the
-time), one thread: ``--images 20 --configs demo --threads 1`` labels 89 boxes at 248 boxes/s, the network
-71% of the time (the demo's encoder is ResNet-18's stem and first stage on 64² crops since the quality
-work of session 3; with stages 1-2 and scale buckets a full run had logged 2.6-11 boxes/s under load).
+Compare ``boxes/cpu s`` (one thread's CPU time) on a shared machine; wall-clock figures swing with the load.
+Session 4, one thread, load 8-10: ``--images 20 --configs demo --threads 1`` labels 89 boxes at 332-384 boxes per
+CPU second (the network 64-74% of the wall time), the same before and after that session's recipe change
+(training only; the labelling network is unchanged). Session 3 had logged 248 boxes/s wall at load ~11.
 """
 
 from __future__ import annotations
