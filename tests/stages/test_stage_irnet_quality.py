@@ -48,7 +48,8 @@ MARGIN = 0.05  # AP50 points IRNet must add over the best baseline
 #   Learnt boundary + oracle displacement gives 0.648 (0.728 with the walk off), oracle boundary + learnt
 #   displacement 0.600: the displacement field is the larger gap now.
 # * tried, no better: scale 4 at 40 steps (0.369, ~8x the cost per step of scale 2), AdamW 1e-3 for 300
-#   steps at scale 1 (0.336), three dilated 3x3 context convolutions in the displacement branch (0.484).
+#   steps at scale 1 (0.336), three dilated 3x3 context convolutions in the displacement branch (0.484),
+#   displacement lr 0.1 instead of 1.0 (0.512: lower end-point error, 2.56, but worse instances).
 GAP = ("IRNet does not yet beat CAM + connected components with heads learnt in 160 CPU steps on a random "
        "backbone: AP50 0.55 at scale 2 (0.25-0.27 at scale 1) vs 0.70 (0.78 with oracle maps)")
 
