@@ -271,8 +271,10 @@ def run(settings: CamSettings, train: TrainSettings, job: CamJob, progress: Any 
 
 def demo_cams(images_dir: Path, labels: coco.Dataset, work: Path) -> Path:
     """Train a small classifier (ResNet-18 from scratch on half-size crops) on the demo's synthetic data
-    and write ``work/cams.h5``; returns its path. For ``wsis demo`` (~40 images of 256²): the recipe of
-    the quality test in tests/stages/test_stage_cam_quality.py, at half the image size."""
+    and write ``work/cams.h5``; returns its path. For ``wsis demo``: the recipe of the quality test in
+    tests/stages/test_stage_cam_quality.py, at half the image size. On the demo's 24 images of 128² a
+    from-scratch classifier memorises the tags and its CAMs do not localise (held-out mAP near chance);
+    no recipe measured within the demo's time budget did better (README, ``wsis demo``)."""
     from wsis_cli.io.stdio import write_json
 
     work.mkdir(parents=True, exist_ok=True)
