@@ -74,6 +74,7 @@ def test_every_path_runs_and_refinement_rows_follow(tmp_path):
 def test_job_pool_runs_jobs_in_workers_and_reports_their_time():
     import math
     import operator
+    import os
 
     from wsis_cli.stages.demo_jobs import JobPool
 
@@ -83,6 +84,8 @@ def test_job_pool_runs_jobs_in_workers_and_reports_their_time():
             bad = pool.submit(operator.truediv, 1, 0) if jobs == 2 else None
             (ra, ta), (rb, _) = a.get(), b.get()
             assert (ra, rb) == (42, 3) and ta.wall >= 0 and ta.cpu >= 0
+            pid, _ = pool.submit(os.getpid).get()
+            assert (pid != os.getpid()) == (jobs == 2)  # 2 jobs really run in worker processes
             if bad is not None:
                 with pytest.raises(ZeroDivisionError):  # a job's error reaches the caller
                     bad.get()
