@@ -118,6 +118,9 @@ def cam(
     Under torchrun: data-parallel training, then each rank writes its shard (join them with `wsis merge`).
     """
     setup(quiet, verbose)
+    # Parse the list options before the stage (torch, torchvision) loads: a typo fails in a blink.
+    scale_values = _floats(scales, "--scales")
+    resize_range = _pair(resize_long, "--resize-long")
     from wsis_cli.io.atomic import check_output_path
 
     check_output_path(out)
@@ -127,12 +130,12 @@ def cam(
     from wsis_cli.stages.cam_train import TrainSettings
 
     try:
-        settings = CamSettings(method=method.value, scales=_floats(scales, "--scales"), flip=not no_flip,
+        settings = CamSettings(method=method.value, scales=scale_values, flip=not no_flip,
                                gradcam_stage=gradcam_stage)
         train = TrainSettings(arch=arch.value, weights=weights, last_stride=last_stride, train_early=train_early,
                               epochs=epochs, batch_size=batch_size, lr=lr, head_lr_mult=head_lr_mult,
                               momentum=momentum, weight_decay=weight_decay,
-                              resize_long=_pair(resize_long, "--resize-long"), crop=crop or None,
+                              resize_long=resize_range, crop=crop or None,
                               val_fraction=val_fraction, val=str(val) if val else None, seed=seed, amp=not no_amp,
                               workers=workers)
     except ValueError as e:
