@@ -219,6 +219,8 @@ complete -c wsis -n '__wsis_in mal-label' -l scale-buckets -d 'Decode small/medi
 complete -c wsis -n '__wsis_in mal-label' -l no-scale-buckets -d 'Decode small/medium/large boxes at crop/32, /16, /8 (as MAL at 512² crops; turn off for small...'
 complete -c wsis -n '__wsis_in mal-label' -l outside -r -f -d 'Crop parts outside the image: wrap (as MAL), reflect or replicate.'
 complete -c wsis -n '__wsis_in mal-label' -l threshold -r -f -d 'Foreground probability that becomes mask.'
+complete -c wsis -n '__wsis_in mal-label' -l exclusive -d 'Give each pixel shared by boxes of one image to the box most confident there (visible instances...'
+complete -c wsis -n '__wsis_in mal-label' -l no-exclusive -d 'Give each pixel shared by boxes of one image to the box most confident there (visible instances...'
 complete -c wsis -n '__wsis_in mal-label' -l predict-with -r -f -d 'Label with the student (as MAL) or the EMA teacher.'
 complete -c wsis -n '__wsis_in mal-label' -l epochs -r -f -d 'Training epochs.'
 complete -c wsis -n '__wsis_in mal-label' -l lr -r -f -d 'Base learning rate (default 1.5e-6 x global batch, as MAL).'

@@ -16,6 +16,7 @@ from wsis_cli.stages import baselines, synth
 from wsis_cli.stages.evaluate import EvalSettings, evaluate
 from wsis_cli.stages.mal_label import DEMO_SETTINGS, MalJob, check_boxes, demo_mal, paste_mask, run
 from wsis_cli.stages.mal_train import build_model
+from wsis_cli.stages.mal_writeback import exclusive_masks, image_records
 
 # the smallest network that runs the whole path: for plumbing tests, not quality
 TINY = replace(DEMO_SETTINGS, crop_size=32, encoder_depth=1, decoder_dim=8, epochs=2, batch_size=4,
@@ -52,6 +53,29 @@ def test_paste_never_empty():
     assert mask.sum() > 0 and mask[3:5, 3:5].all() and mask[0].sum() == 0
     mask, _ = paste_mask(np.zeros((4, 4), np.float32), (0, 0, 8, 8), [1.0, 1.0, 2.0, 2.0], 8, 8, 0.5)
     assert mask.sum() == 4  # nothing at all: the box itself
+
+
+def test_exclusive_pixels_go_to_the_most_confident_box():
+    # box A covers columns 0-5, box B columns 4-9 of one 4x10 image: they share columns 4-5
+    anns = [{"bbox": [0.0, 0.0, 6.0, 4.0]}, {"bbox": [4.0, 0.0, 6.0, 4.0]}]
+    image = {"height": 4, "width": 10}
+    probs = np.zeros((2, 8, 8), np.float32)
+    probs[0] = 0.9  # A: sure everywhere, B: surer in the shared row 0, exactly as sure in row 1
+    probs[1] = 0.8
+    bounds = np.array([[0, 0, 6, 4], [4, 0, 10, 4]])  # windows equal to the boxes: a flat resize
+    probs[1, :2] = 0.95
+    probs[1, 2:4] = 0.9
+    both = image_records(probs, bounds, anns, image, 0.5, exclusive=False)
+    a, b = (rle_utils.decode(r["segmentation"]) for r in both)
+    assert a[:, :6].all() and b[:, 4:].all()  # overlapping
+    a, b = (rle_utils.decode(r["segmentation"]) for r in image_records(probs, bounds, anns, image, 0.5))
+    assert (a & b).sum() == 0 and (a | b)[:, :10].all()
+    assert b[0, 4:6].all() and a[1, 4:6].all() and a[2:, 4:6].all()  # surer wins; a tie goes to the first box
+    # a box that would lose every pixel keeps its own mask
+    regions = [(0, 0, 4, 4), (0, 0, 4, 4)]
+    maps = [np.full((4, 4), 0.9, np.float32), np.full((4, 4), 0.7, np.float32)]
+    kept = exclusive_masks(maps, regions, [m >= 0.5 for m in maps])
+    assert kept[0].all() and kept[1].all()
 
 
 def test_ema_teacher_starts_as_the_student():

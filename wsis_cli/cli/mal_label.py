@@ -66,6 +66,10 @@ def mal_label(
                                          rich_help_panel=_MODEL)] = "wrap",
     threshold: Annotated[float, typer.Option(help="Foreground probability that becomes mask.",
                                              rich_help_panel=_MODEL)] = 0.5,
+    exclusive: Annotated[bool, typer.Option("--exclusive/--no-exclusive", help="Give each pixel shared by "
+                                            "boxes of one image to the box most confident there (visible "
+                                            "instances do not overlap); --no-exclusive keeps overlaps.",
+                                            rich_help_panel=_MODEL)] = True,
     predict_with: Annotated[str, typer.Option(help="Label with the student (as MAL) or the EMA teacher.",
                                               rich_help_panel=_MODEL)] = "student",
     epochs: Epochs = 10,
@@ -127,7 +131,7 @@ def mal_label(
             final_lr=final_lr, mil_weight=mil_weight, crf_weight=crf_weight, mil_warmup=mil_warmup,
             crf_warmup=crf_warmup, ema_momentum=ema_momentum, crf_iterations=crf_iterations, crf_zeta=crf_zeta,
             crf_variant=crf_variant, max_expand=max_expand, outside=outside, min_train_area=min_train_area,
-            threshold=threshold, predict_with=predict_with, seed=seed, amp=not no_amp,
+            threshold=threshold, exclusive=exclusive, predict_with=predict_with, seed=seed, amp=not no_amp,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

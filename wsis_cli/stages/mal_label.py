@@ -3,7 +3,8 @@
 Trains the class-agnostic MAL network on the boxes themselves (:mod:`wsis_cli.stages.mal_train`; or
 loads ``--checkpoint``), then labels every box: the 1.3 x crop around it is decoded, the probability map
 is resized into that window, pasted into the image (clipped at its borders), cut to the box, thresholded
-and written as RLE. Each output annotation keeps the input's ``id``, ``image_id``, ``bbox``,
+and written as RLE; pixels shared by boxes of one image go to the most confident box
+(:mod:`wsis_cli.stages.mal_writeback`, ``--no-exclusive`` keeps overlaps). Each output annotation keeps the input's ``id``, ``image_id``, ``bbox``,
 ``category_id``, ``score`` and other keys; ``area`` is the *mask* area (upstream writes the box area).
 Without an input ``score`` the score is the mask's mean foreground probability, so that AP ranks
 confident masks first.
@@ -28,17 +29,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from wsis_cli.io import coco
-from wsis_cli.io import rle as rle_utils
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.stages.mal_data import RoiImageSet, RoiTrainSet, xywh_to_xyxy
 from wsis_cli.stages.mal_settings import MalJob, MalSettings, ModelSpec
 from wsis_cli.stages.mal_train import build_model, train
+from wsis_cli.stages.mal_writeback import image_records, paste_mask
+
+__all__ = ["DEMO_SETTINGS", "MalJob", "MalSettings", "MalSummary", "check_boxes", "demo_mal", "label_images",
+           "paste_mask", "run", "training_boxes"]
 
 log = get_logger("mal-label")
 STAGE = "mal-label"
@@ -85,51 +88,14 @@ def training_boxes(ds: coco.Dataset, settings: MalSettings) -> list[dict[str, An
     return out
 
 
-# ---------------------------------------------------------------------------------------- write-back
-
-
-def paste_mask(prob: np.ndarray, bounds: tuple[int, int, int, int], bbox: list[float], height: int,
-               width: int, threshold: float) -> tuple[np.ndarray, float]:
-    """Paste a crop's ``(h, w)`` float foreground probability map back into its ``height x width`` image.
-
-    ``bounds`` is the crop window (XYXY ints, may leave the image). The map is resized bilinearly into
-    the window, clipped to the image, limited to the pixels the box touches and thresholded. Returns the
-    ``(H, W)`` uint8 mask (never empty) and its mean probability.
-    """
-    x0, y0, x1, y1 = bounds
-    full = cv2.resize(prob.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    canvas = np.zeros((height, width), dtype=np.float32)
-    canvas[iy0:iy1, ix0:ix1] = full[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
-    inside = rle_utils.box_mask(bbox, height, width).astype(bool)
-    canvas[~inside] = 0.0
-    mask = canvas >= threshold
-    if not mask.any():  # a faint or tiny object: keep the most confident part of its box
-        peak = float(canvas.max())
-        mask = (canvas >= 0.5 * peak) & inside if peak > 0 else inside
-    score = float(canvas[mask].mean()) if mask.any() else 0.0
-    return mask.astype(np.uint8), score
-
-
-def _records(item: dict[str, Any], probs: np.ndarray, anns: list[dict[str, Any]], image: dict[str, Any],
-             threshold: float) -> list[dict[str, Any]]:
-    out = []
-    for k, ann in enumerate(anns):
-        bounds = tuple(int(v) for v in item["bounds"][k].tolist())
-        mask, confidence = paste_mask(probs[k], bounds, ann["bbox"], image["height"], image["width"], threshold)
-        seg = rle_utils.encode(mask)
-        score = float(ann["score"]) if ann.get("score") is not None else confidence
-        out.append({**ann, "segmentation": seg, "area": float(rle_utils.area(seg)), "score": score,
-                    "iscrowd": ann.get("iscrowd", 0)})
-    return out
-
-
 @torch.no_grad()
 def label_images(model: torch.nn.Module, dataset: RoiImageSet, device: torch.device, batch_size: int,
-                 threshold: float, workers: int = 0, amp: bool = True) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+                 threshold: float, workers: int = 0, amp: bool = True,
+                 exclusive: bool = True) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     """Yield ``(image_id, labelled annotations)`` for every image of ``dataset``, in order.
 
-    RoIs of consecutive images are batched together up to ``batch_size``.
+    RoIs of consecutive images are batched together up to ``batch_size``. ``exclusive``: pixels shared by
+    boxes of one image go to the most confident box (:mod:`wsis_cli.stages.mal_writeback`).
     """
     from torch.utils.data import DataLoader
 
@@ -155,7 +121,8 @@ def label_images(model: torch.nn.Module, dataset: RoiImageSet, device: torch.dev
             n = len(it["crops"])
             image_id = it["image_id"]
             anns = dataset.boxes_by_image[image_id]
-            yield image_id, _records(it, flat[start : start + n], anns, dataset.images[image_id], threshold)
+            yield image_id, image_records(flat[start : start + n], it["bounds"].numpy(), anns,
+                                          dataset.images[image_id], threshold, exclusive)
             start += n
         pending.clear()
 
@@ -255,7 +222,8 @@ def run(settings: MalSettings, job: MalJob, progress: Any = None) -> MalSummary:
             progress.start(len(ids), "mal-label: labelling")
             progress.advance(len(ids) - len(todo))
             for image_id, records in label_images(model, dataset, ctx.device, settings.batch_size,
-                                                  settings.threshold, job.workers, settings.amp):
+                                                  settings.threshold, job.workers, settings.amp,
+                                                  settings.exclusive):
                 ckpt.add(image_id, records)
                 summary.boxes += len(records)
                 progress.advance(1)

@@ -136,6 +136,7 @@ class MalSettings:
     outside: str = "wrap"
     min_train_area: float = 2048.0  # boxes smaller than this (pixels²) do not train, but are labelled
     threshold: float = 0.5
+    exclusive: bool = True  # pixels shared by boxes of one image go to the most confident box (mal_writeback)
     predict_with: str = "student"
     seed: int = _TRAIN.seed
     amp: bool = _TRAIN.amp

@@ -1,0 +1,136 @@
+"""Write-back of ``wsis mal-label``: each box's crop-space probability map becomes an image-space mask.
+
+A box's map is resized bilinearly into its crop window and read over the pixels the box touches (as
+:func:`wsis_cli.io.rle.box_mask` fills them, clipped to the image); it is thresholded there, so a mask
+never leaves its box. A mask is never empty: if nothing passes the threshold, the pixels within half of
+the box's peak probability are kept (the whole box if the map is all zero).
+
+**Exclusive pixels** (``exclusive=True``, the default): where boxes of one image overlap, MAL labels
+each box on its own and both masks tend to claim the shared pixels, since the occluder is the most salient
+thing in the occluded object's box too. A visible-instance mask set has no overlap, so each pixel shared
+by several boxes goes to the box whose map is the most confident there (ties to the earlier box); the
+other boxes drop it. A box that would lose every pixel keeps its own thresholded mask. Measured on the
+40 synthetic 256² images of the quality test (demo recipe): of the pixels two masks claimed, the most
+confident box owns 70% (the smaller box 60%, the box the pixel lies deeper in 61%); mean IoU / mask AP
+0.822 / 0.655 → 0.837 / 0.669, and after ``refine-crf`` 0.890 / 0.779 → 0.913 / 0.821. Before it, 41%
+of the boxes had more than 10% of their area covered by other objects, and there the masks' false
+positives on those objects were 30% of the true area (mean IoU 0.74 vs 0.90 for unoccluded boxes).
+Measured and not kept: keeping only the largest connected component (+0.003 AP raw, -0.007 refined),
+filling holes (no change), and a per-box Otsu threshold within the box (-0.014 AP).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from wsis_cli.io import rle as rle_utils
+
+Region = tuple[int, int, int, int]  # x0, y0, x1, y1 integer pixels, x1/y1 exclusive
+
+
+def box_region(bbox: Sequence[float], height: int, width: int) -> Region:
+    """The pixels an XYWH box touches, clipped to the image (the ones :func:`rle.box_mask` fills)."""
+    x, y, w, h = (float(v) for v in bbox)
+    x0, y0 = max(math.floor(x), 0), max(math.floor(y), 0)
+    x1, y1 = min(math.ceil(x + w), width), min(math.ceil(y + h), height)
+    return x0, y0, max(x1, x0), max(y1, y0)
+
+
+def box_probabilities(prob: np.ndarray, bounds: Sequence[int], region: Region) -> np.ndarray:
+    """A crop's ``(h, w)`` map resized bilinearly into its window ``bounds`` (XYXY ints, may leave the
+    image) and read over ``region`` (which lies inside the window) → ``(y1 - y0, x1 - x0)`` float32."""
+    x0, y0, x1, y1 = (int(v) for v in bounds)
+    full = cv2.resize(prob.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    rx0, ry0, rx1, ry1 = region
+    return full[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0]
+
+
+def threshold_mask(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """``prob >= threshold``, or, if that is empty, the pixels within half of the peak (all if it is 0)."""
+    mask = prob >= threshold
+    if not mask.any():  # a faint or tiny object: keep the most confident part of its box
+        peak = float(prob.max()) if prob.size else 0.0
+        mask = prob >= 0.5 * peak if peak > 0 else np.ones_like(mask)
+    return mask
+
+
+def exclusive_masks(probs: Sequence[np.ndarray], regions: Sequence[Region],
+                    masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Give each pixel shared by several boxes to the box with the highest probability there.
+
+    ``probs[k]`` and ``masks[k]`` (bool) cover ``regions[k]``. A pixel stays in mask ``k`` only if no other
+    box whose region holds it has a higher probability (an equal one counts as higher for an earlier
+    box). A mask left empty falls back to ``masks[k]``. Returns new masks; the inputs are not changed.
+    """
+    keep = [np.ones_like(m) for m in masks]
+    boxes = np.asarray(regions, dtype=np.int64).reshape(-1, 4)
+    for k in range(len(masks)):
+        # regions that overlap box k's (vectorised: images may hold hundreds of boxes)
+        lo_x, lo_y = np.maximum(boxes[:, 0], boxes[k, 0]), np.maximum(boxes[:, 1], boxes[k, 1])
+        hi_x, hi_y = np.minimum(boxes[:, 2], boxes[k, 2]), np.minimum(boxes[:, 3], boxes[k, 3])
+        for j in np.nonzero((hi_x > lo_x) & (hi_y > lo_y))[0].tolist():
+            if j == k:
+                continue
+            xs, ys = slice(lo_x[j], hi_x[j]), slice(lo_y[j], hi_y[j])
+            kx0, ky0, jx0, jy0 = boxes[k, 0], boxes[k, 1], boxes[j, 0], boxes[j, 1]
+            pk = probs[k][ys.start - ky0 : ys.stop - ky0, xs.start - kx0 : xs.stop - kx0]
+            pj = probs[j][ys.start - jy0 : ys.stop - jy0, xs.start - jx0 : xs.stop - jx0]
+            lose = pj >= pk if j < k else pj > pk
+            keep[k][ys.start - ky0 : ys.stop - ky0, xs.start - kx0 : xs.stop - kx0] &= ~lose
+    out = []
+    for m, kp in zip(masks, keep, strict=True):
+        mine = m & kp
+        out.append(mine if mine.any() else m)
+    return out
+
+
+def paste_mask(prob: np.ndarray, bounds: tuple[int, int, int, int], bbox: list[float], height: int,
+               width: int, threshold: float) -> tuple[np.ndarray, float]:
+    """One box on its own: its crop's ``(h, w)`` probability map as an ``(height, width)`` uint8 mask.
+
+    ``bounds`` is the crop window (XYXY ints, may leave the image). Returns the mask (never empty, never
+    outside the box) and its mean probability.
+    """
+    region = box_region(bbox, height, width)
+    p = box_probabilities(prob, bounds, region)
+    mask = threshold_mask(p, threshold)
+    return _full_mask(mask, region, height, width), _mean(p, mask)
+
+
+def _full_mask(mask: np.ndarray, region: Region, height: int, width: int) -> np.ndarray:
+    out = np.zeros((height, width), dtype=np.uint8)
+    x0, y0, x1, y1 = region
+    out[y0:y1, x0:x1] = mask
+    return out
+
+
+def _mean(prob: np.ndarray, mask: np.ndarray) -> float:
+    return float(prob[mask].mean()) if mask.any() else 0.0
+
+
+def image_records(probs: np.ndarray, bounds: np.ndarray, anns: list[dict[str, Any]], image: dict[str, Any],
+                  threshold: float, exclusive: bool = True) -> list[dict[str, Any]]:
+    """The labelled annotations of one image: ``probs`` ``(N, h, w)`` crop maps of its ``N`` boxes
+    ``anns`` in crop windows ``bounds`` ``(N, 4)``.
+
+    Each record keeps the input's keys and gets ``segmentation`` (RLE), ``area`` (the mask's) and
+    ``score`` (the input's, or else the mask's mean probability, so that AP ranks confident masks first).
+    """
+    height, width = image["height"], image["width"]
+    regions = [box_region(a["bbox"], height, width) for a in anns]
+    maps = [box_probabilities(probs[k], bounds[k].tolist(), regions[k]) for k in range(len(anns))]
+    masks = [threshold_mask(p, threshold) for p in maps]
+    if exclusive and len(anns) > 1:
+        masks = exclusive_masks(maps, regions, masks)
+    out = []
+    for ann, region, p, mask in zip(anns, regions, maps, masks, strict=True):
+        seg = rle_utils.encode(_full_mask(mask, region, height, width))
+        score = float(ann["score"]) if ann.get("score") is not None else _mean(p, mask)
+        out.append({**ann, "segmentation": seg, "area": float(rle_utils.area(seg)), "score": score,
+                    "iscrowd": ann.get("iscrowd", 0)})
+    return out
