@@ -27,6 +27,11 @@ def data(tmp_path_factory):
     synth.run(synth.SynthSettings(num_images=3, height=64, width=64, seed=2), root)
     return root
 
+# runs the CLI, then says on its last stderr line whether torch was imported
+TORCH_PROBE = ("import sys; from wsis_cli.cli.app import main\n"
+               "try:\n    main(sys.argv[1:])\n"
+               "finally:\n    print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
+
 
 def _bad(data, tmp_path, change):
     ds = json.loads((data / "boxes.json").read_text())
@@ -65,12 +70,15 @@ def test_train_then_label_from_checkpoint_to_stdout(data, tmp_path):
     (lambda anns: anns[0].pop("bbox"), "has no 'bbox'"),
 ])
 def test_bad_boxes_exit_3_with_one_line(data, tmp_path, change, words):
+    """The real process: one line naming the file and record, exit 3, no output, and torch never imported
+    (the boxes are checked before the network stack loads, so this fails at once)."""
     bad = _bad(data, tmp_path, change)
     out = tmp_path / "o.json"
-    r = subprocess.run([*WSIS, "mal-label", str(bad), "-i", str(data / "images"), "-o", str(out), *TINY],
-                       capture_output=True, text=True, env=ENV)
+    r = subprocess.run([sys.executable, "-c", TORCH_PROBE, "mal-label", str(bad), "-i", str(data / "images"), "-o",
+                        str(out), *TINY], capture_output=True, text=True, env=ENV)
     assert r.returncode == 3, r.stderr
-    lines = r.stderr.strip().splitlines()
+    *lines, probe = r.stderr.strip().splitlines()
+    assert probe == "NO-TORCH"
     assert len(lines) == 1 and "bad.json" in lines[0] and "annotations[" in lines[0] and words in lines[0]
     assert not out.exists()
 
@@ -107,10 +115,7 @@ def test_bad_options_exit_2(data, tmp_path, extra):
 
 def test_bad_option_exits_2_before_loading_torch(data, tmp_path):
     """The real process: a bad flag is refused before the network stack is imported (so at once)."""
-    code = ("import sys; from wsis_cli.cli.app import main\n"
-            "try:\n    main(sys.argv[1:])\n"
-            "finally:\n    print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
-    r = subprocess.run([sys.executable, "-c", code, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"),
+    r = subprocess.run([sys.executable, "-c", TORCH_PROBE, "mal-label", str(data / "boxes.json"), "-i", str(data / "images"),
                         "-o", str(tmp_path / "o.json"), *TINY, "--crop-size", "40"], capture_output=True, text=True, env=ENV)
     assert r.returncode == 2, r.stderr
     assert "multiple of the encoder stride" in r.stderr and r.stderr.strip().endswith("NO-TORCH")

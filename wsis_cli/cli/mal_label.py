@@ -144,7 +144,10 @@ def mal_label(
     job = MalJob(boxes=boxes, images=str(images) if images else None, out=out, run=str(run) if run else None,
                  checkpoint=str(checkpoint) if checkpoint else None, resume=resume, device=device,
                  workers=workers, shard=shard)
+    from wsis_cli.stages.mal_inputs import load_boxes
+
+    dataset = load_boxes(boxes)  # a bad box fails here, before torch loads
     from wsis_cli.runtime.progress import make_progress
     from wsis_cli.stages.mal_label import run as run_stage
 
-    run_stage(settings, job, make_progress(quiet))
+    run_stage(settings, job, make_progress(quiet), dataset)

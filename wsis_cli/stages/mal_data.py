@@ -40,19 +40,17 @@ from torch.utils.data import Dataset
 
 from wsis_cli.models.backbones import normalize
 from wsis_cli.models.mal import box_buckets, output_size
+from wsis_cli.stages.mal_inputs import xywh_to_xyxy
 from wsis_cli.stages.mal_settings import OUTSIDE_MODES
+
+__all__ = ["RoiImageSet", "RoiTrainSet", "box_cover", "colour_augment", "crop_bounds", "crop_image", "expand_box",
+           "source_indices", "train_margins", "xywh_to_xyxy"]
 
 Outside = Literal["wrap", "reflect", "replicate"]
 TEST_MARGIN = 0.3  # per side: the inference crop is 1.3 x the box
 
 
 # ------------------------------------------------------------------------------------------ geometry
-
-
-def xywh_to_xyxy(bbox: Sequence[float], height: int, width: int) -> tuple[float, float, float, float]:
-    """XYWH → XYXY clipped to the image (input boxes may overshoot by the 1-pixel tolerance of io.coco)."""
-    x, y, w, h = (float(v) for v in bbox)
-    return max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
 
 
 def expand_box(box: Sequence[float], margins: Sequence[float]) -> tuple[float, float, float, float]:

@@ -35,7 +35,8 @@ import torch
 from wsis_cli.io import coco
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.stages.mal_data import RoiImageSet, RoiTrainSet, xywh_to_xyxy
+from wsis_cli.stages.mal_data import RoiImageSet, RoiTrainSet
+from wsis_cli.stages.mal_inputs import check_boxes, load_boxes
 from wsis_cli.stages.mal_settings import MalJob, MalSettings, ModelSpec
 from wsis_cli.stages.mal_train import build_model, train
 from wsis_cli.stages.mal_writeback import image_records, paste_mask
@@ -62,20 +63,6 @@ class MalSummary:
 
 
 # -------------------------------------------------------------------------------------------- inputs
-
-
-def check_boxes(ds: coco.Dataset) -> None:
-    """Refuse boxes that leave nothing inside the image once clipped (exit 3, naming the record).
-
-    ``io.coco`` already refuses zero/negative sizes and boxes beyond its 1-pixel tolerance.
-    """
-    sizes = {im["id"]: (im["height"], im["width"]) for im in ds.images}
-    for i, a in enumerate(ds.annotations):
-        h, w = sizes[a["image_id"]]
-        x0, y0, x1, y1 = xywh_to_xyxy(a["bbox"], h, w)
-        if x1 <= x0 or y1 <= y0:
-            raise BadInputError(ds.source, f"annotations[{i}] (id {a['id']})",
-                                f"bbox {a['bbox']} lies outside its {w}x{h} image")
 
 
 def training_boxes(ds: coco.Dataset, settings: MalSettings) -> list[dict[str, Any]]:
@@ -180,10 +167,11 @@ def _train(ds: coco.Dataset, settings: MalSettings, job: MalJob, ctx: Any, progr
     return teacher if settings.predict_with == "teacher" else student
 
 
-def run(settings: MalSettings, job: MalJob, progress: Any = None) -> MalSummary:
+def run(settings: MalSettings, job: MalJob, progress: Any = None, boxes: coco.Dataset | None = None) -> MalSummary:
     """Train (or load ``job.checkpoint``), then label every box of this shard's images into ``job.out``.
 
-    With ``job.resume`` both the training run (its ``last.pt``) and the labelling pass (``<out>.partial``)
+    ``boxes``: ``job.boxes`` already read by :func:`wsis_cli.stages.mal_inputs.load_boxes` (the command
+    line checks them before torch loads); read here when ``None``. With ``job.resume`` both the training run (its ``last.pt``) and the labelling pass (``<out>.partial``)
     continue where they stopped.
     """
     from wsis_cli.io.checkpoint import ImageCheckpoint
@@ -194,8 +182,7 @@ def run(settings: MalSettings, job: MalJob, progress: Any = None) -> MalSummary:
 
     progress = progress or NullProgress()
     summary = MalSummary()
-    ds = coco.load_dataset(job.boxes, need="bbox")
-    check_boxes(ds)
+    ds = boxes if boxes is not None else load_boxes(job.boxes)
     seed_everything(settings.seed)
     ctx = init_distributed(job.device)
     try:
