@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .params import CRFParams
-from .reference import _finish_weight, _MessagePass, normalise_labels
+from .reference import _finish_weight, _log_box, _MessagePass, floor_normalise, normalise_labels
 
 TILE = (32, 32)  # rows, columns
 SPARSE_FRACTION = 0.08  # per-pair propagation while at most this fraction of (tile, label) pairs changed
@@ -51,6 +51,14 @@ def _padded(x: Tensor | None, shape: tuple[int, ...], fill: float = 0.0) -> Tens
     return out
 
 
+def _zero_outside(x: Tensor, top: int, left: int, height: int, width: int) -> None:
+    """Zero ``x`` (``(..., H', W')``) outside rows ``[top, top + height)`` and columns ``[left, left + width)``."""
+    x[..., :top, :].zero_()
+    x[..., top + height :, :].zero_()
+    x[..., top : top + height, :left].zero_()
+    x[..., top : top + height, left + width :].zero_()
+
+
 class IncrementalMeanField:
     """The multi-label mean-field loop of :func:`wsis_kernels.mean_field_crf` for ``message="mean_field"``."""
 
@@ -64,30 +72,47 @@ class IncrementalMeanField:
         self.grid = (math.ceil(height / th), math.ceil(width / tw))
         self.hp, self.wp = self.grid[0] * th, self.grid[1] * tw
         r = self.reach
+        # weight maps on the padded canvas, so that the per-tile path can cut its patches out of them
+        self.passes.cache_weights(batch * labels * self.hp * self.wp, r, (self.hp + 2 * r, self.wp + 2 * r))
         self.img_pad = img.new_zeros(batch, channels, self.hp + 2 * r, self.wp + 2 * r)
         self.img_pad[:, :, r : r + height, r : r + width] = img
         self.shape = (batch, labels, height, width)
+        self._bufs: dict[str, Tensor] = {}
 
     @staticmethod
     def applicable(params: CRFParams) -> bool:
         """Only where a tile's neighbourhood stays within the adjacent tiles."""
         return params.message == "mean_field" and params.sparse_eps > 0 and params.radius * params.dilation <= min(TILE)
 
-    def run(self, q: Tensor, unary: Tensor | None, log_box: Tensor | None) -> Tensor:
-        """Iterate from ``q`` (``(B, L, H, W)``, the initial state, overwritten) and return the final state."""
+    def run(self, probs: Tensor, boxes: Tensor | None) -> Tensor:
+        """Iterate from the input ``probs`` (``(B, L, H, W)``; ``boxes`` expanded to L labels or None)."""
         params, r = self.params, self.reach
         batch, labels, height, width = self.shape
-        if params.iterations == 0:
-            return q
         padded = (batch, labels, self.hp, self.wp)
-        used = _padded(q, padded)  # the state the logits were last computed from
-        fresh = torch.zeros_like(used)  # the margin beyond the image stays 0 in every buffer
+        # Three (L, H, W)-sized buffers in all (state used, new state, logits): each fresh one costs its page
+        # faults, about a third of a pass over it, so the unary goes straight into the logits.
+        used = probs.new_empty(padded, dtype=torch.float32)  # the state the logits were last computed from
+        q = used[:, :, :height, :width]
+        floor_normalise(probs, boxes, params.unary_floor, out=q)
+        if params.clamp is not None:
+            q.clamp_(*params.clamp)
+        if params.iterations == 0:
+            return q.contiguous()
+        _zero_outside(used, 0, 0, height, width)  # the margin beyond the image stays 0 in every buffer
+        fresh = torch.empty_like(used)
+        _zero_outside(fresh, 0, 0, height, width)
         # logits = unary + K used, with a margin of r so that a tile's patch never needs clipping
-        logits_pad = q.new_zeros(batch, labels, self.hp + 2 * r, self.wp + 2 * r)
+        logits_pad = used.new_empty(batch, labels, self.hp + 2 * r, self.wp + 2 * r)
+        _zero_outside(logits_pad, r, r, height, width)
         self.logits = logits_pad[:, :, r : r + height, r : r + width]
-        if unary is not None:
-            self.logits.copy_(unary)
-        self.passes.run(self.logits, used[:, :, :height, :width])
+        if params.unary_weight == 0:
+            self.logits.zero_()
+        else:
+            torch.clamp_min(probs.to(torch.float32), params.unary_floor, out=self.logits).log_()
+            if params.unary_weight != 1:
+                self.logits.mul_(params.unary_weight)
+        self.passes.run(self.logits, q)
+        log_box = _log_box(boxes)
         self.logits_pad, self.box_pad = logits_pad, _padded(log_box, padded)
         self.valid = None
         if (height, width) != (self.hp, self.wp):
@@ -103,12 +128,14 @@ class IncrementalMeanField:
                 if not dirty:
                     break  # no logit changed: the state is a fixed point of the update
                 z = self._normalise_tiles(dirty)
-                d_tiles = z.sub_(self._gather(used, dirty))
+                d_tiles = z.sub_(self._gather(used, dirty, "used"))
                 changed = (d_tiles.amax((2, 3)) > self.eps) | (d_tiles.amin((2, 3)) < -self.eps)
                 rows, lab = changed.nonzero(as_tuple=True)
                 if len(rows) <= SPARSE_FRACTION * all_pairs:
                     pairs = [(*dirty[i], j) for i, j in zip(rows.tolist(), lab.tolist(), strict=True)]
-                    d_pairs = d_tiles[rows, lab]
+                    flat = d_tiles.view(-1, *d_tiles.shape[2:])
+                    d_pairs = torch.index_select(flat, 0, rows * labels + lab,
+                                                 out=self._scratch("d_pairs", (len(pairs), *flat.shape[1:])))
             if pairs is None:
                 self._normalise_all(fresh)
                 delta = torch.sub(fresh, used, out=used)  # `used` is rebuilt below (saves a buffer)
@@ -118,13 +145,14 @@ class IncrementalMeanField:
                     used, fresh = fresh, delta
                     dirty = None
                     continue
-                d_pairs = self._gather(delta, pairs) if pairs else None
+                d_pairs = self._gather(delta, pairs, "d_pairs") if pairs else None
                 used = torch.sub(fresh, delta, out=delta)  # the old state again (to within an ulp)
             if not pairs:  # no change above eps: the logits stay, so does every later update
                 dirty = []
                 continue
             # changes no larger than eps stay unpropagated (and out of `used`), pixel by pixel
-            d_pairs = torch.where(d_pairs.abs() > self.eps, d_pairs, 0.0)
+            big = torch.abs(d_pairs, out=self._scratch("big", d_pairs.shape)).gt_(self.eps)
+            d_pairs.mul_(big)
             self._propagate(pairs, d_pairs)
             for k, (b, ty, tx, lab) in enumerate(pairs):
                 self._tile(used, b, ty, tx, lab).add_(d_pairs[k])
@@ -139,10 +167,19 @@ class IncrementalMeanField:
         if self.params.clamp is not None:
             z.clamp_(*self.params.clamp)
 
-    def _gather(self, x: Tensor, tiles: list, **where: int) -> Tensor:
+    def _scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
+        """A buffer kept for the whole run under ``name``: a fresh large tensor pays its page faults on
+        every iteration (about a third of a pass over it), a reused one does not."""
+        n = math.prod(shape)
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < n:
+            buf = self._bufs[name] = torch.empty(n, dtype=dtype, device=self.img_pad.device)
+        return buf[:n].view(shape)
+
+    def _gather(self, x: Tensor, tiles: list, name: str, **where: int) -> Tensor:
         """The tiles of ``x`` copied into one ``(N, ...)`` tensor (copy_ into slices beats torch.stack here)."""
         first = self._tile(x, *tiles[0], **where)
-        out = x.new_empty(len(tiles), *first.shape)
+        out = self._scratch(name, (len(tiles), *first.shape), x.dtype)
         for k, tile in enumerate(tiles):
             out[k].copy_(self._tile(x, *tile, **where))
         return out
@@ -167,13 +204,13 @@ class IncrementalMeanField:
         """The update from the current logits on the dirty tiles, ``(N, L, th, tw)``."""
         params = self.params
         # (copies into one buffer: the tiles are strided views, and this beats indexing a tiled view ~10x)
-        z = self._gather(self.logits_pad, dirty, at=self.reach)
-        log_box = None if self.box_pad is None else self._gather(self.box_pad, dirty)
+        z = self._gather(self.logits_pad, dirty, "z", at=self.reach)
+        log_box = None if self.box_pad is None else self._gather(self.box_pad, dirty, "box")
         normalise_labels(z, log_box, params.norm_eps)  # labels are dim 1 here too
         if params.clamp is not None:
             z.clamp_(*params.clamp)
         if self.valid is not None:  # pixels of the last tiles beyond the image stay 0
-            z.mul_(self._gather(self.valid, [(0, ty, tx) for _, ty, tx in dirty]))
+            z.mul_(self._gather(self.valid, [(0, ty, tx) for _, ty, tx in dirty], "valid"))
         return z
 
     def _propagate(self, pairs: list[tuple[int, int, int, int]], d_pairs: Tensor) -> None:
@@ -182,12 +219,16 @@ class IncrementalMeanField:
         ``pairs`` are tile-major, so the kernel of each tile is computed once for all its labels.
         """
         (th, tw), r = TILE, self.reach
-        tiles = sorted({p[:3] for p in pairs})
-        slot = {tile: i for i, tile in enumerate(tiles)}
-        owner = torch.tensor([slot[p[:3]] for p in pairs], device=d_pairs.device)
-        img = self._gather(self.img_pad, tiles, grow=2 * r)  # (N_t, C, th + 2r, tw + 2r)
-        out = d_pairs.new_zeros(len(pairs), th + 2 * r, tw + 2 * r)
-        taps = self.passes.taps
+        taps, maps = self.passes.taps, self.passes.maps
+        if maps is None:
+            tiles = sorted({p[:3] for p in pairs})
+            slot = {tile: i for i, tile in enumerate(tiles)}
+            owner = torch.tensor([slot[p[:3]] for p in pairs], device=d_pairs.device)
+            img = self._gather(self.img_pad, tiles, "img", grow=2 * r)  # (N_t, C, th + 2r, tw + 2r)
+        else:
+            (nty, ntx), lin = self.grid, [(b * self.grid[0] + ty) * self.grid[1] + tx for b, ty, tx, _ in pairs]
+            index = torch.tensor(lin, device=d_pairs.device)
+        out = self._scratch("out", (len(pairs), th + 2 * r, tw + 2 * r)).zero_()
         if taps.centre:
             out[:, r : r + th, r : r + tw].add_(d_pairs, alpha=taps.centre)
         for dy, dx, a, g in taps.half:
@@ -201,11 +242,20 @@ class IncrementalMeanField:
                 to_minus.add_(d_pairs, alpha=g)
                 continue
             h, w, c0 = th + dy, tw + abs(dx), r + min(0, -dx)
-            diff = img[:, :, r - dy : r - dy + h, c0 : c0 + w] - img[:, :, r : r + h, c0 + dx : c0 + dx + w]
-            u = torch.mul(diff[:, 0], diff[:, 0])
-            for c in range(1, diff.shape[1]):
-                u.addcmul_(diff[:, c], diff[:, c])
-            u = _finish_weight(u, self.passes.scale, a, g).index_select(0, owner)
+            if maps is None:
+                diff = img[:, :, r - dy : r - dy + h, c0 : c0 + w] - img[:, :, r : r + h, c0 + dx : c0 + dx + w]
+                u = torch.mul(diff[:, 0], diff[:, 0])
+                for c in range(1, diff.shape[1]):
+                    u.addcmul_(diff[:, c], diff[:, c])
+                u = _finish_weight(u, self.passes.scale, a, g).index_select(0, owner)
+            else:  # every tile's patch of the cached map (a strided view, copied), then the pairs' ones
+                m = maps[self.passes.slot[(dy, dx)]]
+                rows, cols = m.shape[1:]
+                view = m.as_strided((m.shape[0], nty, ntx, h, w), (rows * cols, th * cols, tw, cols, 1),
+                                    m.storage_offset() + (r - dy) * cols + c0)
+                # (faster than indexing the strided view)
+                patches = self._scratch("patches", view.shape).copy_(view).view(-1, h, w)
+                u = torch.index_select(patches, 0, index, out=self._scratch("u", (len(pairs), h, w)))
             to_plus.addcmul_(d_pairs, u[:, dy : dy + th, x0 : x0 + tw])
             to_minus.addcmul_(d_pairs, u[:, :th, x0 - dx : x0 - dx + tw])
         for k, (b, ty, tx, lab) in enumerate(pairs):
@@ -215,7 +265,7 @@ class IncrementalMeanField:
         """Tiles whose logits the propagated changes reached: the pair's own and, where a change lies
         within ``r`` of a side, the neighbours across that side."""
         (th, tw), r, (nty, ntx) = TILE, self.reach, self.grid
-        moved = d_pairs != 0
+        moved = torch.ne(d_pairs, 0, out=self._scratch("moved", d_pairs.shape, torch.bool))
         rows, cols = moved.any(2), moved.any(1)  # (N, th), (N, tw)
         up, down = rows[:, :r].any(1).tolist(), rows[:, th - r :].any(1).tolist()
         left, right = cols[:, :r].any(1).tolist(), cols[:, tw - r :].any(1).tolist()

@@ -72,6 +72,35 @@ class _MessagePass:
         self.taps = _taps(params, height, width)
         self._diff = torch.empty(batch * channels * height * width, dtype=torch.float32, device=img.device)
         self._w = torch.empty(batch * height * width, dtype=torch.float32, device=img.device)
+        self.maps: Tensor | None = None  # cached weight maps, see cache_weights
+        self.margin, self.slot = 0, {}
+
+    def cache_weights(self, budget: int, margin: int = 0, canvas: tuple[int, int] | None = None) -> bool:
+        """Compute every tap's weight map once, if they take at most ``budget`` floats; True if cached.
+
+        The kernel does not change between iterations, and recomputing a tap's weights costs a fifth of
+        its multiply-adds at 21 labels. Callers pass the size of one label-state buffer as the budget, so
+        memory stays O(L * H * W) (the maps are never more than one more state). ``maps[slot[(dy, dx)]]``
+        is ``(B, H', W')`` (``canvas``, default ``(H, W)``): ``k(p, p + d)`` at ``p + margin`` in both axes,
+        0 where ``p`` or ``p + d`` lies outside the image.
+        """
+        batch, _, height, width = self.shape
+        rows, cols = canvas if canvas is not None else (height, width)
+        bilateral = [tap for tap in self.taps.half if tap[2] != 0.0]
+        if not bilateral or len(bilateral) * batch * rows * cols > budget:
+            return False
+        maps = self.img.new_empty(len(bilateral), batch, rows, cols)
+        for i, (dy, dx, a, g) in enumerate(bilateral):
+            x0, w = margin + max(0, -dx), width - abs(dx)
+            maps[i, :, :margin].zero_()
+            maps[i, :, margin + height - dy :].zero_()
+            maps[i, :, margin : margin + height - dy, :x0].zero_()
+            maps[i, :, margin : margin + height - dy, x0 + w :].zero_()
+            wt = self._weights(0, height - dy, dy, dx, a, g)
+            maps[i, :, margin : margin + height - dy, x0 : x0 + w].copy_(wt[:, 0])
+            self.slot[(dy, dx)] = i
+        self.maps, self.margin = maps, margin
+        return True
 
     def _weights(self, r0: int, r1: int, dy: int, dx: int, a: float, g: float) -> Tensor | float:
         """Kernel between pixels ``(y, x)`` and ``(y + dy, x + dx)`` for rows ``y`` in ``[r0, r1)``.
@@ -80,6 +109,9 @@ class _MessagePass:
         """
         if a == 0.0:
             return g
+        if self.maps is not None:
+            m, x0 = self.margin, self.margin + max(0, -dx)
+            return self.maps[self.slot[(dy, dx)], :, None, m + r0 : m + r1, x0 : x0 + self.shape[3] - abs(dx)]
         batch, channels, _, width = self.shape
         h, w = r1 - r0, width - abs(dx)
         x0, x1 = max(0, -dx), max(0, dx)
@@ -275,8 +307,7 @@ def initial_state(probs: Tensor, box: Tensor | None, params: CRFParams) -> Tenso
     if probs.shape[1] == 1:
         q = probs.clone() if box is None else probs * box
     else:
-        boxes = expand_box(box, probs.shape[1])
-        q = normalise_labels(_log_floor(probs, params.unary_floor), _log_box(boxes), 0.0)
+        q = floor_normalise(probs, expand_box(box, probs.shape[1]), params.unary_floor)
     if params.clamp is not None:
         q.clamp_(*params.clamp)
     return q
@@ -306,7 +337,6 @@ def mean_field_crf_reference(image: Tensor, probs: Tensor, box: Tensor | None, p
         u_bg, u_fg = (None, None) if unary is None else (unary[:, 0:1], unary[:, 1:2])
         return _binary(img, q, u_fg, u_bg, _log_box(box32), params)
     boxes = expand_box(box32, labels)
-    q, unary = _multi_start(probs, boxes, params)
     two_label_fast = (
         labels == 2
         and params.message == "mean_field"
@@ -316,6 +346,7 @@ def mean_field_crf_reference(image: Tensor, probs: Tensor, box: Tensor | None, p
     )
     if two_label_fast:
         # Q_bg = 1 - Q_fg exactly in this mode, so iterate on the foreground alone.
+        q, unary = _multi_start(probs, boxes, params)
         u_bg, u_fg = (None, None) if unary is None else (unary[:, 0:1], unary[:, 1:2])
         log_box_fg = None if boxes is None else _log_box(boxes[:, 1:2])
         p = _binary(img, q[:, 1:2].contiguous(), u_fg, u_bg, log_box_fg, params)
@@ -323,18 +354,30 @@ def mean_field_crf_reference(image: Tensor, probs: Tensor, box: Tensor | None, p
     from .incremental import IncrementalMeanField  # it builds on this module's pieces
 
     if IncrementalMeanField.applicable(params):
-        return IncrementalMeanField(img, params, labels).run(q, unary, _log_box(boxes))
+        return IncrementalMeanField(img, params, labels).run(probs, boxes)
+    q, unary = _multi_start(probs, boxes, params)
     return _multi(img, q, unary, _log_box(boxes), params)
 
 
 def _multi_start(probs: Tensor, boxes: Tensor | None, params: CRFParams) -> tuple[Tensor, Tensor | None]:
-    """:func:`initial_state` and :func:`unary_logits` for ``L >= 2`` sharing one ``log max(P, floor)``."""
-    logp = torch.clamp_min(probs.to(torch.float32), params.unary_floor).log_()
-    unary = None if params.unary_weight == 0 else logp.mul(params.unary_weight)
-    q = normalise_labels(logp, _log_box(boxes), 0.0)
+    """:func:`initial_state` and :func:`unary_logits` for ``L >= 2`` (``boxes`` already expanded)."""
+    q = floor_normalise(probs, boxes, params.unary_floor)
     if params.clamp is not None:
         q.clamp_(*params.clamp)
-    return q, unary
+    return q, unary_logits(probs, params)
+
+
+def floor_normalise(probs: Tensor, boxes: Tensor | None, floor: float, out: Tensor | None = None) -> Tensor:
+    """``Q_0 = box * max(P, floor) / sum_labels(box * max(P, floor))``, 0 where every label is boxed out.
+
+    This is :func:`normalise_labels` of ``log max(P, floor) + log box`` without the log and the exp (the
+    softmax of a log is the normalised argument), so it costs a few passes fewer.
+    """
+    x = torch.clamp_min(probs.to(torch.float32), floor, out=out)
+    if boxes is not None:
+        x.mul_(boxes)
+    x.div_(x.sum(dim=1, keepdim=True))
+    return x if boxes is None else x.nan_to_num_(nan=0.0)
 
 
 def crf_labels_reference(probs: Tensor, threshold: float = 0.5) -> Tensor:
