@@ -19,7 +19,10 @@ With many labels and ``sparse_eps > 0`` (the default), :func:`mean_field_crf_ref
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +55,41 @@ def _taps(params: CRFParams, height: int, width: int) -> _Taps:
 def exponent_scale(params: CRFParams) -> float:
     """``log2(e) / (2 theta_beta^2)``: turns ``sum_c (I_i - I_j)^2`` into the base-2 exponent."""
     return params.colour_scale**2 * LOG2E
+
+
+HUGE_PAGE = 2 * 1024 * 1024
+
+
+def _load_madvise() -> Callable[[int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):  # not Linux/glibc: plain allocations
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+_MADVISE = _load_madvise() if sys.platform.startswith("linux") else None
+_MADV_HUGEPAGE = 14
+
+
+def large_empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """An uninitialised float32 tensor on ``like``'s device, backed by huge pages where Linux allows it.
+
+    The state-sized buffers of a 21-label 512x512 run are 22 MB each, and a fresh one costs ~10 ms of
+    page faults on first touch (4 KiB pages), a third of a message pass; asking for 2 MiB pages
+    (``madvise(MADV_HUGEPAGE)``, as PyTorch's ``THP_MEM_ALLOC_ENABLE`` does for every allocation) cuts
+    that to ~2 ms. Only a hint: where transparent huge pages are off, nothing changes.
+    """
+    out = torch.empty(shape, dtype=torch.float32, device=like.device)
+    if _MADVISE is not None and out.device.type == "cpu" and out.numel() * 4 >= 2 * HUGE_PAGE:
+        start, end = out.data_ptr(), out.data_ptr() + out.numel() * 4
+        first, last = -(-start // HUGE_PAGE) * HUGE_PAGE, end // HUGE_PAGE * HUGE_PAGE
+        if last > first:
+            _MADVISE(first, last - first, _MADV_HUGEPAGE)
+    return out
 
 
 BAND_BYTES = 4 * 1024 * 1024  # message rows per band for many labels: msg + src bands stay cache-resident
@@ -89,7 +127,7 @@ class _MessagePass:
         bilateral = [tap for tap in self.taps.half if tap[2] != 0.0]
         if not bilateral or len(bilateral) * batch * rows * cols > budget:
             return False
-        maps = self.img.new_empty(len(bilateral), batch, rows, cols)
+        maps = large_empty((len(bilateral), batch, rows, cols), self.img)
         for i, (dy, dx, a, g) in enumerate(bilateral):
             x0, w = margin + max(0, -dx), width - abs(dx)
             maps[i, :, :margin].zero_()
