@@ -85,11 +85,9 @@ class IncrementalMeanField:
         # faults, about a third of a pass over it, so the unary goes straight into the logits.
         used = large_empty(padded, probs)  # the state the logits were last computed from
         q = used[:, :, :height, :width]
-        floor_normalise(probs, boxes, params.unary_floor, out=q)
-        if params.clamp is not None:
-            q.clamp_(*params.clamp)
         if params.iterations == 0:
-            return q.contiguous()
+            floor_normalise(probs, boxes, params.unary_floor, out=q)
+            return q.clamp_(*params.clamp).contiguous() if params.clamp is not None else q.contiguous()
         _zero_outside(used, 0, 0, height, width)  # the margin beyond the image stays 0 in every buffer
         fresh = large_empty(padded, used)
         _zero_outside(fresh, 0, 0, height, width)
@@ -97,12 +95,19 @@ class IncrementalMeanField:
         logits_pad = large_empty((batch, labels, self.hp + 2 * r, self.wp + 2 * r), used)
         _zero_outside(logits_pad, r, r, height, width)
         self.logits = logits_pad[:, :, r : r + height, r : r + width]
-        if params.unary_weight == 0:
-            self.logits.zero_()
-        else:
-            torch.clamp_min(probs.to(torch.float32), params.unary_floor, out=self.logits).log_()
-            if params.unary_weight != 1:
-                self.logits.mul_(params.unary_weight)
+        for y0 in range(0, height, TILE[0]):  # a row of tiles at a time: the passes over it stay in cache
+            rows = slice(y0, min(height, y0 + TILE[0]))
+            band = None if boxes is None else boxes[:, :, rows]
+            floor_normalise(probs[:, :, rows], band, params.unary_floor, out=q[:, :, rows])
+            if params.clamp is not None:
+                q[:, :, rows].clamp_(*params.clamp)
+            unary = self.logits[:, :, rows]
+            if params.unary_weight == 0:
+                unary.zero_()
+            else:
+                torch.clamp_min(probs[:, :, rows].to(torch.float32), params.unary_floor, out=unary).log_()
+                if params.unary_weight != 1:
+                    unary.mul_(params.unary_weight)
         self.passes.run(self.logits, q)
         log_box = _log_box(boxes)
         self.logits_pad, self.box_pad = logits_pad, _padded(log_box, padded)

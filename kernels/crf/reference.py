@@ -108,8 +108,8 @@ class _MessagePass:
         self.img, self.shape = img, (batch, channels, height, width)
         self.scale = exponent_scale(params)
         self.taps = _taps(params, height, width)
-        self._diff = torch.empty(batch * channels * height * width, dtype=torch.float32, device=img.device)
-        self._w = torch.empty(batch * height * width, dtype=torch.float32, device=img.device)
+        self._diff = large_empty((batch * channels * height * width,), img)
+        self._w = large_empty((batch * height * width,), img)
         self.maps: Tensor | None = None  # cached weight maps, see cache_weights
         self.margin, self.slot = 0, {}
 
@@ -128,26 +128,24 @@ class _MessagePass:
         if not bilateral or len(bilateral) * batch * rows * cols > budget:
             return False
         maps = large_empty((len(bilateral), batch, rows, cols), self.img)
+        maps.zero_()  # (the strips outside each map's region touch nearly every page anyway)
         for i, (dy, dx, a, g) in enumerate(bilateral):
             x0, w = margin + max(0, -dx), width - abs(dx)
-            maps[i, :, :margin].zero_()
-            maps[i, :, margin + height - dy :].zero_()
-            maps[i, :, margin : margin + height - dy, :x0].zero_()
-            maps[i, :, margin : margin + height - dy, x0 + w :].zero_()
-            wt = self._weights(0, height - dy, dy, dx, a, g)
-            maps[i, :, margin : margin + height - dy, x0 : x0 + w].copy_(wt[:, 0])
+            self._weights(0, height - dy, dy, dx, a, g, out=maps[i, :, None, margin : margin + height - dy, x0 : x0 + w])
             self.slot[(dy, dx)] = i
         self.maps, self.margin = maps, margin
         return True
 
-    def _weights(self, r0: int, r1: int, dy: int, dx: int, a: float, g: float) -> Tensor | float:
+    def _weights(self, r0: int, r1: int, dy: int, dx: int, a: float, g: float, out: Tensor | None = None
+                 ) -> Tensor | float:
         """Kernel between pixels ``(y, x)`` and ``(y + dy, x + dx)`` for rows ``y`` in ``[r0, r1)``.
 
-        Returns ``(B, 1, r1 - r0, W - |dx|)`` over the columns where both exist, or the constant ``g``.
+        Returns ``(B, 1, r1 - r0, W - |dx|)`` over the columns where both exist (in ``out`` if given), or the
+        constant ``g``.
         """
         if a == 0.0:
             return g
-        if self.maps is not None:
+        if self.maps is not None and out is None:
             m, x0 = self.margin, self.margin + max(0, -dx)
             return self.maps[self.slot[(dy, dx)], :, None, m + r0 : m + r1, x0 : x0 + self.shape[3] - abs(dx)]
         batch, channels, _, width = self.shape
@@ -156,7 +154,7 @@ class _MessagePass:
         diff = self._diff[: batch * channels * h * w].view(batch, channels, h, w)
         torch.sub(self.img[:, :, r0:r1, x0 : x0 + w], self.img[:, :, r0 + dy : r1 + dy, x1 : x1 + w], out=diff)
         diff.mul_(diff)
-        wt = self._w[: batch * h * w].view(batch, 1, h, w)
+        wt = self._w[: batch * h * w].view(batch, 1, h, w) if out is None else out
         if channels == 1:
             wt.copy_(diff)
         else:
