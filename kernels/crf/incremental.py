@@ -65,7 +65,9 @@ class IncrementalMeanField:
         self.hp, self.wp = self.grid[0] * th, self.grid[1] * tw
         r = self.reach
         # weight maps on the padded canvas, so that the per-tile path can cut its patches out of them
-        self.passes.cache_weights(batch * labels * self.hp * self.wp, r, (self.hp + 2 * r, self.wp + 2 * r))
+        self.budget = batch * labels * self.hp * self.wp  # cached weights never take more than one state
+        self.passes.cache_weights(self.budget, r, (self.hp + 2 * r, self.wp + 2 * r))
+        self.tiled: Tensor | None = None  # see _tiled_maps
         self.img_pad = img.new_zeros(batch, channels, self.hp + 2 * r, self.wp + 2 * r)
         self.img_pad[:, :, r : r + height, r : r + width] = img
         self.shape = (batch, labels, height, width)
@@ -232,8 +234,12 @@ class IncrementalMeanField:
         ``pairs`` are tile-major, so the kernel of each tile is computed once for all its labels.
         """
         (th, tw), r = TILE, self.reach
-        taps, maps = self.passes.taps, self.passes.maps
-        if maps is None:
+        taps, tiled = self.passes.taps, self._tiled_maps()
+        maps = self.passes.maps
+        if tiled is not None:
+            (nty, ntx), lin = self.grid, [(b * self.grid[0] + ty) * self.grid[1] + tx for b, ty, tx, _ in pairs]
+            index = torch.tensor(lin, device=d_pairs.device)
+        elif maps is None:
             tiles = sorted({p[:3] for p in pairs})
             slot = {tile: i for i, tile in enumerate(tiles)}
             owner = torch.tensor([slot[p[:3]] for p in pairs], device=d_pairs.device)
@@ -255,7 +261,11 @@ class IncrementalMeanField:
                 to_minus.add_(d_pairs, alpha=g)
                 continue
             h, w, c0 = th + dy, tw + abs(dx), r + min(0, -dx)
-            if maps is None:
+            if tiled is not None:  # the pairs' tiles, grown by r, then the part this tap needs
+                grown = self._scratch("u", (len(pairs), th + 2 * r, tw + 2 * r))
+                u = torch.index_select(tiled[self.passes.slot[(dy, dx)]], 0, index, out=grown)
+                u = u[:, r - dy : r + th, c0 : c0 + w]
+            elif maps is None:
                 diff = img[:, :, r - dy : r - dy + h, c0 : c0 + w] - img[:, :, r : r + h, c0 + dx : c0 + dx + w]
                 u = torch.mul(diff[:, 0], diff[:, 0])
                 for c in range(1, diff.shape[1]):
@@ -273,6 +283,28 @@ class IncrementalMeanField:
             to_minus.addcmul_(d_pairs, u[:, :th, x0 - dx : x0 - dx + tw])
         for k, (b, ty, tx, lab) in enumerate(pairs):
             self._tile(self.logits_pad, b, ty, tx, lab, grow=2 * r).add_(out[k])
+
+    def _tiled_maps(self) -> Tensor | None:
+        """The cached weight maps cut into tiles grown by ``r``: ``(T, B * nty * ntx, th + 2r, tw + 2r)``.
+
+        Made on the first per-tile step, if it fits the budget: cutting a tap's patches out of the
+        whole-image map costs a strided copy per tap and step (most of a step), an index_select of
+        contiguous tiles almost nothing. The whole-image maps are dropped then (a later banded pass
+        recomputes its weights).
+        """
+        maps = self.passes.maps
+        if self.tiled is not None or maps is None:
+            return self.tiled
+        (th, tw), r, (nty, ntx) = TILE, self.reach, self.grid
+        taps, batch, rows, cols = maps.shape
+        shape = (taps, batch, nty, ntx, th + 2 * r, tw + 2 * r)
+        if math.prod(shape) > self.budget:
+            return None
+        strides = (batch * rows * cols, rows * cols, th * cols, tw, cols, 1)
+        tiled = large_empty(shape, maps).copy_(maps.as_strided(shape, strides, maps.storage_offset()))
+        self.tiled = tiled.view(taps, batch * nty * ntx, th + 2 * r, tw + 2 * r)
+        self.passes.maps = None
+        return self.tiled
 
     def _neighbour_tiles(self, pairs: list[tuple[int, int, int, int]], d_pairs: Tensor) -> list[tuple[int, int, int]]:
         """Tiles whose logits the propagated changes reached: the pair's own and, where a change lies
