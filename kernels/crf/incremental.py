@@ -32,6 +32,7 @@ from .reference import _finish_weight, _log_box, _MessagePass, floor_normalise, 
 TILE = (32, 32)  # rows, columns
 SPARSE_FRACTION = 0.08  # per-pair propagation while at most this fraction of (tile, label) pairs changed
 DENSE_NORMALISE = 0.5  # renormalise the whole image when more than this fraction of its tiles is dirty
+CACHE_STATES = 2  # the weight cache may take as much memory as this many (B, L, H, W) states
 
 
 def _padded(x: Tensor | None, shape: tuple[int, ...], fill: float = 0.0) -> Tensor | None:
@@ -65,7 +66,7 @@ class IncrementalMeanField:
         self.hp, self.wp = self.grid[0] * th, self.grid[1] * tw
         r = self.reach
         # weight maps on the padded canvas, so that the per-tile path can cut its patches out of them
-        self.budget = batch * labels * self.hp * self.wp  # cached weights never take more than one state
+        self.budget = CACHE_STATES * batch * labels * self.hp * self.wp  # floats of cached weights at most
         self.passes.cache_weights(self.budget, r, (self.hp + 2 * r, self.wp + 2 * r))
         self.tiled: Tensor | None = None  # see _tiled_maps
         self.img_pad = img.new_zeros(batch, channels, self.hp + 2 * r, self.wp + 2 * r)

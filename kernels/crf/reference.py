@@ -119,11 +119,11 @@ class _MessagePass:
     def cache_weights(self, budget: int, margin: int = 0, canvas: tuple[int, int] | None = None) -> bool:
         """Compute every tap's weight map once, if they take at most ``budget`` floats; True if cached.
 
-        The kernel does not change between iterations, and recomputing a tap's weights costs a fifth of
-        its multiply-adds at 21 labels. Callers pass the size of one label-state buffer as the budget, so
-        memory stays O(L * H * W) (the maps are never more than one more state). ``maps[slot[(dy, dx)]]``
-        is ``(B, H', W')`` (``canvas``, default ``(H, W)``): ``k(p, p + d)`` at ``p + margin`` in both axes,
-        0 where ``p`` or ``p + d`` lies outside the image.
+        The kernel does not change between iterations, and recomputing a tap's weights costs about a fifth
+        of its multiply-adds at 21 labels. Callers size the budget in label states (the incremental loop
+        allows two), so memory stays O(L * H * W). ``maps[slot[(dy, dx)]]`` is ``(B, H', W')``
+        (``canvas``, default ``(H, W)``): ``k(p, p + d)`` at ``p + margin`` in both axes, 0 where ``p`` or
+        ``p + d`` lies outside the image.
         """
         batch, _, height, width = self.shape
         rows, cols = canvas if canvas is not None else (height, width)
