@@ -4,6 +4,8 @@ A real CAM peaks on the most discriminative part of each object, spills over its
 the border between two touching objects of one class; these maps do the same: per instance a blurred
 mask weighted towards its interior, the max over the instances of a class, normalised to 1, at stride 4.
 
+``touching_subset`` keeps the images where two instances of one class touch, the case IRNet exists for.
+
 ``oracle_maps`` gives what IRNet's two branches are trained to predict, from the ground truth: the
 displacement field to each instance's centroid and a one-cell *class* boundary (none between touching
 instances of one class: the relations IRNet learns from are class labels). Fed to the instance synthesis
@@ -102,3 +104,27 @@ def instances_of(gt: coco.Dataset, image: dict[str, Any]) -> list[tuple[int, np.
     h, w = image["height"], image["width"]
     return [(a["category_id"], rle.decode(rle.to_compressed(a["segmentation"], h, w)).astype(bool))
             for a in gt.annotations_by_image().get(image["id"], [])]
+
+
+def touches_same_class(instances: list[tuple[int, np.ndarray]], gap: int = 2) -> bool:
+    """Whether two instances of one class touch (their masks come within ``gap`` pixels)."""
+    kernel = np.ones((2 * gap + 1, 2 * gap + 1), np.uint8)
+    for i, (ci, mi) in enumerate(instances):
+        near = cv2.dilate(mi.astype(np.uint8), kernel) > 0
+        if any(cj == ci and (near & mj).any() for cj, mj in instances[i + 1 :]):
+            return True
+    return False
+
+
+def touching_subset(gt_path: str | Path, keep: int) -> coco.Dataset:
+    """The first ``keep`` images of ``gt_path`` where same-class instances touch, rewritten in place (the
+    images folder is unchanged). On ``synth`` sets with 2 classes and 2-5 instances about 40% of the
+    images qualify (and 44% of the instances touch one of their class), so a pool of 2.5x ``keep``."""
+    gt = coco.load_dataset(gt_path)
+    chosen = [im for im in gt.images if touches_same_class(instances_of(gt, im))][:keep]
+    if len(chosen) < keep:
+        raise ValueError(f"only {len(chosen)} of {len(gt.images)} images have touching same-class instances")
+    ids = {im["id"] for im in chosen}
+    sub = coco.Dataset(chosen, [a for a in gt.annotations if a["image_id"] in ids], gt.categories, {}, gt.source)
+    coco.write_dataset(sub, str(gt_path))
+    return coco.load_dataset(gt_path)
