@@ -7,6 +7,10 @@ depend on the weights), on a synthetic set; and the share of the time the networ
 Configurations: ``demo`` (ResNet-18 stages 1-2, 64² crops: the CPU demo), ``vit_tiny128`` (vit_tiny,
 128² crops), ``vit_b_16`` (upstream: vit_b_16 at 512², best on a GPU).
 
+Each configuration is labelled with the network channels-last (``cl``, the default since session 5) and
+contiguous (``nchw``), and ``--train-steps N`` also times N training forward/backward passes (student with
+gradient + teacher without, batch ``--train-batch``) in both memory formats, interleaved.
+
 Compare ``boxes/cpu s`` (one thread's CPU time) on a shared machine; wall-clock figures swing with the load.
 Session 4, one thread, load 8-10: ``--images 20 --configs demo --threads 1`` labels 89 boxes at 332-384 boxes per
 CPU second (the network 64-74% of the wall time), the same before and after that session's recipe change
@@ -43,6 +47,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--train-steps", type=int, default=0)
+    ap.add_argument("--train-batch", type=int, default=4)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,7 +61,7 @@ def main() -> None:
         by_image = ds.annotations_by_image()
         # CPU seconds (one thread) are what to compare on a shared machine; wall seconds only when idle
         print(f"{'config':<14}{'boxes':>7}{'seconds':>9}{'boxes/s':>9}{'cpu s':>8}{'boxes/cpu s':>13}{'net share':>11}")
-        for name in args.configs.split(","):
+        for name, fmt in [(c, f) for c in args.configs.split(",") for f in ("cl", "nchw")]:
             s = CONFIGS[name]
             model = build_model(s.model_spec(), "none").to(device).eval()
             net_time = 0.0
@@ -73,9 +79,39 @@ def main() -> None:
             model.forward = timed  # type: ignore[method-assign]
             roi = RoiImageSet(ids, by_image, ds.image_index, str(root / "images"), ds.source, s.crop_size)
             t0, c0 = time.perf_counter(), time.process_time()
-            n = sum(len(r) for _, r in label_images(model, roi, device, args.batch_size, s.threshold))
+            n = sum(len(r) for _, r in label_images(model, roi, device, args.batch_size, s.threshold,
+                                                    channels_last=fmt == "cl"))
             sec, cpu = time.perf_counter() - t0, time.process_time() - c0
-            print(f"{name:<14}{n:>7}{sec:>9.2f}{n / sec:>9.1f}{cpu:>8.2f}{n / cpu:>13.1f}{net_time / sec:>10.0%}")
+            print(f"{name + ' ' + fmt:<14}{n:>7}{sec:>9.2f}{n / sec:>9.1f}{cpu:>8.2f}{n / cpu:>13.1f}{net_time / sec:>10.0%}")
+
+        if args.train_steps:
+            train_steps(args, device)
+
+
+def train_steps(args: argparse.Namespace, device: torch.device) -> None:
+    """CPU seconds per training forward/backward (student + no-grad teacher), both memory formats interleaved."""
+    print(f"{'config':<14}{'format':>7}{'ms/step (cpu)':>15}")
+    for name in args.configs.split(","):
+        s = CONFIGS[name]
+        cost = {"cl": 0.0, "nchw": 0.0}
+        nets = {}
+        for fmt in cost:
+            torch.manual_seed(0)
+            memory = torch.channels_last if fmt == "cl" else torch.contiguous_format
+            nets[fmt] = (build_model(s.model_spec(), "none").to(device, memory_format=memory), memory)
+        x = torch.rand(args.train_batch, 3, s.crop_size, s.crop_size, device=device)
+        buckets = torch.zeros(args.train_batch, dtype=torch.long, device=device)
+        for step in range(args.train_steps + 2):
+            for fmt, (net, memory) in nets.items():
+                c0 = time.process_time()
+                xs = x.to(memory_format=memory)
+                net(xs, buckets).sum().backward()
+                with torch.no_grad():
+                    net(xs, buckets)
+                if step >= 2:  # the first two warm up
+                    cost[fmt] += time.process_time() - c0
+        for fmt, c in cost.items():
+            print(f"{name:<14}{fmt:>7}{1e3 * c / args.train_steps:>15.1f}")
 
 
 if __name__ == "__main__":
