@@ -34,7 +34,9 @@ import argparse
 import dataclasses
 import math
 import os
+import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -73,8 +75,16 @@ def _smooth_noise(g: torch.Generator, channels: int, grid: int, size: int) -> to
                          align_corners=False)
 
 
-def make_scene(size: int, labels: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Image ``(1, 3, S, S)`` in [0, 1], ground truth ``(S, S)`` int64, noisy probabilities ``(1, L, S, S)``."""
+def make_scene(size: int, labels: int, seed: int = 0, peaked: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Image ``(1, 3, S, S)`` in [0, 1], ground truth ``(S, S)`` int64, noisy probabilities ``(1, L, S, S)``.
+
+    The default scene's probabilities are flat: the top label's median probability is about 0.4 and every
+    absent label keeps ~0.03 everywhere, with spurious spots of any of the L labels. ``peaked`` is closer
+    to a segmentation network's softmax: logits 8x (not 3x) the degraded one-hot, so the top label's median
+    probability is ~0.99 and absent labels sit near 1e-4, and the spots only confuse labels present in the
+    scene. Same image, ground truth and degradation.
+    """
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
                             indexing="ij")
@@ -109,10 +119,14 @@ def make_scene(size: int, labels: int, seed: int = 0) -> tuple[torch.Tensor, tor
     pick = (_smooth_noise(g, 1, 5, size) > 0.5).float()
     degraded = pick * grow + (1 - pick) * shrink
     spots = (_smooth_noise(g, 1, 48, size) > 0.82).float()
-    spot_label = F.one_hot(torch.randint(0, labels, (size, size), generator=g), labels).permute(2, 0, 1)[None]
+    pick_label = torch.randint(0, labels, (size, size), generator=g)
+    if peaked:
+        present = torch.unique(gt)
+        pick_label = present[pick_label % len(present)]
+    spot_label = F.one_hot(pick_label, labels).permute(2, 0, 1)[None]
     degraded = (1 - spots) * degraded + spots * spot_label.float()
     soft = F.avg_pool2d(degraded, 5, 1, 2, count_include_pad=False)
-    logits = 3.0 * soft + 0.5 * torch.randn(soft.shape, generator=g)
+    logits = (8.0 if peaked else 3.0) * soft + 0.5 * torch.randn(soft.shape, generator=g)
     return image.contiguous(), gt, torch.softmax(logits, dim=1)
 
 
@@ -187,8 +201,26 @@ class Case:
     note: str = ""
 
 
+CPU_TIME = False  # --cpu-time: time.process_time instead of wall time (fairer under load, with --threads 1)
+
+
+def _cpu_time_call(fn: Callable[[], Any], repeat: int, budget_s: float = 60.0) -> Timing:
+    """Median and best process CPU time of ``fn`` over up to ``repeat`` runs, after one warm-up call."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeat and (not times or time.perf_counter() - start < budget_s):
+        t0 = time.process_time()
+        fn()
+        times.append(time.process_time() - t0)
+    return Timing(statistics.median(times), min(times), len(times))
+
+
 def _measure(fn: Callable[[], torch.Tensor], device: torch.device, repeat: int) -> tuple[Timing, float | None, Any]:
-    timing = time_call(fn, device, repeat=repeat)
+    if CPU_TIME and device.type == "cpu":
+        timing = _cpu_time_call(fn, repeat)
+    else:
+        timing = time_call(fn, device, repeat=repeat)
     mem = peak_memory(fn, device)
     return timing, mem, fn()
 
@@ -208,9 +240,9 @@ def _densecrf_call(image: torch.Tensor, probs: torch.Tensor, iterations: int) ->
 
 
 def bench_labels(size: int, labels: int, iter_counts: list[int], windows: list[tuple[int, int]], repeat: int,
-                 device: torch.device, scenes: int) -> tuple[list[float], list[Case]]:
+                 device: torch.device, scenes: int, peaked: bool = False) -> tuple[list[float], list[Case]]:
     """Time and memory on scene 0; IoU gain averaged over ``scenes`` scenes (seeds 0, 1, ...)."""
-    data = [make_scene(size, labels, seed) for seed in range(scenes)]
+    data = [make_scene(size, labels, seed, peaked) for seed in range(scenes)]
     bases = [mean_iou(probs.argmax(1)[0], gt, labels) for _, gt, probs in data]
     image_d, probs_d = data[0][0].to(device), data[0][2].to(device)
 
@@ -295,9 +327,11 @@ def _floor_line(size: int, labels: int, k: int, iters: int, t: Timing) -> str:
 
 
 def run(size: int, label_counts: list[int], iter_counts: list[int], windows: list[tuple[int, int]], repeat: int,
-        device: torch.device, scenes: int) -> None:
-    print(f"# CRF benchmark: {size}x{size} synthetic scene, {describe_machine(device)}")
-    print("# time: median (and best) wall time over repeated calls in this run; the ratios use medians")
+        device: torch.device, scenes: int, peaked: bool = False) -> None:
+    kind = "peaked (segmentation-like)" if peaked else "noisy, flat"
+    print(f"# CRF benchmark: {size}x{size} synthetic scene ({kind} probabilities), {describe_machine(device)}")
+    clock = "process CPU time" if CPU_TIME else "wall time"
+    print(f"# time: median (and best) {clock} over repeated calls in this run; the ratios use medians")
     print("# peak MiB: CPU = rise of the peak resident set during one call, all allocations (see bench/_common.py);")
     print("#   CUDA = torch.cuda.max_memory_allocated rise")
     print("# IoU gain: IoU (2 labels) or mean IoU over present labels (21) after refinement minus before,")
@@ -308,7 +342,7 @@ def run(size: int, label_counts: list[int], iter_counts: list[int], windows: lis
         print("# pydensecrf: not importable (optional extra 'bench': uv sync --extra bench --inexact); skipped")
     print()
     for labels in label_counts:
-        bases, cases = bench_labels(size, labels, iter_counts, windows, repeat, device, scenes)
+        bases, cases = bench_labels(size, labels, iter_counts, windows, repeat, device, scenes, peaked)
         report(labels, bases, cases)
 
 
@@ -318,13 +352,20 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--scenes", type=int, default=None, help="scenes averaged for quality (default 3, quick 1)")
+    parser.add_argument("--scene", choices=("noisy", "peaked"), default="noisy",
+                        help="noisy: flat probabilities (default); peaked: segmentation-like (see make_scene)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with process CPU time, not wall time (CPU only; fairer on a loaded machine with "
+                             "--threads 1, pydensecrf being single-threaded)")
     parser.add_argument("--labels", default=None, help="label counts, comma-separated (default 2,21)")
     parser.add_argument("--iters", default=None, help="iteration counts, comma-separated (default 5,10; quick 5)")
     parser.add_argument("--windows", default=None,
                         help="windows as k:dilation, comma-separated (default 3:1,7:1,11:1,3:3,5:2; quick 3:1,5:2)")
     args = parser.parse_args()
+    global CPU_TIME
+    CPU_TIME = args.cpu_time
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -333,9 +374,11 @@ def main() -> None:
     default_windows = "3:1,5:2" if args.quick else "3:1,7:1,11:1,3:3,5:2"
     windows = [tuple(int(v) for v in w.split(":")) for w in (args.windows or default_windows).split(",")]
     if args.quick:
-        run(args.size or 256, labels, iters, windows, args.repeat or 2, device, args.scenes or 1)  # type: ignore[arg-type]
+        run(args.size or 256, labels, iters, windows, args.repeat or 2, device, args.scenes or 1,  # type: ignore[arg-type]
+            args.scene == "peaked")
     else:
-        run(args.size or 512, labels, iters, windows, args.repeat or 5, device, args.scenes or 3)  # type: ignore[arg-type]
+        run(args.size or 512, labels, iters, windows, args.repeat or 5, device, args.scenes or 3,  # type: ignore[arg-type]
+            args.scene == "peaked")
 
 
 if __name__ == "__main__":
