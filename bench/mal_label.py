@@ -12,6 +12,18 @@ Each configuration is labelled with the network channels-last (``cl``, the defau
 contiguous (``nchw``), and ``--train-steps N`` also times N training forward/backward passes (student with
 gradient + teacher without, batch ``--train-batch``) in both memory formats, interleaved.
 
+``--quality SEEDS`` (e.g. ``0,1,2``) instead trains each configuration with each training seed on ``--images``
+synthetic images of ``--size`` (the quality test's set: 40 of 256) and prints mean instance IoU / mask AP of
+its labels, raw and after ``refine-crf``, with the CPU seconds of train + label, then the means per
+configuration and their ratios to the first configuration's (run them in the same process, the same load):
+
+    uv run python bench/mal_label.py --quality 0,1,2 --images 40 --size 256 --configs demo,demo_s4 --threads 1
+
+Session 5 (scratch runs of the same protocol, load 4-7): ``demo`` 0.850 / 0.692 raw, 0.926 / 0.849 refined;
+``demo_s4`` at session 4 (contiguous convolutions) 0.806 / 0.624 and 0.880 / 0.764, the same CPU within noise
+(0.99x and 1.07x in two interleaved runs). Here ``demo_s4`` trains channels-last too, so its CPU is lower than
+it was in session 4.
+
 Compare ``boxes/cpu s`` (one thread's CPU time) on a shared machine; wall-clock figures swing with the load.
 Session 5, one thread, load 5-6, ``--images 20 --configs demo,demo_s4 --threads 1 --train-steps 40``,
 two runs: the demo recipe labels 721 / 513 boxes per CPU second against 390 / 277 for session 4's (1.85x in both
@@ -55,10 +67,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--train-steps", type=int, default=0)
     ap.add_argument("--train-batch", type=int, default=4)
+    ap.add_argument("--quality", default="", help="training seeds, e.g. 0,1,2: compare label quality instead")
+    ap.add_argument("--size", type=int, default=256, help="--quality: image side")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.quality:
+        quality(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "d"
         synth.run(synth.SynthSettings(num_images=args.images, seed=0), root)
@@ -118,6 +135,44 @@ def train_steps(args: argparse.Namespace, device: torch.device) -> None:
                     cost[fmt] += time.process_time() - c0
         for fmt, c in cost.items():
             print(f"{name:<14}{fmt:>7}{1e3 * c / args.train_steps:>15.1f}")
+
+
+def quality(args: argparse.Namespace) -> None:
+    """Label quality (raw and refined) and CPU seconds per configuration and training seed."""
+    from wsis_cli.stages import refine_crf
+    from wsis_cli.stages.evaluate import EvalSettings, evaluate
+    from wsis_cli.stages.mal_label import MalJob, run
+
+    seeds = [int(v) for v in args.quality.split(",")]
+    names = args.configs.split(",")
+    segm = EvalSettings(iou_type="segm")
+    rows: dict[str, list[tuple[float, ...]]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "d"
+        synth.run(synth.SynthSettings(num_images=args.images, height=args.size, width=args.size, seed=0), root)
+        gt = coco.load_dataset(root / "gt.json")
+        print(f"{'config':<12}{'seed':>5}{'mIoU':>8}{'AP':>8}{'ref mIoU':>10}{'ref AP':>8}{'cpu s':>8}")
+        for seed in seeds:
+            for name in names:
+                work = Path(tmp) / f"{name}-{seed}"
+                c0 = time.process_time()
+                run(replace(CONFIGS[name], seed=seed), MalJob(boxes=str(root / "boxes.json"), images=str(root / "images"),
+                                                             out=str(work / "m.json"), run=str(work / "run"),
+                                                             device=args.device))
+                cpu = time.process_time() - c0
+                refine_crf.run(refine_crf.RefineSettings(), refine_crf.RefineJob(
+                    str(work / "m.json"), str(root / "images"), str(work / "r.json"), device=args.device))
+                raw = evaluate(gt, coco.load_dataset(work / "m.json").annotations, segm)
+                ref = evaluate(gt, coco.load_dataset(work / "r.json").annotations, segm)
+                row = (raw.mean_iou, raw.mask_ap, ref.mean_iou, ref.mask_ap, cpu)
+                rows[name].append(row)
+                print(f"{name:<12}{seed:>5}" + "".join(f"{v:>{w}.3f}" for v, w in zip(row[:4], (8, 8, 10, 8), strict=True))
+                      + f"{cpu:>8.1f}", flush=True)
+    means = {n: [sum(col) / len(col) for col in zip(*r, strict=True)] for n, r in rows.items()}
+    first = means[names[0]]
+    for name, m in means.items():
+        print(f"{name:<12} mean {m[0]:.3f} / {m[1]:.3f}, refined {m[2]:.3f} / {m[3]:.3f}, {m[4]:.1f} s CPU "
+              f"({m[4] / first[4]:.2f}x {names[0]})")
 
 
 if __name__ == "__main__":
