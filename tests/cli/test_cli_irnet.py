@@ -37,12 +37,14 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_writes_a_coco_dataset_and_its_run(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "pseudo.json"
     r = wsis("irnet", str(data / "cams.h5"), "-i", str(data / "data" / "images"), "-o", str(out), *FAST,
-             cwd=tmp_path)
+             "--train-radius", "7", "--basin-threshold", "0.5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     ds = json.loads(out.read_text())
     assert [im["id"] for im in ds["images"]] == [1, 2]
     assert all("score" in a and "segmentation" in a for a in ds["annotations"])
     assert (tmp_path / "pseudo.irnet-run" / "model.pt").is_file()
+    settings = json.loads((tmp_path / "pseudo.irnet-run" / "run.json").read_text())["settings"]
+    assert settings["train_radius"] == 7 and settings["basin_threshold"] == 0.5
     r = wsis("irnet", str(data / "cams.h5"), "-i", str(data / "data" / "images"), "-o", "-", "--checkpoint",
              str(tmp_path / "pseudo.irnet-run" / "model.pt"), "--walk-steps", "8", "-q", "--device", "cpu",
              cwd=tmp_path)

@@ -7,6 +7,7 @@ import torch
 
 from wsis_cli.stages.irnet_relations import (
     IGNORE,
+    cam_basins,
     label_unary,
     relation_labels,
     strided_labels,
@@ -50,3 +51,22 @@ def test_strided_labels_take_cell_centres() -> None:
     s = strided_labels(full)
     assert s.shape == (3, 3)
     assert s[0, 0] == full[2, 2] and s[2, 2] == full[9, 8]
+
+
+def test_cam_basins_split_touching_instances_at_their_peaks() -> None:
+    h, w = 32, 64
+    yy, xx = np.mgrid[0:h, 0:w]
+    left, right = np.hypot(yy - 16, xx - 18), np.hypot(yy - 16, xx - 42)
+    labels = np.zeros((h, w), np.uint8)
+    labels[(left < 15) | (right < 15)] = 1  # two overlapping discs of one class: one confident region
+    labels[0, 0] = IGNORE
+    cam = np.maximum(np.clip(1 - left / 15, 0, 1), np.clip(1 - right / 15, 0, 1)).astype(np.float32)
+    cams = cam[1::4, 1::4][None]
+    basins = cam_basins(labels, cams, 0.5)
+    assert basins.dtype == np.int32 and basins.shape == (h, w)
+    assert (basins[labels != 1] == 0).all()
+    a, b = basins[16, 18], basins[16, 42]
+    assert a > 0 and b > 0 and a != b
+    assert (basins[(left < 9) & (labels == 1)] == a).all() and (basins[(right < 9) & (labels == 1)] == b).all()
+    one = cam_basins(labels, cams, 0.05)  # one seed region: the class is one basin
+    assert len(np.unique(one[labels == 1])) == 1

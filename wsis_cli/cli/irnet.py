@@ -51,6 +51,10 @@ def irnet(
     bg_threshold: Annotated[float, typer.Option(help="Background score against which CAMs are confident "
                                                 "background.", rich_help_panel=_MINE)] = 0.05,
     crf_iterations: Annotated[int, typer.Option(min=0, help="CRF iterations.", rich_help_panel=_MINE)] = 10,
+    basin_threshold: Annotated[float, typer.Option(
+        help="Split each class's confident foreground at its CAM peaks (parts above this score) and leave pairs "
+        "across two peaks out of the displacement loss, so touching instances of one class are not taught to "
+        "share a centroid; 0: off, the paper's class-level pairs.", rich_help_panel=_MINE)] = 0.0,
     epochs: Epochs = 3,
     batch_size: BatchSize = 32,
     crop: Annotated[int, typer.Option(min=16, help="Training crop side, pixels.", rich_help_panel=_TRAIN)] = 512,
@@ -58,6 +62,9 @@ def irnet(
                                            rich_help_panel=_TRAIN)] = 0.1,
     dp_lr: Annotated[float, typer.Option(min=0.0, help="Displacement branch learning rate.",
                                          rich_help_panel=_TRAIN)] = 1.0,
+    train_radius: Annotated[float, typer.Option(
+        help="Radius of the training pairs, in cells of the branches' grid (stride 4/scale); the paper's 10. "
+        "Smaller suits small objects.", rich_help_panel=_TRAIN)] = 10.0,
     beta: Annotated[float, typer.Option(help="Affinity exponent of the random walk.", rich_help_panel=_INFER)] = 10.0,
     walk_steps: Annotated[int, typer.Option(min=0, help="Random-walk steps.", rich_help_panel=_INFER)] = 256,
     ins_bg_threshold: Annotated[float, typer.Option(help="Background score of instance synthesis.",
@@ -112,7 +119,7 @@ def irnet(
         settings = IRNetSettings(
             weights=weights, arch=arch, scale=scale, fg_threshold=fg_threshold, bg_threshold=bg_threshold,
             crf_iterations=crf_iterations, epochs=epochs, batch_size=batch_size, crop=crop, edge_lr=edge_lr,
-            dp_lr=dp_lr, seed=seed, beta=beta, walk_steps=walk_steps, ins_bg_threshold=ins_bg_threshold,
+            dp_lr=dp_lr, train_radius=train_radius, basin_threshold=basin_threshold, seed=seed, beta=beta, walk_steps=walk_steps, ins_bg_threshold=ins_bg_threshold,
             sem_bg_threshold=sem_bg_threshold, centroid_threshold=centroid_threshold,
             centroid_divergence=centroid_divergence, separate_instances=separate_instances, min_score=min_score,
             amp=not no_amp,

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from wsis_cli.models.irnet_paths import affinity_labels, direction_tensor, edge_to_affinity, pair_displacement
+from wsis_cli.models.irnet_paths import (
+    affinity_labels,
+    direction_tensor,
+    edge_to_affinity,
+    pair_displacement,
+    same_region_pairs,
+)
 
 TRAIN_RADIUS = 10
 EPS = 1e-5
@@ -44,12 +50,15 @@ class PairLosses:
             "total": float(self.total.detach())}
 
 
-def irnet_losses(edge_logits: Tensor, disp: Tensor, labels: Tensor, radius: float = TRAIN_RADIUS) -> PairLosses:
+def irnet_losses(edge_logits: Tensor, disp: Tensor, labels: Tensor, radius: float = TRAIN_RADIUS,
+                 regions: Tensor | None = None) -> PairLosses:
     """The paper's losses for one batch.
 
     Args:
         edge_logits: ``(B, 1, h, w)`` boundary logits; disp: ``(B, 2, h, w)`` displacement (dy, dx).
         labels: ``(B, h, w)`` int64 relation labels at the same stride (0 bg, 1.. classes, 255 ignore).
+        regions: optional ``(B, h, w)`` int64 map splitting the foreground into CAM basins: a foreground
+            pair whose ends lie in different basins does not count for the displacement loss.
     """
     bg_pos, fg_pos, neg = affinity_labels(labels, radius)
     aff = edge_to_affinity(torch.sigmoid(edge_logits.float()), radius)
@@ -61,6 +70,7 @@ def irnet_losses(edge_logits: Tensor, disp: Tensor, labels: Tensor, radius: floa
     pair = pair_displacement(disp.float(), radius)  # (B, 2, D, hs, ws)
     fg_err = (pair - direction_tensor(radius, disp.device)).abs().sum(1)
     bg_err = pair.abs().sum(1)
-    dp_fg = (fg_err * fg_pos).sum() / (2 * fg_pos.sum() + EPS)
+    dp_pos = fg_pos if regions is None else fg_pos * same_region_pairs(regions, radius)
+    dp_fg = (fg_err * dp_pos).sum() / (2 * dp_pos.sum() + EPS)
     dp_bg = (bg_err * bg_pos).sum() / (2 * bg_pos.sum() + EPS)
     return PairLosses(pos_bg, pos_fg, neg_l, dp_fg, dp_bg)

@@ -117,3 +117,14 @@ def affinity_labels(labels: Tensor, radius: float, ignore: int = 255) -> tuple[T
     fg_pos = (same & (src != 0)).float()
     neg = (valid & (src != dst)).float()
     return bg_pos, fg_pos, neg
+
+
+def same_region_pairs(regions: Tensor, radius: float) -> Tensor:
+    """``(B, D, H - f, W - 2f)`` float32 in {0, 1}: both ends of the pair carry the same region id.
+
+    Args:
+        regions: ``(B, H, W)`` integer region map at the affinity grid's stride.
+    """
+    src = _window(regions, 0, 0, radius).unsqueeze(1)
+    dst = torch.stack([_window(regions, dy, dx, radius) for dy, dx in search_directions(radius)], 1)
+    return (src == dst).float()

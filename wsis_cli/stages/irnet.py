@@ -42,6 +42,8 @@ class IRNetSettings:
     fg_threshold: float = 0.30
     bg_threshold: float = 0.05
     crf_iterations: int = 10
+    basin_threshold: float = 0.0  # > 0: CAM-peak basins split the displacement pairs (irnet_relations.cam_basins)
+    train_radius: float = 10.0  # pairs of the training losses, in cells of the branches' grid (the paper's 10)
     epochs: int = 3
     batch_size: int = 32
     crop: int = 512
@@ -72,6 +74,9 @@ class IRNetSettings:
             raise ValueError(f"scale must be 1, 2 or 4, got {self.scale}")
         if not 1 < self.walk_radius <= 16:
             raise ValueError(f"walk-radius must be in (1, 16], got {self.walk_radius}")
+        if not 1 < self.train_radius <= 16 or not 0 <= self.basin_threshold < 1:
+            raise ValueError(f"train-radius must be in (1, 16] and basin-threshold in [0, 1), got "
+                             f"{self.train_radius} and {self.basin_threshold}")
         if self.crf_iterations < 0 or self.refine_steps < 0 or self.beta <= 0:
             raise ValueError("crf-iterations and refine-steps must be >= 0 and beta > 0")
 
@@ -203,7 +208,7 @@ def load_irnet(path: str) -> Any:
 def mine_relations(inputs: Inputs, images: str | None, settings: IRNetSettings, device: torch.device,
                    progress: Any) -> list[Any]:
     """Relation labels of every image (at the branches' stride, ``4 / scale``), as training samples."""
-    from wsis_cli.stages.irnet_relations import relation_labels, strided_labels
+    from wsis_cli.stages.irnet_relations import cam_basins, relation_labels, strided_labels
     from wsis_cli.stages.irnet_train import Sample
     from wsis_kernels.crf import CRFParams
 
@@ -215,7 +220,10 @@ def mine_relations(inputs: Inputs, images: str | None, settings: IRNetSettings, 
         cams, _ = image_cams(inputs, image_id)
         full = relation_labels(load(), cams, fg_threshold=settings.fg_threshold,
                                bg_threshold=settings.bg_threshold, params=params, device=device)
-        samples.append(Sample(image_id, load, strided_labels(full, 4 // settings.scale)))
+        stride = 4 // settings.scale
+        regions = strided_labels(cam_basins(full, cams, settings.basin_threshold), stride) \
+            if settings.basin_threshold > 0 else None
+        samples.append(Sample(image_id, load, strided_labels(full, stride), regions))
         progress.advance(1)
     progress.finish()
     return samples
@@ -241,7 +249,7 @@ def train_model(inputs: Inputs, settings: IRNetSettings, job: IRNetJob, ctx: Any
         samples = [Sample(i, _loader(inputs, inputs.images, i), np.zeros((1, 1), np.uint8)) for i in inputs.ids]
     amp = settings.amp and ctx.device.type == "cuda"
     cfg = TrainConfig(settings.epochs, settings.batch_size, settings.crop, settings.edge_lr, settings.dp_lr,
-                      settings.weight_decay, 0.9, settings.seed, amp, job.workers)
+                      settings.weight_decay, 0.9, settings.seed, amp, job.workers, settings.train_radius)
     train(model, samples, cfg, ctx, run, progress)
     shift = measure_mean_shift(model, [s.load for s in samples], ctx, amp)
     model.mean_shift.copy_(shift.to(model.mean_shift.device))

@@ -89,3 +89,46 @@ def strided_labels(labels: np.ndarray, stride: int = STRIDE) -> np.ndarray:
     ys = np.minimum(np.arange(0, height, stride) + stride // 2, height - 1)
     xs = np.minimum(np.arange(0, width, stride) + stride // 2, width - 1)
     return labels[ys][:, xs]
+
+
+def cam_basins(labels: np.ndarray, cams: np.ndarray, seed_threshold: float) -> np.ndarray:
+    """Split each class's confident foreground into the basins of its CAM peaks (an extension; see below).
+
+    IRNet's relation labels are class labels, so the displacement loss treats two touching instances of
+    one class as one and teaches the field to send both to one centroid. A CAM usually peaks once per
+    object: the connected parts of ``cam >= seed_threshold`` inside a class's foreground are taken as
+    seeds, and every foreground pixel of that class joins its nearest seed. Pairs across two basins are
+    then left out of the displacement loss (not pushed apart: a basin boundary is a guess).
+
+    Args:
+        labels: ``(H, W)`` relation labels from :func:`relation_labels`.
+        cams: ``(K, ceil(H/4), ceil(W/4))`` stride-4 CAMs in [0, 1].
+    Returns:
+        ``(H, W)`` int32 basin ids (0 where ``labels`` is not foreground); a class with fewer than two
+        seeds is one basin.
+    """
+    import cv2
+
+    height, width = labels.shape
+    full = upsample_cams(torch.from_numpy(np.asarray(cams, np.float32)), height, width).numpy()
+    out = np.zeros((height, width), np.int32)
+    next_id = 1
+    for k in range(full.shape[0]):
+        cls = labels == k + 1
+        if not cls.any():
+            continue
+        n, seeds = cv2.connectedComponents(((full[k] >= seed_threshold) & cls).astype(np.uint8), connectivity=8)
+        if n <= 2:
+            out[cls] = next_id
+            next_id += 1
+            continue
+        # nearest seed of every pixel: the distance transform labels each pixel with the nearest zero
+        # pixel's connected component (8-connected, as the seeds are)
+        _, nearest = cv2.distanceTransformWithLabels((seeds == 0).astype(np.uint8), cv2.DIST_L2, 5,
+                                                     labelType=cv2.DIST_LABEL_CCOMP)
+        lut = np.zeros(int(nearest.max()) + 1, np.int32)
+        on = seeds > 0
+        lut[nearest[on]] = seeds[on]
+        out[cls] = next_id + lut[nearest[cls]]
+        next_id += n
+    return out

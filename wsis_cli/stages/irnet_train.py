@@ -44,6 +44,7 @@ class Sample:
     image_id: int
     load: Callable[[], np.ndarray]  # () -> (H, W, 3) uint8 RGB
     labels: np.ndarray  # (ceil(H/s), ceil(W/s)) uint8 with s = 4 / the model's scale
+    regions: np.ndarray | None = None  # same grid, int32 CAM basins (irnet_relations.cam_basins) or None
 
 
 class RelationDataset(Dataset):
@@ -68,22 +69,25 @@ class RelationDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        """``(image, labels, index, flipped)``."""
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+        """``(image, labels, regions, index, flipped)``; ``regions`` is all 0 for a sample without them."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
         flip = bool(rng.random() < 0.5)
         if not self.load_images:
             s = self.samples[index]
-            labels = s.labels[:, ::-1] if flip else s.labels
             gh, gw = self.crop[0] // self.stride, self.crop[1] // self.stride
-            lab = torch.full((gh, gw), IGNORE, dtype=torch.int64)
-            lab[: labels.shape[0], : labels.shape[1]] = torch.from_numpy(labels.astype(np.int64))
-            return torch.zeros(0), lab, index, int(flip)
-        image, labels = self.view(index, flip, rng)
-        return image, labels, index, int(flip)
+            lab = _on_grid(s.labels, flip, 0, 0, gh, gw, IGNORE)
+            return torch.zeros(0), lab, _on_grid(s.regions, flip, 0, 0, gh, gw, 0), index, int(flip)
+        image, labels, regions = self.views(index, flip, rng)
+        return image, labels, regions, index, int(flip)
 
     def view(self, index: int, flip: bool, rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The (optionally flipped) sample cropped at a random place (``rng``) or the top-left (``None``)."""
+        return self.views(index, flip, rng)[:2]
+
+    def views(self, index: int, flip: bool,
+              rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`view` plus the same window of the sample's regions (all 0 without them)."""
         s = self.samples[index]
         image = s.load()
         labels = s.labels
@@ -106,7 +110,17 @@ class RelationDataset(Dataset):
         img[:, :ph, :pw] = normalize(torch.from_numpy(part).permute(2, 0, 1)[None])[0]
         lpart = np.ascontiguousarray(labels[oy : oy + gh, ox : ox + gw])
         lab[: lpart.shape[0], : lpart.shape[1]] = torch.from_numpy(lpart.astype(np.int64))
-        return img, lab
+        return img, lab, _on_grid(s.regions, flip, oy, ox, gh, gw, 0)
+
+
+def _on_grid(grid: np.ndarray | None, flip: bool, oy: int, ox: int, gh: int, gw: int, fill: int) -> torch.Tensor:
+    """``(gh, gw)`` int64 window of a (flipped) label grid at ``(oy, ox)``, padded with ``fill``."""
+    out = torch.full((gh, gw), fill, dtype=torch.int64)
+    if grid is None:
+        return out
+    part = np.ascontiguousarray((grid[:, ::-1] if flip else grid)[oy : oy + gh, ox : ox + gw])
+    out[: part.shape[0], : part.shape[1]] = torch.from_numpy(part.astype(np.int64))
+    return out
 
 
 MIN_CROP = 80  # the radius-10 pairs need a stride-4 grid of at least 19 columns: smaller images are padded
@@ -172,6 +186,7 @@ class TrainConfig:
     seed: int
     amp: bool
     workers: int = 0
+    radius: float = TRAIN_RADIUS
 
 
 def make_optimizer(model: IRNet, cfg: TrainConfig) -> torch.optim.SGD:
@@ -207,6 +222,7 @@ def train(model: IRNet, samples: Sequence[Sample], cfg: TrainConfig, ctx: DistCo
     net = ctx.wrap(model)
     cache = FeatureCache(model, dataset, device, cfg.amp) if FeatureCache.fits(model, dataset, CACHE_BYTES) else None
     dataset.load_images = cache is None
+    with_regions = any(s.regions is not None for s in samples)
     start, step = 0, 0
     state = run.load_checkpoint()
     if state is not None:
@@ -222,7 +238,7 @@ def train(model: IRNet, samples: Sequence[Sample], cfg: TrainConfig, ctx: DistCo
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         sums: dict[str, float] = {}
-        for images, labels, index, flip in loader:
+        for images, labels, regions, index, flip in loader:
             set_lr(opt, base_lrs, poly_lr(step, total))
             labels = labels.to(device, non_blocking=True)
             with autocast(device, cfg.amp):
@@ -230,7 +246,8 @@ def train(model: IRNet, samples: Sequence[Sample], cfg: TrainConfig, ctx: DistCo
                     edge, disp = net(feats=cache.batch(index, flip))
                 else:
                     edge, disp = net(images.to(device, non_blocking=True))
-            losses = irnet_losses(edge, disp, labels, TRAIN_RADIUS)
+            regions = regions.to(device, non_blocking=True) if with_regions else None
+            losses = irnet_losses(edge, disp, labels, cfg.radius, regions)
             opt.zero_grad(set_to_none=True)
             scaler.scale(losses.total).backward()
             scaler.step(opt)
