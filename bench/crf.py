@@ -26,6 +26,13 @@ Since the incremental loop (``sparse_eps`` 1e-6, the default): 21 labels, 5x5 di
 one thread, CPU time in one run: pydensecrf 853 ms, dense loop 442 ms, incremental 316 ms (2.7x pydensecrf; IoU
 gain +0.7417 against +0.7425). ``--threads 1`` under load ~10 (every wall time ~4x its idle value, ratios in one
 run): 5x5/d2 2.8x pydensecrf (dense loop 1.7x), 7x7 3.7x (1.1x), 11x11 3.2x (0.5x); peak 100 MiB (dense 66).
+
+Session 5 (three state buffers, huge pages, weight maps cached within two states, row-of-tiles updates, no
+denormal changes): ``--threads 1 --cpu-time``, load ~5, 10 iterations, 3 scenes: 21 labels 5x5/d2 268 ms vs
+pydensecrf 887 ms (3.3x, gain +0.7296 vs +0.6892, 104 MiB vs 154), 7x7 3.1x, 11x11 1.7x, 3x3/d3 4.2x; 2 labels
+(path unchanged) 5x5/d2 77 ms vs 330 ms (4.3x), 3x3 6.8-7.7x, 7x7 2.3x, 11x11 1.2x. The incremental loop against
+the session-4 one, same run, one thread: 1.2-1.5x less CPU depending on load. With two threads under load the
+times are dominated by torch's thread stalls (2-label 5x5/d2: 796 ms wall vs 77 ms CPU on one thread).
 """
 
 from __future__ import annotations
@@ -82,7 +89,7 @@ def make_scene(size: int, labels: int, seed: int = 0, peaked: bool = False
     The default scene's probabilities are flat: the top label's median probability is about 0.4 and every
     absent label keeps ~0.03 everywhere, with spurious spots of any of the L labels. ``peaked`` is closer
     to a segmentation network's softmax: logits 8x (not 3x) the degraded one-hot, so the top label's median
-    probability is ~0.99 and absent labels sit near 1e-4, and the spots only confuse labels present in the
+    probability is 0.99 and absent labels sit near 3e-4, and the spots only confuse labels present in the
     scene. Same image, ground truth and degradation.
     """
     g = torch.Generator().manual_seed(seed)
