@@ -138,3 +138,20 @@ def test_full_walk_keeps_touching_same_class_instances_apart() -> None:
     assert len(kept(separate_instances=False)) == 1  # merged into the stronger instance
     areas = kept()
     assert len(areas) == 2 and all(1200 <= x <= 2000 for x in areas)
+
+
+def test_background_field_noise_is_not_followed() -> None:
+    """A learnt field is noise on the background: followed for 300 steps it drifts; with the default
+    ``field_cam_threshold`` the cells where no CAM reaches it keep a zero field."""
+    disp, a, b = two_touching_squares()
+    union = a | b
+    cams = union.astype(np.float32)[None]
+    edge = torch.zeros(union.shape)
+    noisy = disp.copy()
+    noisy[:, ~union] += np.float32(0.3)  # a slow drift down-right over the whole background
+    gated = synthesize(cams, edge, noisy, 80, 120, steps=16)
+    clean = synthesize(cams, edge, disp, 80, 120, steps=16, field_cam_threshold=0.0)
+    assert [(d.channel, d.score) for d in gated] == [(d.channel, d.score) for d in clean]
+    assert all((g.mask == c.mask).all() for g, c in zip(gated, clean, strict=True))
+    followed = synthesize(cams, edge, noisy, 80, 120, steps=16, field_cam_threshold=0.0)  # upstream
+    assert any((f.mask != c.mask).any() for f, c in zip(followed, clean, strict=True))

@@ -81,6 +81,10 @@ def irnet(
         help="The random walk does not cross between two instances of the displacement field (touching "
         "instances of one class stay apart); --no-separate-instances: upstream's walk.",
         rich_help_panel=_INFER)] = True,
+    field_cam_threshold: Annotated[float, typer.Option(
+        help="Follow the displacement field only where some CAM reaches this (elsewhere its small noise, "
+        "followed for 300 steps, carries background into object centroids); 0: upstream.",
+        rich_help_panel=_INFER)] = 0.25,
     min_score: Annotated[float, typer.Option(help="Drop instances scoring less (fragments under 1% of the image "
                                              "score 0).", rich_help_panel=_INFER)] = 1e-5,
     run: RunOpt = None,
@@ -122,6 +126,7 @@ def irnet(
             dp_lr=dp_lr, train_radius=train_radius, basin_threshold=basin_threshold, seed=seed, beta=beta, walk_steps=walk_steps, ins_bg_threshold=ins_bg_threshold,
             sem_bg_threshold=sem_bg_threshold, centroid_threshold=centroid_threshold,
             centroid_divergence=centroid_divergence, separate_instances=separate_instances, min_score=min_score,
+            field_cam_threshold=field_cam_threshold,
             amp=not no_amp,
         )
     except ValueError as e:
