@@ -100,3 +100,25 @@ def test_default_path_is_incremental_and_exact_dense_stays_reachable():
     assert not incremental.IncrementalMeanField.applicable(dataclasses.replace(CRFParams(), message="log_pool"))
     with pytest.raises(ValueError, match="sparse_eps"):
         CRFParams(sparse_eps=-1.0)
+
+
+@pytest.mark.parametrize("box", ["none", "one"])
+def test_two_labels_on_a_large_image_take_the_incremental_loop_and_match_the_exact_one(reference_backend, monkeypatch,
+                                                                                    rng, box):
+    # From TWO_LABEL_INCREMENTAL_PIXELS on, two labels leave the foreground-only loop for the incremental one;
+    # lowered here to keep the test small. sparse_eps = 0 keeps the exact foreground-only loop.
+    from wsis_kernels.crf import reference
+
+    monkeypatch.setattr(reference, "TWO_LABEL_INCREMENTAL_PIXELS", 40 * 40)
+    calls = []
+    monkeypatch.setattr(incremental.IncrementalMeanField, "run",
+                        lambda self, *a, run=incremental.IncrementalMeanField.run: calls.append(1) or run(self, *a))
+    image, probs, boxes = peaked_inputs(rng, 1, 2, 70, 45, box)
+    want = mean_field_crf(image, probs, boxes, dataclasses.replace(BASE, sparse_eps=0.0))
+    assert not calls
+    got = mean_field_crf(image, probs, boxes, BASE)
+    assert calls
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    small, small_probs, small_boxes = image[..., :30, :30], probs[..., :30, :30], None
+    mean_field_crf(small, small_probs, small_boxes, BASE)
+    assert len(calls) == 1  # below the threshold: the foreground-only loop
