@@ -30,7 +30,9 @@ run): 5x5/d2 2.8x pydensecrf (dense loop 1.7x), 7x7 3.7x (1.1x), 11x11 3.2x (0.5
 Session 5 (three state buffers, huge pages, weight maps cached within two states, row-of-tiles updates, no
 denormal changes): ``--threads 1 --cpu-time``, load ~5, 10 iterations, 3 scenes: 21 labels 5x5/d2 268 ms vs
 pydensecrf 887 ms (3.3x, gain +0.7296 vs +0.6892, 104 MiB vs 154), 7x7 3.1x, 11x11 1.7x, 3x3/d3 4.2x; 2 labels
-(path unchanged) 5x5/d2 77 ms vs 330 ms (4.3x), 3x3 6.8-7.7x, 7x7 2.3x, 11x11 1.2x. The incremental loop against
+through the foreground-only loop 5x5/d2 77 ms vs 330 ms (4.3x), 3x3 6.8-7.7x, 7x7 2.3x, 11x11 1.2x, and since
+512x512 two-label images take the incremental loop (later run, load ~3.6): 5x5/d2 57 ms vs 437 ms (7.6x), 3x3
+9.3-9.6x, 7x7 3.2x, 11x11 2.9x, same IoU gains, peak 17 MiB vs 51. The incremental loop against
 the session-4 one, same run, one thread: 1.2-1.5x less CPU depending on load. With two threads under load the
 times are dominated by torch's thread stalls (2-label 5x5/d2: 796 ms wall vs 77 ms CPU on one thread).
 """
