@@ -20,9 +20,10 @@ so the per-tile path is taken only while it is clearly cheaper (:data:`SPARSE_FR
 
 The first iterations change nearly every tile and pass over the whole image, where memory traffic is the
 cost (measured on a 2-core machine, 21 labels, 512x512). So: three state-sized buffers in all (each fresh
-one costs page faults worth a third of a pass, hence also huge pages, see ``large_empty``); the weight maps
-computed once (:data:`CACHE_STATES`) and, for the per-tile steps, cut into tiles once; the whole-image
-updates (start state, unary, softmax, change, changed tiles) done one row of tiles at a time, in cache.
+one costs page faults worth a third of a pass, hence also huge pages, see ``large_empty``), and the
+whole-image updates (start state, unary, softmax, change, changed tiles) done one row of tiles at a time,
+in cache. Kernel weights are computed on the fly in both paths, never stored per tap: memory stays
+O(L * H * W) whatever the window.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from .reference import _finish_weight, _log_box, _MessagePass, floor_normalise, 
 TILE = (32, 32)  # rows, columns
 SPARSE_FRACTION = 0.08  # per-pair propagation while at most this fraction of (tile, label) pairs changed
 DENSE_NORMALISE = 0.5  # renormalise the whole image when more than this fraction of its tiles is dirty
-CACHE_STATES = 2  # the weight cache may take as much memory as this many (B, L, H, W) states
 
 
 def _padded(x: Tensor | None, shape: tuple[int, ...], fill: float = 0.0) -> Tensor | None:
@@ -71,10 +71,6 @@ class IncrementalMeanField:
         self.grid = (math.ceil(height / th), math.ceil(width / tw))
         self.hp, self.wp = self.grid[0] * th, self.grid[1] * tw
         r = self.reach
-        # weight maps on the padded canvas, so that the per-tile path can cut its patches out of them
-        self.budget = CACHE_STATES * batch * labels * self.hp * self.wp  # floats of cached weights at most
-        self.passes.cache_weights(self.budget, r, (self.hp + 2 * r, self.wp + 2 * r))
-        self.tiled: Tensor | None = None  # see _tiled_maps
         self.img_pad = img.new_zeros(batch, channels, self.hp + 2 * r, self.wp + 2 * r)
         self.img_pad[:, :, r : r + height, r : r + width] = img
         self.shape = (batch, labels, height, width)
@@ -241,19 +237,11 @@ class IncrementalMeanField:
         ``pairs`` are tile-major, so the kernel of each tile is computed once for all its labels.
         """
         (th, tw), r = TILE, self.reach
-        taps, tiled = self.passes.taps, self._tiled_maps()
-        maps = self.passes.maps
-        if tiled is not None:
-            (nty, ntx), lin = self.grid, [(b * self.grid[0] + ty) * self.grid[1] + tx for b, ty, tx, _ in pairs]
-            index = torch.tensor(lin, device=d_pairs.device)
-        elif maps is None:
-            tiles = sorted({p[:3] for p in pairs})
-            slot = {tile: i for i, tile in enumerate(tiles)}
-            owner = torch.tensor([slot[p[:3]] for p in pairs], device=d_pairs.device)
-            img = self._gather(self.img_pad, tiles, "img", grow=2 * r)  # (N_t, C, th + 2r, tw + 2r)
-        else:
-            (nty, ntx), lin = self.grid, [(b * self.grid[0] + ty) * self.grid[1] + tx for b, ty, tx, _ in pairs]
-            index = torch.tensor(lin, device=d_pairs.device)
+        taps = self.passes.taps
+        tiles = sorted({p[:3] for p in pairs})
+        slot = {tile: i for i, tile in enumerate(tiles)}
+        owner = torch.tensor([slot[p[:3]] for p in pairs], device=d_pairs.device)
+        img = self._gather(self.img_pad, tiles, "img", grow=2 * r)  # (N_t, C, th + 2r, tw + 2r)
         out = self._scratch("out", (len(pairs), th + 2 * r, tw + 2 * r)).zero_()
         if taps.centre:
             out[:, r : r + th, r : r + tw].add_(d_pairs, alpha=taps.centre)
@@ -268,50 +256,16 @@ class IncrementalMeanField:
                 to_minus.add_(d_pairs, alpha=g)
                 continue
             h, w, c0 = th + dy, tw + abs(dx), r + min(0, -dx)
-            if tiled is not None:  # the pairs' tiles, grown by r, then the part this tap needs
-                grown = self._scratch("u", (len(pairs), th + 2 * r, tw + 2 * r))
-                u = torch.index_select(tiled[self.passes.slot[(dy, dx)]], 0, index, out=grown)
-                u = u[:, r - dy : r + th, c0 : c0 + w]
-            elif maps is None:
-                diff = img[:, :, r - dy : r - dy + h, c0 : c0 + w] - img[:, :, r : r + h, c0 + dx : c0 + dx + w]
-                u = torch.mul(diff[:, 0], diff[:, 0])
-                for c in range(1, diff.shape[1]):
-                    u.addcmul_(diff[:, c], diff[:, c])
-                u = _finish_weight(u, self.passes.scale, a, g).index_select(0, owner)
-            else:  # every tile's patch of the cached map (a strided view, copied), then the pairs' ones
-                m = maps[self.passes.slot[(dy, dx)]]
-                rows, cols = m.shape[1:]
-                view = m.as_strided((m.shape[0], nty, ntx, h, w), (rows * cols, th * cols, tw, cols, 1),
-                                    m.storage_offset() + (r - dy) * cols + c0)
-                # (faster than indexing the strided view)
-                patches = self._scratch("patches", view.shape).copy_(view).view(-1, h, w)
-                u = torch.index_select(patches, 0, index, out=self._scratch("u", (len(pairs), h, w)))
+            # the weights on each changed tile (computed once for all its labels), then one copy per pair
+            diff = img[:, :, r - dy : r - dy + h, c0 : c0 + w] - img[:, :, r : r + h, c0 + dx : c0 + dx + w]
+            u = torch.mul(diff[:, 0], diff[:, 0])
+            for c in range(1, diff.shape[1]):
+                u.addcmul_(diff[:, c], diff[:, c])
+            u = _finish_weight(u, self.passes.scale, a, g).index_select(0, owner)
             to_plus.addcmul_(d_pairs, u[:, dy : dy + th, x0 : x0 + tw])
             to_minus.addcmul_(d_pairs, u[:, :th, x0 - dx : x0 - dx + tw])
         for k, (b, ty, tx, lab) in enumerate(pairs):
             self._tile(self.logits_pad, b, ty, tx, lab, grow=2 * r).add_(out[k])
-
-    def _tiled_maps(self) -> Tensor | None:
-        """The cached weight maps cut into tiles grown by ``r``: ``(T, B * nty * ntx, th + 2r, tw + 2r)``.
-
-        Made on the first per-tile step, if it fits the budget: cutting a tap's patches out of the
-        whole-image map costs a strided copy per tap and step (most of a step), an index_select of
-        contiguous tiles almost nothing. The whole-image maps are dropped then (a later banded pass
-        recomputes its weights).
-        """
-        maps = self.passes.maps
-        if self.tiled is not None or maps is None:
-            return self.tiled
-        (th, tw), r, (nty, ntx) = TILE, self.reach, self.grid
-        taps, batch, rows, cols = maps.shape
-        shape = (taps, batch, nty, ntx, th + 2 * r, tw + 2 * r)
-        if math.prod(shape) > self.budget:
-            return None
-        strides = (batch * rows * cols, rows * cols, th * cols, tw, cols, 1)
-        tiled = large_empty(shape, maps).copy_(maps.as_strided(shape, strides, maps.storage_offset()))
-        self.tiled = tiled.view(taps, batch * nty * ntx, th + 2 * r, tw + 2 * r)
-        self.passes.maps = None
-        return self.tiled
 
     def _neighbour_tiles(self, pairs: list[tuple[int, int, int, int]], d_pairs: Tensor) -> list[tuple[int, int, int]]:
         """Tiles whose logits the propagated changes reached: the pair's own and, where a change lies

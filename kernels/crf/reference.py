@@ -118,51 +118,22 @@ class _MessagePass:
         self.taps = _taps(params, height, width)
         self._diff = large_empty((batch * channels * height * width,), img)
         self._w = large_empty((batch * height * width,), img)
-        self.maps: Tensor | None = None  # cached weight maps, see cache_weights
-        self.margin, self.slot = 0, {}
 
-    def cache_weights(self, budget: int, margin: int = 0, canvas: tuple[int, int] | None = None) -> bool:
-        """Compute every tap's weight map once, if they take at most ``budget`` floats; True if cached.
-
-        The kernel does not change between iterations, and recomputing a tap's weights costs about a fifth
-        of its multiply-adds at 21 labels. Callers size the budget in label states (the incremental loop
-        allows two), so memory stays O(L * H * W). ``maps[slot[(dy, dx)]]`` is ``(B, H', W')``
-        (``canvas``, default ``(H, W)``): ``k(p, p + d)`` at ``p + margin`` in both axes, 0 where ``p`` or
-        ``p + d`` lies outside the image.
-        """
-        batch, _, height, width = self.shape
-        rows, cols = canvas if canvas is not None else (height, width)
-        bilateral = [tap for tap in self.taps.half if tap[2] != 0.0]
-        if not bilateral or len(bilateral) * batch * rows * cols > budget:
-            return False
-        maps = large_empty((len(bilateral), batch, rows, cols), self.img)
-        maps.zero_()  # (the strips outside each map's region touch nearly every page anyway)
-        for i, (dy, dx, a, g) in enumerate(bilateral):
-            x0, w = margin + max(0, -dx), width - abs(dx)
-            self._weights(0, height - dy, dy, dx, a, g, out=maps[i, :, None, margin : margin + height - dy, x0 : x0 + w])
-            self.slot[(dy, dx)] = i
-        self.maps, self.margin = maps, margin
-        return True
-
-    def _weights(self, r0: int, r1: int, dy: int, dx: int, a: float, g: float, out: Tensor | None = None
-                 ) -> Tensor | float:
+    def _weights(self, r0: int, r1: int, dy: int, dx: int, a: float, g: float) -> Tensor | float:
         """Kernel between pixels ``(y, x)`` and ``(y + dy, x + dx)`` for rows ``y`` in ``[r0, r1)``.
 
-        Returns ``(B, 1, r1 - r0, W - |dx|)`` over the columns where both exist (in ``out`` if given), or the
-        constant ``g``.
+        Returns ``(B, 1, r1 - r0, W - |dx|)`` over the columns where both exist (in a reused scratch buffer),
+        or the constant ``g``. Computed on every call, never kept: the kernel stays O(H * W) in memory.
         """
         if a == 0.0:
             return g
-        if self.maps is not None and out is None:
-            m, x0 = self.margin, self.margin + max(0, -dx)
-            return self.maps[self.slot[(dy, dx)], :, None, m + r0 : m + r1, x0 : x0 + self.shape[3] - abs(dx)]
         batch, channels, _, width = self.shape
         h, w = r1 - r0, width - abs(dx)
         x0, x1 = max(0, -dx), max(0, dx)
         diff = self._diff[: batch * channels * h * w].view(batch, channels, h, w)
         torch.sub(self.img[:, :, r0:r1, x0 : x0 + w], self.img[:, :, r0 + dy : r1 + dy, x1 : x1 + w], out=diff)
         diff.mul_(diff)
-        wt = self._w[: batch * h * w].view(batch, 1, h, w) if out is None else out
+        wt = self._w[: batch * h * w].view(batch, 1, h, w)
         if channels == 1:
             wt.copy_(diff)
         else:
