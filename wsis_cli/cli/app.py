@@ -75,6 +75,31 @@ def _fail(message: str, code: int) -> None:
     raise SystemExit(code)
 
 
+def _repeat_sigterm(interval: float = 5.0) -> None:
+    """Deliver SIGTERM to the main thread again every ``interval`` seconds until the process exits.
+
+    A Python signal handler runs at the next bytecode of the main thread, which may be inside a finalizer
+    or a C extension's callback, where the raised exception is printed as "ignored" and lost: a demo in CI
+    went on for 20 minutes after its SIGTERM. Repeating the signal makes the exit certain, while leaving
+    the usual path (cleanup in ``finally`` blocks, one line, exit 143) unchanged when the first one lands.
+    """
+    import _thread
+    import signal
+    import threading
+    import time
+
+    if getattr(_repeat_sigterm, "started", False):
+        return
+    _repeat_sigterm.started = True  # type: ignore[attr-defined]
+
+    def _loop() -> None:
+        while True:
+            time.sleep(interval)
+            _thread.interrupt_main(signal.SIGTERM)
+
+    threading.Thread(target=_loop, name="wsis-sigterm", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one clear line on stderr and a distinct exit code for each failure.
 
@@ -86,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     from wsis_cli.runtime.errors import ExitCode, Terminated, WsisError
 
     def _on_sigterm(signum: int, frame: object) -> None:
+        _repeat_sigterm()
         raise Terminated
 
     signal.signal(signal.SIGTERM, _on_sigterm)
