@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -77,11 +78,17 @@ def iou(dt: Sequence[Rle], gt: Sequence[Rle], iscrowd: Sequence[int] | None = No
     return np.asarray(mask_utils.iou([_c(r) for r in dt], [_c(r) for r in gt], crowd), dtype=np.float64)
 
 
+def box_pixels(bbox: Sequence[float], height: int, width: int) -> tuple[int, int, int, int]:
+    """The pixels an XYWH box touches, clipped to the image: ``(x0, y0, x1, y1)``, x1/y1 exclusive."""
+    x, y, w, h = (float(v) for v in bbox)
+    x0, y0 = max(math.floor(x), 0), max(math.floor(y), 0)
+    x1, y1 = min(math.ceil(x + w), width), min(math.ceil(y + h), height)
+    return x0, y0, max(x1, x0), max(y1, y0)
+
+
 def box_mask(bbox: Sequence[float], height: int, width: int) -> np.ndarray:
     """Fill an XYWH box as an (H, W) uint8 mask, covering every pixel the box touches."""
-    x, y, w, h = bbox
-    x0, y0 = max(int(np.floor(x)), 0), max(int(np.floor(y)), 0)
-    x1, y1 = min(int(np.ceil(x + w)), width), min(int(np.ceil(y + h)), height)
+    x0, y0, x1, y1 = box_pixels(bbox, height, width)
     m = np.zeros((height, width), dtype=np.uint8)
     m[y0:y1, x0:x1] = 1
     return m

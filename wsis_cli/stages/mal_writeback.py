@@ -21,7 +21,6 @@ filling holes (no change), and a per-box Otsu threshold within the box (-0.014 A
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,10 +34,7 @@ Region = tuple[int, int, int, int]  # x0, y0, x1, y1 integer pixels, x1/y1 exclu
 
 def box_region(bbox: Sequence[float], height: int, width: int) -> Region:
     """The pixels an XYWH box touches, clipped to the image (the ones :func:`rle.box_mask` fills)."""
-    x, y, w, h = (float(v) for v in bbox)
-    x0, y0 = max(math.floor(x), 0), max(math.floor(y), 0)
-    x1, y1 = min(math.ceil(x + w), width), min(math.ceil(y + h), height)
-    return x0, y0, max(x1, x0), max(y1, y0)
+    return rle_utils.box_pixels(bbox, height, width)
 
 
 def box_probabilities(prob: np.ndarray, bounds: Sequence[int], region: Region) -> np.ndarray:
