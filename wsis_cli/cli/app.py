@@ -75,6 +75,9 @@ def _fail(message: str, code: int) -> None:
     raise SystemExit(code)
 
 
+_repeating = False  # the repeater thread of _repeat_sigterm has started
+
+
 def _repeat_sigterm(interval: float = 5.0) -> None:
     """Deliver SIGTERM to the main thread again every ``interval`` seconds until the process exits.
 
@@ -88,9 +91,10 @@ def _repeat_sigterm(interval: float = 5.0) -> None:
     import threading
     import time
 
-    if getattr(_repeat_sigterm, "started", False):
+    global _repeating
+    if _repeating:
         return
-    _repeat_sigterm.started = True  # type: ignore[attr-defined]
+    _repeating = True
 
     def _loop() -> None:
         while True:
