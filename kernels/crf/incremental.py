@@ -29,10 +29,12 @@ O(L * H * W) whatever the window.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from . import parallel
 from .params import CRFParams
 from .reference import _finish_weight, _log_box, _MessagePass, floor_normalise, large_empty, normalise_labels
 
@@ -100,8 +102,9 @@ class IncrementalMeanField:
         logits_pad = large_empty((batch, labels, self.hp + 2 * r, self.wp + 2 * r), used)
         _zero_outside(logits_pad, r, r, height, width)
         self.logits = logits_pad[:, :, r : r + height, r : r + width]
-        for y0 in range(0, height, TILE[0]):  # a row of tiles at a time: the passes over it stay in cache
-            rows = slice(y0, min(height, y0 + TILE[0]))
+
+        def start(worker: int, y0: int, y1: int) -> None:  # a row of tiles at a time: it stays in cache
+            rows = slice(y0, y1)
             band = None if boxes is None else boxes[:, :, rows]
             floor_normalise(probs[:, :, rows], band, params.unary_floor, out=q[:, :, rows])
             if params.clamp is not None:
@@ -113,6 +116,8 @@ class IncrementalMeanField:
                 torch.clamp_min(probs[:, :, rows].to(torch.float32), params.unary_floor, out=unary).log_()
                 if params.unary_weight != 1:
                     unary.mul_(params.unary_weight)
+
+        self._by_tile_rows(start)
         self.passes.run(self.logits, q)
         log_box = _log_box(boxes)
         self.logits_pad, self.box_pad = logits_pad, _padded(log_box, padded)
@@ -170,21 +175,27 @@ class IncrementalMeanField:
         (th, tw), (nty, ntx) = TILE, self.grid
         batch, labels, height, width = self.shape
         changed = None if delta is None else torch.empty(batch, labels, nty, ntx, dtype=torch.bool)
-        scratch = (self._scratch("m", (batch, 1, th, width)), self._scratch("den", (batch, 1, th, width)))
-        for ty in range(nty):
-            y0, y1 = ty * th, min(height, (ty + 1) * th)
+
+        def rows(worker: int, y0: int, y1: int) -> None:
+            scratch = (self._scratch(f"m{worker}", (batch, 1, y1 - y0, width)),
+                       self._scratch(f"den{worker}", (batch, 1, y1 - y0, width)))
             z = out[:, :, y0:y1, :width]
             box = None if self.log_box is None else self.log_box[:, :, y0:y1]
-            rows = (scratch[0][:, :, : y1 - y0], scratch[1][:, :, : y1 - y0])
-            normalise_labels(z, box, self.params.norm_eps, rows, logits=self.logits[:, :, y0:y1])
+            normalise_labels(z, box, self.params.norm_eps, scratch, logits=self.logits[:, :, y0:y1])
             if self.params.clamp is not None:
                 z.clamp_(*self.params.clamp)
             if delta is not None:
                 d = torch.sub(out[:, :, y0 : y0 + th], delta[:, :, y0 : y0 + th], out=delta[:, :, y0 : y0 + th])
                 cols = d.unflatten(3, (ntx, tw))
                 hi, lo = cols.amax(4).amax(2), cols.amin(4).amin(2)
-                changed[:, :, ty] = (hi > self.eps) | (lo < -self.eps)
+                changed[:, :, y0 // th] = (hi > self.eps) | (lo < -self.eps)
+
+        self._by_tile_rows(rows)
         return changed
+
+    def _by_tile_rows(self, body: Callable[[int, int, int], None]) -> None:
+        """``body(worker, y0, y1)`` for each row of tiles (clipped to the image), over parallel threads."""
+        parallel.run(parallel.ranges(0, self.shape[2], TILE[0]), body)
 
     def _scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
         """A buffer kept for the whole run under ``name``: a fresh large tensor pays its page faults on

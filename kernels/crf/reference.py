@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import parallel
 from .params import CRFParams
 
 LOG2E = 1.4426950408889634
@@ -101,6 +102,7 @@ def large_empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
 TWO_LABEL_INCREMENTAL_PIXELS = 320 * 320
 
 BAND_BYTES = 4 * 1024 * 1024  # message rows per band for many labels: msg + src bands stay cache-resident
+SPLIT_PIXELS = 128 * 128  # with few labels, images from this size on are cut into bands for parallel threads
 
 
 class _MessagePass:
@@ -116,10 +118,21 @@ class _MessagePass:
         self.img, self.shape = img, (batch, channels, height, width)
         self.scale = exponent_scale(params)
         self.taps = _taps(params, height, width)
-        self._diff = large_empty((batch * channels * height * width,), img)
-        self._w = large_empty((batch * height * width,), img)
+        self._scratch: list[tuple[Tensor, Tensor]] = []  # (colour differences, weights), one pair per worker
 
-    def _weights(self, r0: int, r1: int, dy: int, dx: int, a: float, g: float) -> Tensor | float:
+    def _buffers(self, worker: int, rows: int) -> tuple[Tensor, Tensor]:
+        """Scratch for ``rows`` rows of worker ``worker`` (reused across bands and passes)."""
+        batch, channels, _, width = self.shape
+        while len(self._scratch) <= worker:
+            self._scratch.append((self.img.new_empty(0), self.img.new_empty(0)))
+        diff, wt = self._scratch[worker]
+        if wt.numel() < batch * rows * width:
+            diff = large_empty((batch * channels * rows * width,), self.img)
+            wt = large_empty((batch * rows * width,), self.img)
+            self._scratch[worker] = (diff, wt)
+        return diff, wt
+
+    def _weights(self, r0: int, r1: int, dy: int, dx: int, a: float, g: float, worker: int = 0) -> Tensor | float:
         """Kernel between pixels ``(y, x)`` and ``(y + dy, x + dx)`` for rows ``y`` in ``[r0, r1)``.
 
         Returns ``(B, 1, r1 - r0, W - |dx|)`` over the columns where both exist (in a reused scratch buffer),
@@ -130,10 +143,11 @@ class _MessagePass:
         batch, channels, _, width = self.shape
         h, w = r1 - r0, width - abs(dx)
         x0, x1 = max(0, -dx), max(0, dx)
-        diff = self._diff[: batch * channels * h * w].view(batch, channels, h, w)
+        diff_buf, w_buf = self._buffers(worker, h)
+        diff = diff_buf[: batch * channels * h * w].view(batch, channels, h, w)
         torch.sub(self.img[:, :, r0:r1, x0 : x0 + w], self.img[:, :, r0 + dy : r1 + dy, x1 : x1 + w], out=diff)
         diff.mul_(diff)
-        wt = self._w[: batch * h * w].view(batch, 1, h, w)
+        wt = w_buf[: batch * h * w].view(batch, 1, h, w)
         if channels == 1:
             wt.copy_(diff)
         else:
@@ -143,40 +157,52 @@ class _MessagePass:
         return _finish_weight(wt, self.scale, a, g)
 
     def _band_rows(self, labels: int) -> int:
+        """Rows per band: cache-sized for many labels; for a few, the whole of a small image, else a quarter.
+
+        Never a function of the thread count: band edges change the rounding of some weights (vectorised
+        and scalar ``exp2`` differ in the last bit), and results must not depend on the machine's cores.
+        """
         batch, _, height, width = self.shape
-        if labels < 4:
-            return height
-        return max(32, min(height, BAND_BYTES // (4 * batch * labels * width)))
+        if labels >= 4:
+            return max(32, min(height, BAND_BYTES // (4 * batch * labels * width)))
+        return height if batch * height * width < SPLIT_PIXELS else max(64, -(-height // 4))
 
     def run(self, msg: Tensor, src: Tensor, weight_sum: Tensor | None = None) -> None:
-        """``msg`` and ``src`` are ``(B, L, H, W)``; ``weight_sum`` (``(B, 1, H, W)``) also gets ``sum_j k``."""
+        """``msg`` and ``src`` are ``(B, L, H, W)``; ``weight_sum`` (``(B, 1, H, W)``) also gets ``sum_j k``.
+
+        Bands write only their own rows of ``msg``, so groups of them run on parallel threads
+        (:mod:`wsis_kernels.crf.parallel`) with the same result.
+        """
+        height = self.shape[2]
+        bands = parallel.ranges(0, height, self._band_rows(src.shape[1]))
+        parallel.run(bands, lambda worker, y0, y1: self._band(msg, src, weight_sum, y0, y1, worker))
+
+    def _band(self, msg: Tensor, src: Tensor, weight_sum: Tensor | None, y0: int, y1: int, worker: int) -> None:
+        """Every tap's contribution to the message rows ``[y0, y1)``."""
         height, width = self.shape[2], self.shape[3]
         if self.taps.centre:
-            msg.add_(src, alpha=self.taps.centre)
+            msg[:, :, y0:y1].add_(src[:, :, y0:y1], alpha=self.taps.centre)
             if weight_sum is not None:
-                weight_sum.add_(self.taps.centre)
-        band = self._band_rows(src.shape[1])
-        for y0 in range(0, height, band):
-            y1 = min(height, y0 + band)
-            for dy, dx, a, g in self.taps.half:
-                # pairs (i, i + d) with i in rows [r0, r1): those whose i or i + d lies in this band
-                r0, r1 = max(0, y0 - dy), min(y1, height - dy)
-                if r1 <= r0:
+                weight_sum[:, :, y0:y1].add_(self.taps.centre)
+        for dy, dx, a, g in self.taps.half:
+            # pairs (i, i + d) with i in rows [r0, r1): those whose i or i + d lies in this band
+            r0, r1 = max(0, y0 - dy), min(y1, height - dy)
+            if r1 <= r0:
+                continue
+            wt = self._weights(r0, r1, dy, dx, a, g, worker)
+            w = width - abs(dx)
+            x0, x1 = max(0, -dx), max(0, dx)
+            # rows i of the pairs where i is in the band (i receives from i + d), then where i + d is
+            for forward, lo, hi in ((True, max(y0, r0), min(y1, r1)), (False, max(y0 - dy, r0), min(y1 - dy, r1))):
+                if hi <= lo:
                     continue
-                wt = self._weights(r0, r1, dy, dx, a, g)
-                w = width - abs(dx)
-                x0, x1 = max(0, -dx), max(0, dx)
-                # rows i of the pairs where i is in the band (i receives from i + d), then where i + d is
-                for forward, lo, hi in ((True, max(y0, r0), min(y1, r1)), (False, max(y0 - dy, r0), min(y1 - dy, r1))):
-                    if hi <= lo:
-                        continue
-                    here = (slice(None), slice(None), slice(lo, hi), slice(x0, x0 + w))
-                    there = (slice(None), slice(None), slice(lo + dy, hi + dy), slice(x1, x1 + w))
-                    into, frm = (here, there) if forward else (there, here)
-                    part = wt if isinstance(wt, float) else wt[:, :, lo - r0 : hi - r0]
-                    _madd(msg[into], src[frm], part)
-                    if weight_sum is not None:
-                        weight_sum[into].add_(part)
+                here = (slice(None), slice(None), slice(lo, hi), slice(x0, x0 + w))
+                there = (slice(None), slice(None), slice(lo + dy, hi + dy), slice(x1, x1 + w))
+                into, frm = (here, there) if forward else (there, here)
+                part = wt if isinstance(wt, float) else wt[:, :, lo - r0 : hi - r0]
+                _madd(msg[into], src[frm], part)
+                if weight_sum is not None:
+                    weight_sum[into].add_(part)
 
 
 def _finish_weight(wt: Tensor, scale: float, a: float, g: float) -> Tensor:
@@ -343,8 +369,16 @@ def mean_field_crf_reference(image: Tensor, probs: Tensor, box: Tensor | None, p
     """Reference mean-field CRF. Shapes as in :func:`wsis_kernels.mean_field_crf` (validated there).
 
     Returns float32 ``(B, L, H, W)``: the refined foreground probability for ``L = 1``, label
-    probabilities otherwise.
+    probabilities otherwise. On CPU the passes run on up to ``torch.get_num_threads()`` threads
+    (:mod:`wsis_kernels.crf.parallel`); the result does not depend on the thread count.
     """
+    if image.device.type != "cpu":
+        return _reference(image, probs, box, params)
+    with parallel.own_ops_single_threaded():
+        return _reference(image, probs, box, params)
+
+
+def _reference(image: Tensor, probs: Tensor, box: Tensor | None, params: CRFParams) -> Tensor:
     labels = probs.shape[1]
     img = image.to(torch.float32).contiguous()
     box32 = None if box is None else box.to(torch.float32)
