@@ -186,8 +186,8 @@ class IncrementalMeanField:
                 z.clamp_(*self.params.clamp)
             if delta is not None:
                 d = torch.sub(out[:, :, y0 : y0 + th], delta[:, :, y0 : y0 + th], out=delta[:, :, y0 : y0 + th])
-                cols = d.unflatten(3, (ntx, tw))
-                hi, lo = cols.amax(4).amax(2), cols.amin(4).amin(2)
+                # over the rows first: a reduction across rows runs ~5x faster than one within them
+                hi, lo = d.amax(2).unflatten(2, (ntx, tw)).amax(3), d.amin(2).unflatten(2, (ntx, tw)).amin(3)
                 changed[:, :, y0 // th] = (hi > self.eps) | (lo < -self.eps)
 
         self._by_tile_rows(rows)
@@ -268,11 +268,16 @@ class IncrementalMeanField:
                 continue
             h, w, c0 = th + dy, tw + abs(dx), r + min(0, -dx)
             # the weights on each changed tile (computed once for all its labels), then one copy per pair
-            diff = img[:, :, r - dy : r - dy + h, c0 : c0 + w] - img[:, :, r : r + h, c0 + dx : c0 + dx + w]
-            u = torch.mul(diff[:, 0], diff[:, 0])
-            for c in range(1, diff.shape[1]):
+            # (into reused buffers: a fresh multi-megabyte tensor per tap pays its page faults every time)
+            n, channels = img.shape[:2]
+            diff = torch.sub(img[:, :, r - dy : r - dy + h, c0 : c0 + w], img[:, :, r : r + h, c0 + dx : c0 + dx + w],
+                             out=self._scratch("diff", (n, channels, h, w)))
+            u = torch.mul(diff[:, 0], diff[:, 0], out=self._scratch("u", (n, h, w)))
+            for c in range(1, channels):
                 u.addcmul_(diff[:, c], diff[:, c])
-            u = _finish_weight(u, self.passes.scale, a, g).index_select(0, owner)
+            _finish_weight(u, self.passes.scale, a, g)
+            u = torch.index_select(u.view(n, h * w), 0, owner,
+                                   out=self._scratch("u_pairs", (len(pairs), h * w))).view(len(pairs), h, w)
             to_plus.addcmul_(d_pairs, u[:, dy : dy + th, x0 : x0 + tw])
             to_minus.addcmul_(d_pairs, u[:, :th, x0 - dx : x0 - dx + tw])
         for k, (b, ty, tx, lab) in enumerate(pairs):

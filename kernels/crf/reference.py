@@ -264,7 +264,7 @@ def normalise_labels(
     torch.sum(z, dim=1, keepdim=True, out=den)
     if eps > 0:
         den.add_(m.neg_().add_(math.log(eps)).exp_())
-    z.div_(den)
+    z.mul_(den.reciprocal_())  # one division per pixel, not per label: a multiply is ~4x cheaper here
     return z.nan_to_num_(nan=0.0) if eps == 0 and log_box is not None else z
 
 
@@ -427,7 +427,7 @@ def floor_normalise(probs: Tensor, boxes: Tensor | None, floor: float, out: Tens
     x = torch.clamp_min(probs.to(torch.float32), floor, out=out)
     if boxes is not None:
         x.mul_(boxes)
-    x.div_(x.sum(dim=1, keepdim=True))
+    x.mul_(x.sum(dim=1, keepdim=True).reciprocal_())
     return x if boxes is None else x.nan_to_num_(nan=0.0)
 
 
