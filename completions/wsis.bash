@@ -216,7 +216,7 @@ __wsis_node__freemask() {
 # wsis irnet
 __wsis_node__irnet() {
     case $1 in
-    vopts) __wsis_r=' -i --images -o --out --labels --semantic --weights --arch --scale --fg-threshold --bg-threshold --crf-iterations --basin-threshold --epochs --batch-size --crop --edge-lr --dp-lr --train-radius --beta --walk-steps --ins-bg-threshold --sem-bg-threshold --centroid-threshold --centroid-divergence --field-cam-threshold --min-score --run --checkpoint --device --workers --seed --shard ' ;;
+    vopts) __wsis_r=' -i --images -o --out --labels --semantic --weights --arch --scale --fg-threshold --bg-threshold --crf-iterations --basin-threshold --epochs --batch-size --crop --edge-lr --dp-lr --train-radius --beta --walk-steps --ins-bg-threshold --sem-bg-threshold --centroid-threshold --centroid-divergence --field-cam-threshold --peak-split --min-score --run --checkpoint --device --workers --seed --shard ' ;;
     complete)
         case $prev in
         -i|--images) __wsis_dirs 0; return ;;
@@ -243,6 +243,7 @@ __wsis_node__irnet() {
         --centroid-threshold) :; return ;;
         --centroid-divergence) :; return ;;
         --field-cam-threshold) :; return ;;
+        --peak-split) :; return ;;
         --min-score) :; return ;;
         --run) __wsis_dirs 0; return ;;
         --checkpoint) __wsis_files 0; return ;;
@@ -252,7 +253,7 @@ __wsis_node__irnet() {
         --shard) :; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--arch --basin-threshold --batch-size --beta --bg-threshold --centroid-divergence --centroid-threshold --checkpoint --crf-iterations --crop --device --dp-lr --edge-lr --epochs --fg-threshold --field-cam-threshold --help --images --ins-bg-threshold --labels --min-score --no-amp --no-separate-instances --out --quiet --resume --run --scale --seed --sem-bg-threshold --semantic --separate-instances --shard --train-radius --verbose --walk-steps --weights --workers -h -i -o -q -v'
+            __wsis_words '--arch --basin-threshold --batch-size --beta --bg-threshold --centroid-divergence --centroid-threshold --checkpoint --crf-iterations --crop --device --dp-lr --edge-lr --epochs --fg-threshold --field-cam-threshold --help --images --ins-bg-threshold --labels --min-score --no-amp --no-separate-instances --out --peak-split --quiet --resume --run --scale --seed --sem-bg-threshold --semantic --separate-instances --shard --train-radius --verbose --walk-steps --weights --workers -h -i -o -q -v'
             return
         fi
         case $npos in

@@ -190,6 +190,7 @@ complete -c wsis -n '__wsis_in irnet' -l centroid-divergence -r -f -d 'A centroi
 complete -c wsis -n '__wsis_in irnet' -l separate-instances -d 'The random walk does not cross between two instances of the displacement field (touching...'
 complete -c wsis -n '__wsis_in irnet' -l no-separate-instances -d 'The random walk does not cross between two instances of the displacement field (touching...'
 complete -c wsis -n '__wsis_in irnet' -l field-cam-threshold -r -f -d 'Follow the displacement field only where some CAM reaches this (elsewhere its small noise...'
+complete -c wsis -n '__wsis_in irnet' -l peak-split -r -f -d 'Split an instance whose CAM has several peaks (parts above this fraction of its max), and group...'
 complete -c wsis -n '__wsis_in irnet' -l min-score -r -f -d 'Drop instances scoring less (fragments under 1% of the image score 0).'
 complete -c wsis -n '__wsis_in irnet' -l run -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Run folder: settings, checkpoints, metrics, model.pt.'
 complete -c wsis -n '__wsis_in irnet' -l checkpoint -r -F -d 'A model.pt from an earlier run: skip training and only predict.'

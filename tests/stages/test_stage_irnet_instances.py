@@ -13,6 +13,7 @@ from wsis_cli.stages.irnet_instances import (
     instance_cams,
     instance_map,
     refine_centroids,
+    split_by_cam_peaks,
     synthesize,
     upsample_scores,
 )
@@ -155,3 +156,50 @@ def test_background_field_noise_is_not_followed() -> None:
     assert all((g.mask == c.mask).all() for g, c in zip(gated, clean, strict=True))
     followed = synthesize(cams, edge, noisy, 80, 120, steps=16, field_cam_threshold=0.0)  # upstream
     assert any((f.mask != c.mask).any() for f, c in zip(followed, clean, strict=True))
+
+
+def _two_peaked_cam(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A ``(1, h, w)`` CAM over two touching squares, peaked at each square's centre (a saddle between)."""
+    ys, xs = np.mgrid[0 : a.shape[0], 0 : a.shape[1]].astype(np.float32)
+    cam = np.zeros(a.shape, np.float32)
+    for m in (a, b):
+        d2 = (ys - ys[m].mean()) ** 2 + (xs - xs[m].mean()) ** 2
+        cam = np.maximum(cam, np.exp(-d2 / 30.0) * m)
+    return cam[None]
+
+
+def test_split_by_cam_peaks() -> None:
+    _, a, b = two_touching_squares()
+    cam = _two_peaked_cam(a, b)
+    merged = (a | b).astype(np.int64)  # a field that sent both squares to one centroid
+    out = split_by_cam_peaks(merged, cam, 0.7)
+    ia, ib = np.unique(out[a]), np.unique(out[b])
+    assert len(ia) == 1 and len(ib) == 1 and ia[0] > 0 and ib[0] > 0 and ia[0] != ib[0]
+    assert (out[~(a | b)] == 0).all()
+    assert (split_by_cam_peaks(merged, (a | b).astype(np.float32)[None], 0.7)[a | b] == 1).all()  # one peak
+    # cells with no centroid: left alone, or grouped by their peaks where the CAM reaches unassigned_cam
+    assert (split_by_cam_peaks(np.zeros_like(merged), cam, 0.7) == 0).all()
+    orphans = split_by_cam_peaks(np.zeros_like(merged), cam, 0.7, unassigned_cam=0.1)
+    assert len(np.unique(orphans[a])) == 1 and np.unique(orphans[a])[0] != np.unique(orphans[b])[0]
+    assert (orphans[cam[0] < 0.1] == 0).all()
+
+
+def test_synthesize_splits_a_merged_instance_at_its_cam_peaks() -> None:
+    """A learnt field often sends two touching instances of one class to one centroid (its relations are
+    class-level); their CAM still peaks once in each: ``peak_split`` (default) splits them, 0 is upstream."""
+    _, a, b = two_touching_squares()
+    union = a | b
+    ys, xs = np.mgrid[0:20, 0:30].astype(np.float32)
+    disp = np.zeros((2, 20, 30), np.float32)
+    disp[0][union], disp[1][union] = ys[union].mean() - ys[union], xs[union].mean() - xs[union]
+    cam = _two_peaked_cam(a, b)
+    ring = np.zeros_like(union)
+    ring[4:16, 4:26] = True
+    edge = torch.from_numpy((ring & ~union).astype(np.float32))
+
+    def kept(**kw: object) -> list[int]:
+        return sorted(int(d.mask.sum()) for d in synthesize(cam, edge, disp, 80, 120, steps=16, **kw) if d.score > 0)
+
+    assert len(kept(peak_split=0.0)) == 1
+    split = kept()
+    assert len(split) == 2 and all(800 <= x <= 2000 for x in split), split

@@ -85,6 +85,10 @@ def irnet(
         help="Follow the displacement field only where some CAM reaches this (elsewhere its small noise, "
         "followed for 300 steps, carries background into object centroids); 0: upstream.",
         rich_help_panel=_INFER)] = 0.25,
+    peak_split: Annotated[float, typer.Option(
+        help="Split an instance whose CAM has several peaks (parts above this fraction of its max), and group "
+        "the CAM cells the displacement field leaves without a centroid by their peaks; 0: upstream.",
+        rich_help_panel=_INFER)] = 0.8,
     min_score: Annotated[float, typer.Option(help="Drop instances scoring less (fragments under 1% of the image "
                                              "score 0).", rich_help_panel=_INFER)] = 1e-5,
     run: RunOpt = None,
@@ -123,10 +127,11 @@ def irnet(
         settings = IRNetSettings(
             weights=weights, arch=arch, scale=scale, fg_threshold=fg_threshold, bg_threshold=bg_threshold,
             crf_iterations=crf_iterations, epochs=epochs, batch_size=batch_size, crop=crop, edge_lr=edge_lr,
-            dp_lr=dp_lr, train_radius=train_radius, basin_threshold=basin_threshold, seed=seed, beta=beta, walk_steps=walk_steps, ins_bg_threshold=ins_bg_threshold,
+            dp_lr=dp_lr, train_radius=train_radius, basin_threshold=basin_threshold, seed=seed, beta=beta,
+            walk_steps=walk_steps, ins_bg_threshold=ins_bg_threshold,
             sem_bg_threshold=sem_bg_threshold, centroid_threshold=centroid_threshold,
             centroid_divergence=centroid_divergence, separate_instances=separate_instances, min_score=min_score,
-            field_cam_threshold=field_cam_threshold,
+            field_cam_threshold=field_cam_threshold, peak_split=peak_split,
             amp=not no_amp,
         )
     except ValueError as e:

@@ -60,6 +60,7 @@ class IRNetSettings:
     centroid_divergence: float = -0.5  # candidates must be sinks of the field; inf: the paper's rule
     separate_instances: bool = True  # the walk does not cross instances; False: upstream's walk
     field_cam_threshold: float = 0.25  # the field is 0 where every CAM is below this (0: upstream)
+    peak_split: float = 0.8  # clusters whose CAM has several peaks are split (irnet_instances; 0: upstream)
     refine_steps: int = 300
     fragment_fraction: float = 0.01
     min_score: float = 1e-5
@@ -77,6 +78,8 @@ class IRNetSettings:
             raise ValueError(f"walk-radius must be in (1, 16], got {self.walk_radius}")
         if not 0 <= self.field_cam_threshold <= 1:
             raise ValueError(f"field-cam-threshold must be in [0, 1], got {self.field_cam_threshold}")
+        if not 0 <= self.peak_split < 1:
+            raise ValueError(f"peak-split must be in [0, 1), got {self.peak_split}")
         if not 1 < self.train_radius <= 16 or not 0 <= self.basin_threshold < 1:
             raise ValueError(f"train-radius must be in (1, 16] and basin-threshold in [0, 1), got "
                              f"{self.train_radius} and {self.basin_threshold}")
@@ -281,7 +284,7 @@ def predict_image(model: Any, image: np.ndarray, cams: np.ndarray, settings: IRN
                       refine_steps=settings.refine_steps, centroid_threshold=settings.centroid_threshold,
                       sink_divergence=settings.centroid_divergence, separate_instances=settings.separate_instances,
                       fragment_fraction=settings.fragment_fraction,
-                      field_cam_threshold=settings.field_cam_threshold, **walk)
+                      field_cam_threshold=settings.field_cam_threshold, peak_split=settings.peak_split, **walk)
     sem = semantic_labels(cams, edge, height, width, bg_threshold=settings.sem_bg_threshold, **walk) if semantic \
         else None
     return dets, sem

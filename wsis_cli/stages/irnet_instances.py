@@ -7,7 +7,7 @@ resolution; each channel's pixels split into 4-connected fragments, and each fra
 scored by the max walked score inside it, or 0 when it is smaller than 1% of the image (upstream
 ``detect_instance``).
 
-Three deviations from upstream, measured on synthetic images where instances of one class touch (see
+Four deviations from upstream, measured on synthetic images where instances of one class touch (see
 ``tests/stages/test_stage_irnet_quality.py``), all switchable:
 
 * centroid candidates must be sinks of the displacement field (:func:`centroid_candidates`): with the
@@ -17,7 +17,11 @@ Three deviations from upstream, measured on synthetic images where instances of 
   of touching same-class instances over each other and the stronger one takes both;
 * the field is taken as 0 where every CAM is below ``field_cam_threshold`` (0.25): a learnt field is small
   noise on the background, which 300 refinement steps turn into drifts into object centroids and sinks on
-  the image border (learnt maps: AP50 0.396 -> 0.469 and 0.558 -> 0.572 on two sets; oracle maps unchanged).
+  the image border (learnt maps: AP50 0.396 -> 0.469 and 0.558 -> 0.572 on two sets; oracle maps unchanged);
+* instances are split at the peaks of their CAM (``peak_split``, :func:`split_by_cam_peaks`), and the cells
+  the field leaves without a centroid are grouped by CAM peaks too: upstream makes them one more instance,
+  which spreads over every object they belong to. A CAM usually peaks once per object, and the learnt field
+  is weakest exactly where two instances of one class touch (its relations are class-level).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ SINK_DIVERGENCE = -0.5  # a candidate centroid must be a sink of the field (see 
 BG_THRESHOLD = 0.25
 FRAGMENT_FRACTION = 0.01
 FIELD_CAM_THRESHOLD = 0.25  # the displacement field is followed only where some CAM reaches this
+PEAK_SPLIT = 0.8  # instances are split at CAM peaks above this fraction of their max (0: upstream)
+ORPHAN_CAM = 0.1  # with PEAK_SPLIT, cells reaching no centroid are grouped by CAM peaks where a CAM reaches this
 
 
 def refine_centroids(disp: np.ndarray, steps: int = REFINE_STEPS) -> np.ndarray:
@@ -99,6 +105,54 @@ def instance_map(centroids: np.ndarray, disp: np.ndarray, threshold: float = CEN
     lut = np.zeros(int(comp.max()) + 1, np.int64)
     lut[used] = np.arange(1, len(used) + 1)
     return lut[assigned]
+
+
+def split_by_cam_peaks(inst: np.ndarray, cams: np.ndarray, threshold: float, min_cells: int = 2,
+                       unassigned_cam: float | None = None) -> np.ndarray:
+    """Split the instances of ``inst`` at the peaks of their CAM (an extension; see the module docstring).
+
+    Each 8-connected part of an instance is split when ``cams.max(0)`` has several 8-connected parts
+    of at least ``min_cells`` cells above ``threshold`` times its max over that part (the *seeds*): every
+    cell of the part joins its nearest seed (Euclidean), each seed becoming an instance. With
+    ``unassigned_cam`` set, the cells that reached no centroid (``inst == 0``) and where the CAM reaches
+    ``unassigned_cam`` are grouped the same way instead of staying one instance spread over every object.
+
+    Args:
+        inst: ``(h, w)`` int64 instance map (0: no centroid), as :func:`instance_map` returns it.
+        cams: ``(C, h, w)`` CAMs in [0, 1].
+    Returns:
+        ``(h, w)`` int64 instance map numbered 1..K' (0 where no instance remains).
+    """
+    cam = cams.max(0).astype(np.float32)
+    out = np.zeros_like(inst)
+    next_id = 1
+    for k in range(0 if unassigned_cam is not None else 1, int(inst.max()) + 1):
+        cluster = (inst == k) if k else (inst == 0) & (cam >= unassigned_cam)
+        if not cluster.any():
+            continue
+        n_parts, parts = cv2.connectedComponents(cluster.astype(np.uint8), connectivity=8)
+        for part_id in range(1, n_parts):
+            part = parts == part_id
+            top = float(cam[part].max())
+            n, seeds, stats, _ = cv2.connectedComponentsWithStats(((cam >= threshold * top) & part).astype(np.uint8),
+                                                                  connectivity=8)
+            good = [j for j in range(1, n) if stats[j, cv2.CC_STAT_AREA] >= min_cells]
+            if len(good) < 2:
+                out[part] = next_id
+                next_id += 1
+                continue
+            seeds = np.where(np.isin(seeds, good), seeds, 0)
+            # the distance transform labels every cell with the component of its nearest zero cell (a seed)
+            _, nearest = cv2.distanceTransformWithLabels((seeds == 0).astype(np.uint8), cv2.DIST_L2, 5,
+                                                         labelType=cv2.DIST_LABEL_CCOMP)
+            lut = np.zeros(int(nearest.max()) + 1, np.int64)
+            on = seeds > 0
+            lut[nearest[on]] = seeds[on]
+            owner = lut[nearest]
+            for j in good:
+                out[part & (owner == j)] = next_id
+                next_id += 1
+    return out
 
 
 def cluster_centroids(centroids: np.ndarray, disp: np.ndarray, threshold: float = CENTROID_THRESHOLD,
@@ -174,7 +228,8 @@ def synthesize(cams: np.ndarray, edge: Tensor, disp: np.ndarray, height: int, wi
                refine_steps: int = REFINE_STEPS, centroid_threshold: float = CENTROID_THRESHOLD,
                sink_divergence: float | None = SINK_DIVERGENCE, separate_instances: bool = True,
                fragment_fraction: float = FRAGMENT_FRACTION,
-               field_cam_threshold: float = FIELD_CAM_THRESHOLD) -> list[Detection]:
+               field_cam_threshold: float = FIELD_CAM_THRESHOLD, peak_split: float = PEAK_SPLIT,
+               orphan_cam: float = ORPHAN_CAM) -> list[Detection]:
     """Instances of one image from its stride-4 CAMs, boundary map and displacement field.
 
     Args:
@@ -188,6 +243,8 @@ def synthesize(cams: np.ndarray, edge: Tensor, disp: np.ndarray, height: int, wi
             refinement (0: upstream). A learnt field is small noise on the background, and 300 refinement
             steps turn that noise into drifts that carry background cells into object centroids and form
             spurious sinks on the image border.
+        peak_split: > 0: :func:`split_by_cam_peaks` at this fraction of each instance's CAM max, the cells
+            without a centroid included where some CAM reaches ``orphan_cam``; 0: upstream.
     Returns:
         detections with ``channel`` = index into ``cams``; the caller maps it to a category id.
     """
@@ -197,6 +254,8 @@ def synthesize(cams: np.ndarray, edge: Tensor, disp: np.ndarray, height: int, wi
         disp = disp * (cams.max(0) >= field_cam_threshold)[None]
     centroids = refine_centroids(disp, refine_steps)
     inst = instance_map(centroids, disp, centroid_threshold, sink_divergence)
+    if peak_split > 0:
+        inst = split_by_cam_peaks(inst, cams, peak_split, unassigned_cam=orphan_cam)
     first = 0 if (inst == 0).any() else 1
     instances = inst[None] == np.arange(first, int(inst.max()) + 1)[:, None, None]
     k = instances.shape[0]

@@ -226,7 +226,9 @@ def train(model: IRNet, samples: Sequence[Sample], cfg: TrainConfig, ctx: DistCo
     start, step = 0, 0
     state = run.load_checkpoint()
     if state is not None:
-        model.load_state_dict(state["model"])
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        if unexpected or any(not k.startswith("backbone.") for k in missing):
+            raise RuntimeError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start, step = int(state["epoch"]), int(state["step"])
@@ -258,7 +260,7 @@ def train(model: IRNet, samples: Sequence[Sample], cfg: TrainConfig, ctx: DistCo
             progress.advance(1)
         means = {k: v / steps_per_epoch for k, v in sums.items()}
         if ctx.is_main:
-            run.save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
+            run.save_checkpoint({"model": head_state(model), "optimizer": opt.state_dict(),
                                  "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
                                  "rng": rng_state()})
             run.log_metrics({"epoch": epoch + 1, "step": step, **means})
@@ -268,6 +270,12 @@ def train(model: IRNet, samples: Sequence[Sample], cfg: TrainConfig, ctx: DistCo
                  means.get("dp_bg", math.nan))
         ctx.barrier()
     progress.finish()
+
+
+def head_state(model: IRNet) -> dict[str, torch.Tensor]:
+    """The trained part of the model's state (heads and mean shift) for the per-epoch checkpoint: the frozen
+    backbone is rebuilt from the same weights (or seed) on resume, and would be ~90% of each file."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
 
 
 @torch.no_grad()
