@@ -38,6 +38,30 @@ times are dominated by torch's thread stalls (2-label 5x5/d2: 796 ms wall vs 77 
 The weight-map cache was then removed (issue 3: weights computed on the fly, never stored per tap): 21 labels,
 one thread, CPU-time medians of 25 interleaved runs against it: 5x5/d2 225 vs 201 ms (+12 %), 7x7 324 vs 302 ms
 (+7 %); peak extra memory 86 vs 107 MiB (5x5/d2) and 81 vs 132 MiB (7x7).
+
+Session 6: the CPU passes run on a few threads that each take whole bands (rows of tiles) and run torch
+single-threaded (``wsis_kernels.crf.parallel``); before, every op forked and joined torch's two threads, which
+under load stalled on descheduled threads. 21 labels, scene 0, default threads, wall, medians of 5, before (28de3ad)
+and after interleaved in one run at load 4.6-6.5 (pydensecrf 0.64-1.1 s there; IoU gains unchanged):
+
+    iters  window   before          after
+    5      5x5/d2   876 ms  0.7x    300 ms  2.2x
+    5      7x7      4.25 s  0.2x    396 ms  1.7x
+    5      11x11    1.52 s  0.4x    633 ms  1.0x
+    10     5x5/d2   3.86 s  0.3x    351 ms  2.9x
+    10     7x7      343 ms  3.2x    307 ms  3.6x
+    10     11x11    444 ms  2.2x    422 ms  2.3x
+
+One thread, CPU time, same load: unchanged within the noise (5x5/d2 2.8-3.7x, 7x7 2.0-2.8x, 11x11 1.3-1.7x).
+Where a 5-iteration 21-label run goes (one thread, 5x5/d2, ~200 ms): four whole-image message passes (~30 ms
+each: the first three changes touch 100 %, 99.6 % and 32 % of the (tile, label) pairs, and at 32 % every band
+still holds changes of all 21 labels, because this scene's spurious spots carry every label), five softmaxes
+(~8 ms each), the start (~12 ms) and one per-tile iteration. Recomputing only the pairs whose state is not
+nearly constant around the tile (valid in the dense iterations, unlike change-based skipping) was tried: 46 %
+and 22 % of the pairs still vary at iterations 3 and 4, and in eager PyTorch gathering a tile with its margin
+and adding its result back cost 2-7 ns per value (index kernels) against ~0.2 ns per multiply-add in the banded
+pass: ~15 us per pair against ~5.6 us in a whole-image pass, so it can only win below ~35 % of the pairs. The
+first version ran 2.5x slower (565 vs 226 ms, 5 iterations); not kept.
 """
 
 from __future__ import annotations

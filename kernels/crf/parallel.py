@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 import torch
@@ -118,5 +118,6 @@ def run(pieces: Sequence[tuple[int, int]], body: Callable[[int, int, int], None]
     try:
         take(0)
     finally:
-        for f in helpers:
-            f.result()  # re-raises a worker's exception here (after all have stopped)
+        wait(helpers)  # all stopped before any error leaves (they write into the caller's buffers)
+    for f in helpers:
+        f.result()  # re-raises a helper's exception here

@@ -16,6 +16,10 @@ With many labels (two from :data:`TWO_LABEL_INCREMENTAL_PIXELS` on) and ``sparse
 :func:`mean_field_crf_reference` hands the loop to :mod:`wsis_kernels.crf.incremental`, which propagates only
 the changes of ``Q`` larger than ``sparse_eps``;
 ``sparse_eps = 0`` runs :func:`_multi` here, the plain loop and the truth the tests compare against.
+
+On CPU the row bands of a pass are independent (each writes only its own rows), so they run on the threads
+of :mod:`wsis_kernels.crf.parallel`, each band single-threaded; band edges never depend on the thread count,
+so neither does the result.
 """
 
 from __future__ import annotations
