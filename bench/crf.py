@@ -39,9 +39,11 @@ The weight-map cache was then removed (issue 3: weights computed on the fly, nev
 one thread, CPU-time medians of 25 interleaved runs against it: 5x5/d2 225 vs 201 ms (+12 %), 7x7 324 vs 302 ms
 (+7 %); peak extra memory 86 vs 107 MiB (5x5/d2) and 81 vs 132 MiB (7x7).
 
-Session 6: the CPU passes run on a few threads that each take whole bands (rows of tiles) and run torch
-single-threaded (``wsis_kernels.crf.parallel``); before, every op forked and joined torch's two threads, which
-under load stalled on descheduled threads. 21 labels, scene 0, default threads, wall, medians of 5, before (28de3ad)
+Session 6: with 4 labels or more the CPU passes run on a few threads that each take whole bands (rows of tiles)
+and run torch single-threaded (``wsis_kernels.crf.parallel``); before, every op forked and joined torch's two
+threads, which under load stalled on descheduled threads. (With 2 labels two half-image bands balanced worse
+than torch's threads, 51 vs 37 ms at load 2.5, so fewer labels keep torch's threads: 2 labels unchanged, 5x5/d2
+7.0x / 6.8x pydensecrf at 5 / 10 iterations, load 1.5.) 21 labels, scene 0, default threads, wall, medians of 5, before (28de3ad)
 and after interleaved in one run at load 4.6-6.5 (pydensecrf 0.64-1.1 s there; IoU gains unchanged):
 
     iters  window   before          after

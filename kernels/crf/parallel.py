@@ -11,7 +11,8 @@ threads take the next band as they get free and run its operations back to back 
 Every band is processed by exactly one thread with the same operations in the same order as the sequential
 loop, so results are bitwise identical whatever the thread count (deterministic). The number of threads
 follows ``torch.get_num_threads()`` of the calling thread: ``torch.set_num_threads(1)`` (or
-``OMP_NUM_THREADS=1``) runs everything inline, as before.
+``OMP_NUM_THREADS=1``) runs everything inline. With few labels a pass is too short for this to pay (two
+half-image bands balance badly); the CRF then leaves torch's own threads in charge, as before.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ def _init_worker() -> None:
 
 
 def workers(units: int) -> int:
-    """How many threads a pass over ``units`` independent pieces would use (1 = inline)."""
-    if getattr(_WORKER, "inside", False):  # already inside a worker: never nest pools
+    """How many threads a pass over ``units`` independent pieces would use (1 = inline).
+
+    More than one only inside :func:`own_ops_single_threaded` (elsewhere the caller's ops use torch's threads,
+    and pool threads beside them would oversubscribe the cores), never inside a pool thread.
+    """
+    if getattr(_WORKER, "inside", False):
         return 1
-    budget = getattr(_WORKER, "budget", None) or torch.get_num_threads()
-    return max(1, min(units, budget))
+    return max(1, min(units, getattr(_WORKER, "budget", None) or 1))
 
 
 @contextmanager

@@ -17,9 +17,9 @@ With many labels (two from :data:`TWO_LABEL_INCREMENTAL_PIXELS` on) and ``sparse
 the changes of ``Q`` larger than ``sparse_eps``;
 ``sparse_eps = 0`` runs :func:`_multi` here, the plain loop and the truth the tests compare against.
 
-On CPU the row bands of a pass are independent (each writes only its own rows), so they run on the threads
-of :mod:`wsis_kernels.crf.parallel`, each band single-threaded; band edges never depend on the thread count,
-so neither does the result.
+On CPU with many labels the row bands of a pass are independent (each writes only its own rows), so they run on
+the threads of :mod:`wsis_kernels.crf.parallel`, each band single-threaded; band edges never depend on the
+thread count, so neither does the result.
 """
 
 from __future__ import annotations
@@ -106,7 +106,10 @@ def large_empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
 TWO_LABEL_INCREMENTAL_PIXELS = 320 * 320
 
 BAND_BYTES = 4 * 1024 * 1024  # message rows per band for many labels: msg + src bands stay cache-resident
-SPLIT_PIXELS = 128 * 128  # with few labels, images from this size on are cut into bands for parallel threads
+# From this many labels on, the CPU passes run in row bands on the threads of `parallel`. With fewer, torch's own
+# per-op threads stay: a pass is then a few ms and two half-image bands balanced badly (2 labels, 512x512, load
+# 2.5: 51 ms against 37 ms with torch's threads).
+MANY_LABELS = 4
 
 
 class _MessagePass:
@@ -161,15 +164,15 @@ class _MessagePass:
         return _finish_weight(wt, self.scale, a, g)
 
     def _band_rows(self, labels: int) -> int:
-        """Rows per band: cache-sized for many labels; for a few, the whole of a small image, else a quarter.
+        """Rows per band: cache-sized for many labels, the whole image for a few.
 
         Never a function of the thread count: band edges change the rounding of some weights (vectorised
         and scalar ``exp2`` differ in the last bit), and results must not depend on the machine's cores.
         """
         batch, _, height, width = self.shape
-        if labels >= 4:
-            return max(32, min(height, BAND_BYTES // (4 * batch * labels * width)))
-        return height if batch * height * width < SPLIT_PIXELS else max(64, -(-height // 4))
+        if labels < MANY_LABELS:
+            return height
+        return max(32, min(height, BAND_BYTES // (4 * batch * labels * width)))
 
     def run(self, msg: Tensor, src: Tensor, weight_sum: Tensor | None = None) -> None:
         """``msg`` and ``src`` are ``(B, L, H, W)``; ``weight_sum`` (``(B, 1, H, W)``) also gets ``sum_j k``.
@@ -373,10 +376,10 @@ def mean_field_crf_reference(image: Tensor, probs: Tensor, box: Tensor | None, p
     """Reference mean-field CRF. Shapes as in :func:`wsis_kernels.mean_field_crf` (validated there).
 
     Returns float32 ``(B, L, H, W)``: the refined foreground probability for ``L = 1``, label
-    probabilities otherwise. On CPU the passes run on up to ``torch.get_num_threads()`` threads
-    (:mod:`wsis_kernels.crf.parallel`); the result does not depend on the thread count.
+    probabilities otherwise. On CPU with many labels the passes run on up to ``torch.get_num_threads()``
+    threads (:mod:`wsis_kernels.crf.parallel`); the result does not depend on the thread count.
     """
-    if image.device.type != "cpu":
+    if image.device.type != "cpu" or probs.shape[1] < MANY_LABELS:
         return _reference(image, probs, box, params)
     with parallel.own_ops_single_threaded():
         return _reference(image, probs, box, params)

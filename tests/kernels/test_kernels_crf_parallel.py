@@ -34,7 +34,7 @@ def threads():
     [
         (21, (150, 70), CRFParams(iterations=4)),  # incremental loop: bands of 32 rows, rows of tiles
         (21, (96, 41), CRFParams(iterations=3, sparse_eps=0.0, kernel_size=3, include_centre=True)),  # dense
-        (2, (140, 130), CRFParams(iterations=3, sparse_eps=0.0)),  # foreground-only loop, bands of 64 rows
+        (2, (140, 130), CRFParams(iterations=3, sparse_eps=0.0)),  # foreground-only loop: torch's own threads
     ],
 )
 def test_result_does_not_depend_on_the_thread_count(reference_backend, threads, labels, size, params):
