@@ -32,11 +32,6 @@ from wsis_cli.io import rle as rle_utils
 Region = tuple[int, int, int, int]  # x0, y0, x1, y1 integer pixels, x1/y1 exclusive
 
 
-def box_region(bbox: Sequence[float], height: int, width: int) -> Region:
-    """The pixels an XYWH box touches, clipped to the image (the ones :func:`rle.box_mask` fills)."""
-    return rle_utils.box_pixels(bbox, height, width)
-
-
 def box_probabilities(prob: np.ndarray, bounds: Sequence[int], region: Region) -> np.ndarray:
     """A crop's ``(h, w)`` map resized bilinearly into its window ``bounds`` (XYXY ints, may leave the
     image) and read over ``region`` (which lies inside the window) → ``(y1 - y0, x1 - x0)`` float32."""
@@ -92,7 +87,7 @@ def paste_mask(prob: np.ndarray, bounds: tuple[int, int, int, int], bbox: list[f
     ``bounds`` is the crop window (XYXY ints, may leave the image). Returns the mask (never empty, never
     outside the box) and its mean probability.
     """
-    region = box_region(bbox, height, width)
+    region = rle_utils.box_pixels(bbox, height, width)
     p = box_probabilities(prob, bounds, region)
     mask = threshold_mask(p, threshold)
     return _full_mask(mask, region, height, width), _mean(p, mask)
@@ -118,7 +113,7 @@ def image_records(probs: np.ndarray, bounds: np.ndarray, anns: list[dict[str, An
     ``score`` (the input's, or else the mask's mean probability, so that AP ranks confident masks first).
     """
     height, width = image["height"], image["width"]
-    regions = [box_region(a["bbox"], height, width) for a in anns]
+    regions = [rle_utils.box_pixels(a["bbox"], height, width) for a in anns]
     maps = [box_probabilities(probs[k], bounds[k].tolist(), regions[k]) for k in range(len(anns))]
     masks = [threshold_mask(p, threshold) for p in maps]
     if exclusive and len(anns) > 1:
