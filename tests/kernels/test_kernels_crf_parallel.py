@@ -76,3 +76,23 @@ def test_bands_cover_the_rows_once(threads):
     with parallel.own_ops_single_threaded():
         parallel.run(parallel.ranges(3, 100, 7), lambda worker, y0, y1: seen.append((y0, y1)))
     assert sorted(seen) == parallel.ranges(3, 100, 7) and seen[0][0] == 3 and max(y1 for _, y1 in seen) == 100
+
+
+def test_two_threads_really_share_the_bands(threads):
+    """The invariance tests above would pass with every band run inline; here the caller's first band waits
+    until another thread has taken one, which never happens unless the pool runs bands beside it."""
+    torch.set_num_threads(2)
+    other = threading.Event()
+    workers = set()
+
+    def body(worker, y0, y1):
+        workers.add(worker)
+        if worker == 0:
+            other.wait(timeout=30)
+        else:
+            other.set()
+
+    with parallel.own_ops_single_threaded():
+        assert parallel.workers(8) == 2
+        parallel.run(parallel.ranges(0, 64, 8), body)
+    assert workers == {0, 1}
