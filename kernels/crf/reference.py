@@ -172,7 +172,11 @@ class _MessagePass:
         batch, _, height, width = self.shape
         if labels < MANY_LABELS:
             return height
-        return max(32, min(height, BAND_BYTES // (4 * batch * labels * width)))
+        rows = max(32, min(height, BAND_BYTES // (4 * batch * labels * width)))
+        # an even number of bands of nearly equal height, so that two or four threads get equal shares
+        bands = math.ceil(height / rows)
+        bands += bands % 2 if bands > 1 else 0
+        return math.ceil(height / bands)
 
     def run(self, msg: Tensor, src: Tensor, weight_sum: Tensor | None = None) -> None:
         """``msg`` and ``src`` are ``(B, L, H, W)``; ``weight_sum`` (``(B, 1, H, W)``) also gets ``sum_j k``.
@@ -212,13 +216,16 @@ class _MessagePass:
                     weight_sum[into].add_(part)
 
 
-def _finish_weight(wt: Tensor, scale: float, a: float, g: float) -> Tensor:
-    """``a * exp2(max(-scale * wt, -126)) + g`` in place, ``wt`` holding ``sum_c (I_i - I_j)^2``."""
+def _finish_weight(wt: Tensor, scale: float, a: float | Tensor, g: float | Tensor) -> Tensor:
+    """``a * exp2(max(-scale * wt, -126)) + g`` in place, ``wt`` holding ``sum_c (I_i - I_j)^2``.
+
+    ``a`` and ``g`` are numbers, or tensors that broadcast against ``wt`` (one per tap).
+    """
     # Scaling after the sum (not the image before it) keeps the weights within ~3e-6 of float64.
     wt.mul_(-scale).clamp_(min=-MAX_EXP2).exp2_()
-    if a != 1.0:
+    if isinstance(a, Tensor) or a != 1.0:
         wt.mul_(a)
-    if g != 0.0:
+    if isinstance(g, Tensor) or g != 0.0:
         wt.add_(g)
     return wt
 

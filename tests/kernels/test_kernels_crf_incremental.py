@@ -45,22 +45,23 @@ CASES = [
 ]
 
 
-def force_per_tile(monkeypatch):
-    """8x8 tiles and no fallback to the banded pass, so that small images exercise every per-tile branch."""
-    monkeypatch.setattr(incremental, "TILE", (8, 8))
-    monkeypatch.setattr(incremental, "SPARSE_FRACTION", 1.0)
-    monkeypatch.setattr(incremental, "DENSE_NORMALISE", 1.0)
+def force_sparse(monkeypatch, locate_in_sweep: bool = True):
+    """Value-by-value propagation and per-pixel updates from the first change on, so that small images
+    exercise every sparse branch; the changes found in the whole-image sweep or in a second one."""
+    monkeypatch.setattr(incremental, "SPARSE_VALUES", 1.0)
+    monkeypatch.setattr(incremental, "GATHER_PIXELS", 1.0)
+    monkeypatch.setattr(incremental, "SPECULATE", 1.0 if locate_in_sweep else -1.0)
 
 
-@pytest.fixture
-def small_tiles(monkeypatch):
-    force_per_tile(monkeypatch)
+@pytest.fixture(params=[True, False], ids=["located-in-sweep", "located-after"])
+def sparse(request, monkeypatch):
+    force_sparse(monkeypatch, request.param)
 
 
 @pytest.mark.parametrize(("batch", "labels", "height", "width", "params", "box"), CASES)
-def test_propagating_every_change_equals_the_dense_reference(reference_backend, small_tiles, rng, batch, labels,
+def test_propagating_every_change_equals_the_dense_reference(reference_backend, sparse, rng, batch, labels,
                                                              height, width, params, box):
-    # sparse_eps = 1e-30 propagates every change: only the bookkeeping (tiles, patches, borders) is tested
+    # sparse_eps = 1e-30 propagates every change: only the bookkeeping (indices, margins, borders) is tested
     image, probs, boxes = peaked_inputs(rng, batch, labels, height, width, box)
     want = mean_field_crf(image, probs, boxes, dataclasses.replace(params, sparse_eps=0.0))
     got = mean_field_crf(image, probs, boxes, dataclasses.replace(params, sparse_eps=1e-30))
@@ -68,12 +69,12 @@ def test_propagating_every_change_equals_the_dense_reference(reference_backend, 
     torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("forced", [True, False], ids=["per-tile", "as-dispatched"])
+@pytest.mark.parametrize("forced", [True, False], ids=["sparse", "as-dispatched"])
 @pytest.mark.parametrize(("batch", "labels", "height", "width", "params", "box"), CASES)
 def test_default_eps_stays_close_to_the_dense_reference(reference_backend, monkeypatch, rng, batch, labels,
                                                         height, width, params, box, forced):
     if forced:
-        force_per_tile(monkeypatch)
+        force_sparse(monkeypatch)
     image, probs, boxes = peaked_inputs(rng, batch, labels, height, width, box)
     want = mean_field_crf(image, probs, boxes, dataclasses.replace(params, sparse_eps=0.0))
     got = mean_field_crf(image, probs, boxes, params)  # default sparse_eps 1e-6
@@ -81,7 +82,7 @@ def test_default_eps_stays_close_to_the_dense_reference(reference_backend, monke
 
 
 @pytest.mark.parametrize("eps", [1e-3, 3e-2])
-def test_one_step_error_within_the_documented_bound(reference_backend, small_tiles, rng, eps):
+def test_one_step_error_within_the_documented_bound(reference_backend, sparse, rng, eps):
     # Two iterations: Q1 is exact, Q2 comes from logits within eps * sum_j k(i, j) of the exact ones, and a
     # logit error of at most delta moves a softmax probability by at most exp(2 delta) - 1.
     params = dataclasses.replace(BASE, iterations=2, sparse_eps=eps)

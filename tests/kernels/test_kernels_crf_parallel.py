@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from wsis_kernels import CRFParams, mean_field_crf
-from wsis_kernels.crf import parallel
+from wsis_kernels.crf import incremental, parallel
 
 
 def inputs(labels: int, height: int, width: int, seed: int = 0):
@@ -32,12 +32,17 @@ def threads():
 @pytest.mark.parametrize(
     ("labels", "size", "params"),
     [
-        (21, (150, 70), CRFParams(iterations=4)),  # incremental loop: bands of 32 rows, rows of tiles
+        (21, (150, 70), CRFParams(iterations=4)),  # incremental loop: bands, row pieces, sparse steps
         (21, (96, 41), CRFParams(iterations=3, sparse_eps=0.0, kernel_size=3, include_centre=True)),  # dense
         (2, (140, 130), CRFParams(iterations=3, sparse_eps=0.0)),  # foreground-only loop: torch's own threads
     ],
 )
-def test_result_does_not_depend_on_the_thread_count(reference_backend, threads, labels, size, params):
+@pytest.mark.parametrize("sparse", [False, True], ids=["as-dispatched", "sparse"])
+def test_result_does_not_depend_on_the_thread_count(reference_backend, threads, monkeypatch, labels, size, params,
+                                                    sparse):
+    if sparse:  # value-by-value propagation from the first change on (changes located in row pieces)
+        monkeypatch.setattr(incremental, "SPARSE_VALUES", 1.0)
+        monkeypatch.setattr(incremental, "GATHER_PIXELS", 0.5)
     image, probs = inputs(labels, *size)
     results = []
     for count in (1, 2, 3):
