@@ -41,6 +41,8 @@ ROWS = 32  # rows per piece of a whole-image update: ~10 passes over it then sta
 SPARSE_VALUES = 0.015  # scatter the changes value by value while at most this share of the values changed
 GATHER_PIXELS = 0.25  # renormalise only the changed pixels while at most this fraction of the image changed
 SAMPLE = 4  # the share of changed values is counted on every SAMPLE-th row (it only picks the faster path)
+PIXEL_PIECE = 4096  # pixels per piece of a per-pixel update
+PLANE_GROUPS = 8  # label planes are scattered into in this many groups
 SPECULATE = 0.25  # a whole-image update also locates its changes when the last share was at most this
 
 
@@ -227,7 +229,21 @@ class IncrementalMeanField:
 
     def _normalise_pixels(self, pixels: Tensor, used: Tensor | None, fresh: Tensor) -> tuple[Tensor, Tensor]:
         """The update at ``pixels`` (flat ``b * H * W + y * W + x``) only, written into ``fresh``; with
-        ``used``, its changes larger than eps: their flat indices and sizes, ``used`` taking the new values."""
+        ``used``, its changes larger than eps: their flat indices and sizes, ``used`` taking the new values.
+
+        Runs in pieces of :data:`PIXEL_PIECE` pixels on the threads of :mod:`parallel` (fixed pieces, so the
+        order of the changes does not depend on the thread count)."""
+        found: dict[int, tuple[Tensor, Tensor]] = {}
+
+        def piece(worker: int, k0: int, k1: int) -> None:
+            found[k0] = self._normalise_piece(pixels[k0:k1], used, fresh, worker)
+
+        parallel.run(parallel.ranges(0, pixels.numel(), PIXEL_PIECE), piece)
+        parts = [found[k0] for k0 in sorted(found)]
+        return torch.cat([i for i, _ in parts]), torch.cat([c for _, c in parts])
+
+    def _normalise_piece(self, pixels: Tensor, used: Tensor | None, fresh: Tensor, worker: int
+                         ) -> tuple[Tensor, Tensor]:
         (_, labels, height, width), n = self.shape, pixels.numel()
         item = pixels.div(height * width, rounding_mode="floor")
         state = pixels + item * ((labels - 1) * height * width)  # label 0 of each pixel
@@ -235,20 +251,20 @@ class IncrementalMeanField:
         index = torch.add(state[None, :], self.label_starts[:, None] * (height * width)).view(-1)
         z = torch.index_select(self.logits_pad.view(-1), 0,
                                torch.add(at[None, :], self.label_starts[:, None] * self.plane).view(-1),
-                               out=self._scratch("z", (labels * n,)))
+                               out=self._scratch(f"z{worker}", (labels * n,)))
         log_box = None
         if self.log_box is not None:
             log_box = torch.index_select(self.log_box.view(-1), 0, index).view(1, labels, n)
         z = z.view(1, labels, n)  # labels on dim 1, as normalise_labels wants
-        scratch = (self._scratch("zm", (1, 1, n)), self._scratch("zd", (1, 1, n)))
+        scratch = (self._scratch(f"zm{worker}", (1, 1, n)), self._scratch(f"zd{worker}", (1, 1, n)))
         normalise_labels(z, log_box, self.params.norm_eps, scratch)
         if self.params.clamp is not None:
             z.clamp_(*self.params.clamp)
         z = z.view(-1)
         fresh.view(-1).index_copy_(0, index, z)
         if used is None:
-            return index, z
-        change = torch.index_select(used.view(-1), 0, index, out=self._scratch("zu", (labels * n,)))
+            return index[:0], z[:0]
+        change = torch.index_select(used.view(-1), 0, index, out=self._scratch(f"zu{worker}", (labels * n,)))
         torch.sub(z, change, out=change)
         big = torch.gt(change.abs(), self.eps).nonzero().squeeze(1)
         index, change = torch.index_select(index, 0, big), torch.index_select(change, 0, big)
@@ -257,34 +273,58 @@ class IncrementalMeanField:
 
     def _propagate(self, index: Tensor, change: Tensor) -> Tensor:
         """``logits += K change`` for changes at flat state ``index``; returns the pixels whose logits moved
-        (flat ``b * H * W + y * W + x``, sorted)."""
+        (flat ``b * H * W + y * W + x``, sorted).
+
+        The weights are computed once per changed pixel; the scatter then runs in groups of label planes on
+        the threads of :mod:`parallel` (a logit only receives changes of its own plane, in the order of
+        ``index`` whatever the grouping, so the result does not depend on the thread count)."""
         if index.numel() == 0:
             return index
-        r, (batch, labels, height, width), n = self.reach, self.shape, index.numel()
+        r, (batch, labels, height, width) = self.reach, self.shape
         area = height * width
         within = index.remainder(area)
         pixels, which = torch.unique(within + index.div(labels * area, rounding_mode="floor") * area
                                      if batch > 1 else within, return_inverse=True)
         at = self._in_logits(pixels)  # the pixels in the padded planes of the colours, one plane per item
         taps, count = self.offsets.numel(), pixels.numel()
+        weight = near = None
         if taps:
             # the kernel from each changed pixel to its window, once per pixel for all its labels
             near = torch.add(at[:, None], self.offsets, out=self._scratch("near", (count, taps), torch.int64))
+            weight = self._scratch("w", (count, taps))
             channels = self.colours.shape[1]
-            diff = torch.index_select(self.colours, 0, near.view(-1), out=self._scratch("there", (count * taps, channels)))
-            diff = diff.view(count, taps, channels).sub_(torch.index_select(self.colours, 0, at)[:, None])
-            weight = torch.sum(diff.mul_(diff), 2, out=self._scratch("w", (count, taps)))
-            _finish_weight(weight, self.passes.scale, self.tap_a, self.tap_g)
-            values = torch.index_select(weight, 0, which, out=self._scratch("vals", (n, taps))).mul_(change[:, None])
-            targets = torch.add(self._in_logits(index)[:, None], self.offsets,
-                                out=self._scratch("targets", (n, taps), torch.int64))
-            self.logits_pad.view(-1).index_add_(0, targets.view(-1), values.view(-1))
-        if self.passes.taps.centre:
-            self.logits_pad.view(-1).index_add_(0, self._in_logits(index), change * self.passes.taps.centre)
+
+            def weights(worker: int, k0: int, k1: int) -> None:
+                diff = torch.index_select(self.colours, 0, near[k0:k1].reshape(-1),
+                                          out=self._scratch(f"there{worker}", ((k1 - k0) * taps, channels)))
+                diff = diff.view(k1 - k0, taps, channels).sub_(torch.index_select(self.colours, 0, at[k0:k1])[:, None])
+                _finish_weight(torch.sum(diff.mul_(diff), 2, out=weight[k0:k1]), self.passes.scale, self.tap_a,
+                               self.tap_g)
+
+            parallel.run(parallel.ranges(0, count, PIXEL_PIECE), weights)
+        planes = index.div(area, rounding_mode="floor")
+        logits = self.logits_pad.view(-1)
+
+        def scatter(worker: int, p0: int, p1: int) -> None:
+            mine = ((planes >= p0) & (planes < p1)).nonzero().squeeze(1)
+            if mine.numel() == 0:
+                return
+            at_value = self._in_logits(torch.index_select(index, 0, mine))
+            part = torch.index_select(change, 0, mine)
+            if weight is not None:
+                values = torch.index_select(weight, 0, torch.index_select(which, 0, mine),
+                                            out=self._scratch(f"vals{worker}", (mine.numel(), taps)))
+                targets = torch.add(at_value[:, None], self.offsets,
+                                    out=self._scratch(f"targets{worker}", (mine.numel(), taps), torch.int64))
+                logits.index_add_(0, targets.view(-1), values.mul_(part[:, None]).view(-1))
+            if self.passes.taps.centre:
+                logits.index_add_(0, at_value, part * self.passes.taps.centre)
+
+        parallel.run(parallel.ranges(0, batch * labels, max(1, -(-batch * labels // PLANE_GROUPS))), scatter)
         # the pixels whose logits moved: the changed ones and their window (margin excluded)
         moved = self._scratch("moved", (batch, 1, height + 2 * r, width + 2 * r)).zero_()
         moved.view(-1).index_fill_(0, at, 1.0)
-        if taps:
+        if near is not None:
             moved.view(-1).index_fill_(0, near.view(-1), 1.0)
         item, _, y, x = self._interior(moved).nonzero(as_tuple=True)
         return (item * height + y) * width + x
