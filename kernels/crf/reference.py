@@ -12,7 +12,7 @@ Weights are ``exp2`` of the colour distance times ``-log2(e) / (2 theta_beta^2)`
 PyTorch's ``exp`` is several times slower on CPU, and far slower still where its result would be denormal.
 The Triton path evaluates the same expression.
 
-With many labels (two from :data:`TWO_LABEL_INCREMENTAL_PIXELS` on) and ``sparse_eps > 0`` (the default),
+With many labels (two from :data:`TWO_LABEL_INCREMENTAL_PIXELS` and :data:`TWO_LABEL_INCREMENTAL_ITERATIONS` on) and ``sparse_eps > 0`` (the default),
 :func:`mean_field_crf_reference` hands the loop to :mod:`wsis_kernels.crf.incremental`, which propagates only
 the changes of ``Q`` larger than ``sparse_eps``;
 ``sparse_eps = 0`` runs :func:`_multi` here, the plain loop and the truth the tests compare against.
@@ -101,9 +101,11 @@ def large_empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
     return out
 
 
-# Two labels go through the incremental loop from this many pixels per image on (its tile bookkeeping costs
-# more than it saves on small images: measured 21 vs 24 ms at 256x256, 79 vs 57 ms at 512x512, one thread).
-TWO_LABEL_INCREMENTAL_PIXELS = 320 * 320
+# Two labels go through the incremental loop from this many pixels per image and iterations on; below, the
+# foreground-only loop is faster (2 threads, ms, foreground-only vs incremental: 10 iterations 5.9 vs 6.4 at
+# 64x64, 6.6 vs 6.2 at 96x96, 14.1 vs 10.5 at 256x256, 59 vs 38 at 512x512; 5 iterations 33 vs 35 at 512x512).
+TWO_LABEL_INCREMENTAL_PIXELS = 96 * 96
+TWO_LABEL_INCREMENTAL_ITERATIONS = 8
 
 BAND_BYTES = 4 * 1024 * 1024  # message rows per band for many labels: msg + src bands stay cache-resident
 # From this many labels on, the CPU passes run in row bands on the threads of `parallel`. With fewer, torch's own
@@ -411,7 +413,9 @@ def _reference(image: Tensor, probs: Tensor, box: Tensor | None, params: CRFPara
     from .incremental import IncrementalMeanField  # it builds on this module's pieces
 
     incremental = IncrementalMeanField.applicable(params)
-    if two_label_fast and not (incremental and img.shape[2] * img.shape[3] >= TWO_LABEL_INCREMENTAL_PIXELS):
+    large = (img.shape[2] * img.shape[3] >= TWO_LABEL_INCREMENTAL_PIXELS
+             and params.iterations >= TWO_LABEL_INCREMENTAL_ITERATIONS)
+    if two_label_fast and not (incremental and large):
         # Q_bg = 1 - Q_fg exactly in this mode, so iterate on the foreground alone.
         q, unary = _multi_start(probs, boxes, params)
         u_bg, u_fg = (None, None) if unary is None else (unary[:, 0:1], unary[:, 1:2])

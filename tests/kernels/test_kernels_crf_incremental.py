@@ -106,8 +106,8 @@ def test_default_path_is_incremental_and_exact_dense_stays_reachable():
 @pytest.mark.parametrize("box", ["none", "one"])
 def test_two_labels_on_a_large_image_take_the_incremental_loop_and_match_the_exact_one(reference_backend, monkeypatch,
                                                                                     rng, box):
-    # From TWO_LABEL_INCREMENTAL_PIXELS on, two labels leave the foreground-only loop for the incremental one;
-    # lowered here to keep the test small. sparse_eps = 0 keeps the exact foreground-only loop.
+    # From TWO_LABEL_INCREMENTAL_PIXELS (and _ITERATIONS) on, two labels leave the foreground-only loop for the
+    # incremental one; lowered here to keep the test small. sparse_eps = 0 keeps the exact foreground-only loop.
     from wsis_kernels.crf import reference
 
     monkeypatch.setattr(reference, "TWO_LABEL_INCREMENTAL_PIXELS", 40 * 40)
@@ -123,3 +123,5 @@ def test_two_labels_on_a_large_image_take_the_incremental_loop_and_match_the_exa
     small, small_probs, small_boxes = image[..., :30, :30], probs[..., :30, :30], None
     mean_field_crf(small, small_probs, small_boxes, BASE)
     assert len(calls) == 1  # below the threshold: the foreground-only loop
+    mean_field_crf(image, probs, boxes, dataclasses.replace(BASE, iterations=5))
+    assert len(calls) == 1  # few iterations: the foreground-only loop too
