@@ -64,6 +64,25 @@ and 22 % of the pairs still vary at iterations 3 and 4, and in eager PyTorch gat
 and adding its result back cost 2-7 ns per value (index kernels) against ~0.2 ns per multiply-add in the banded
 pass: ~15 us per pair against ~5.6 us in a whole-image pass, so it can only win below ~35 % of the pairs. The
 first version ran 2.5x slower (565 vs 226 ms, 5 iterations); not kept.
+
+Session 7: the late changes go value by value. A change is scattered to its window neighbours (weights computed
+for its pixel only, ``index_add_`` into logits padded by the window's reach) and only the pixels whose logits moved
+are renormalised; at 0.5 % of the values changed that replaces a whole-image pass (~25 ms) by ~10 ms. The steps
+run on the band threads in fixed pieces (still bitwise identical across thread counts). Two labels take the same
+loop from 96x96 pixels and 8 iterations. This file's default run (``uv run python bench/crf.py``, idle, 3 scenes):
+
+    labels  window   5 iterations                     10 iterations
+    21      5x5/d2   106 ms vs 557 ms  5.3x  +0.729    168 ms vs 831 ms  5.0x  +0.730 (pydensecrf +0.718 / +0.689)
+    21      7x7      4.0x (gain +0.505: below)        4.6x  +0.691
+    21      11x11    1.8x  +0.730                     1.8x  +0.730
+    21      3x3/d3   6.7x (gain +0.394: below)        5.8x (+0.572: below)
+    2       5x5/d2   27.5 vs 216 ms  7.8x  +0.185     40 vs 294 ms  7.4x  +0.187 (pydensecrf +0.177 / +0.156)
+    2       3x3/d3   12.6x                            10.9x
+    2       7x7      5.1x                             5.0x
+    2       11x11    2.6x                             2.7x
+
+Peak 75-82 MiB against 154 (21 labels), 14-24 against 51 (2 labels); 9-83x the unfold version. Runs vary: the
+21-label 5x5/d2 case was 97-106 ms at 5 iterations (4.9-5.5x) and 103-168 ms at 10 (5.0-8.1x) over three runs.
 """
 
 from __future__ import annotations

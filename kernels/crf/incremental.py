@@ -19,10 +19,13 @@ logits changed when they are few (:data:`GATHER_PIXELS`). Then it propagates the
 neighbours, with the weights computed for its pixel only. Eager PyTorch pays a few nanoseconds per value
 and tap in that scatter against ~0.2 ns in the banded pass, so the scatter is taken only once few changed.
 
-Every buffer carries a margin of the window's reach around the image, so a scattered neighbour index never
-leaves its own label plane; the margin is never read. Three state-sized buffers in all (each fresh one costs
-page faults worth a third of a pass, hence also huge pages, see ``large_empty``). Kernel weights are
-computed on the fly in both paths, never stored per tap: memory stays O(L * H * W) whatever the window.
+The logits (and a copy of the image) carry a margin of the window's reach around the image, so a scattered
+neighbour index never leaves its own label plane; the margin is never read. Three state-sized buffers in all
+(each fresh one costs page faults worth a third of a pass, hence also huge pages, see ``large_empty``).
+Kernel weights are computed on the fly in both paths, never stored per tap: memory stays O(L * H * W)
+whatever the window. The whole-image steps run in row pieces, the per-value ones in fixed pieces of pixels
+or groups of label planes, on the threads of :mod:`wsis_kernels.crf.parallel`; no piece depends on the
+thread count, so neither does the result.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class IncrementalMeanField:
         row = width + 2 * r
         window = [(dy, dx, a, g) for dy, dx, a, g in taps.half] + [(-dy, -dx, a, g) for dy, dx, a, g in taps.half]
         self.offsets = torch.tensor([dy * row + dx for dy, dx, _, _ in window], dtype=torch.int64)
-        self.label_starts = torch.arange(labels, dtype=torch.int64)
+        self.label_ids = torch.arange(labels, dtype=torch.int64)
         self.tap_a = torch.tensor([a for _, _, a, _ in window], dtype=torch.float32)
         self.tap_g = torch.tensor([g for _, _, _, g in window], dtype=torch.float32)
         self.colours = self.img_pad.permute(0, 2, 3, 1).reshape(-1, channels)  # (B * plane, C): one row a pixel
@@ -248,9 +251,9 @@ class IncrementalMeanField:
         item = pixels.div(height * width, rounding_mode="floor")
         state = pixels + item * ((labels - 1) * height * width)  # label 0 of each pixel
         at = self._in_logits(pixels) + item * ((labels - 1) * self.plane)
-        index = torch.add(state[None, :], self.label_starts[:, None] * (height * width)).view(-1)
+        index = torch.add(state[None, :], self.label_ids[:, None] * (height * width)).view(-1)
         z = torch.index_select(self.logits_pad.view(-1), 0,
-                               torch.add(at[None, :], self.label_starts[:, None] * self.plane).view(-1),
+                               torch.add(at[None, :], self.label_ids[:, None] * self.plane).view(-1),
                                out=self._scratch(f"z{worker}", (labels * n,)))
         log_box = None
         if self.log_box is not None:
