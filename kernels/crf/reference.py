@@ -12,9 +12,9 @@ Weights are ``exp2`` of the colour distance times ``-log2(e) / (2 theta_beta^2)`
 PyTorch's ``exp`` is several times slower on CPU, and far slower still where its result would be denormal.
 The Triton path evaluates the same expression.
 
-With many labels (two from :data:`TWO_LABEL_INCREMENTAL_PIXELS` and :data:`TWO_LABEL_INCREMENTAL_ITERATIONS` on) and ``sparse_eps > 0`` (the default),
-:func:`mean_field_crf_reference` hands the loop to :mod:`wsis_kernels.crf.incremental`, which propagates only
-the changes of ``Q`` larger than ``sparse_eps``;
+With many labels (two from :data:`TWO_LABEL_INCREMENTAL_PIXELS` and :data:`TWO_LABEL_INCREMENTAL_ITERATIONS`
+on) and ``sparse_eps > 0`` (the default), :func:`mean_field_crf_reference` hands the loop to
+:mod:`wsis_kernels.crf.incremental`, which propagates only the changes of ``Q`` larger than ``sparse_eps``;
 ``sparse_eps = 0`` runs :func:`_multi` here, the plain loop and the truth the tests compare against.
 
 On CPU with many labels the row bands of a pass are independent (each writes only its own rows), so they run on
