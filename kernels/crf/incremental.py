@@ -42,6 +42,9 @@ from .reference import _finish_weight, _log_box, _MessagePass, floor_normalise, 
 
 ROWS = 32  # rows per piece of a whole-image update: ~10 passes over it then stay in cache
 SPARSE_VALUES = 0.015  # scatter the changes value by value while at most this share of the values changed
+# ... scaled down for windows of more taps than this, so that the scatter's (changes, taps) index and value
+# arrays stay within about one state buffer (12 bytes per change and tap, 4 per state value)
+SCATTER_TAPS = 24
 GATHER_PIXELS = 0.25  # renormalise only the changed pixels while at most this fraction of the image changed
 SAMPLE = 4  # the share of changed values is counted on every SAMPLE-th row (it only picks the faster path)
 PIXEL_PIECE = 4096  # pixels per piece of a per-pixel update
@@ -72,6 +75,7 @@ class IncrementalMeanField:
         self.tap_a = torch.tensor([a for _, _, a, _ in window], dtype=torch.float32)
         self.tap_g = torch.tensor([g for _, _, _, g in window], dtype=torch.float32)
         self.colours = self.img_pad.permute(0, 2, 3, 1).reshape(-1, channels)  # (B * plane, C): one row a pixel
+        self.sparse_share = SPARSE_VALUES * min(1.0, SCATTER_TAPS / max(1, len(window)))
         self._bufs: dict[str, Tensor] = {}
 
     @staticmethod
@@ -124,7 +128,7 @@ class IncrementalMeanField:
             else:
                 # the changes are located in the same sweep when the last count suggests they will be few
                 share, index = self._normalise_all(fresh, used, find=share <= SPECULATE)
-                if share > SPARSE_VALUES:  # many changes: the banded pass propagates all of them
+                if share > self.sparse_share:  # many changes: the banded pass propagates all of them
                     self.passes.run(self.logits, used)
                     used, fresh, fresh_valid, dirty = fresh, used, False, None
                     continue
