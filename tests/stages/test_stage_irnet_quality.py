@@ -52,7 +52,9 @@ from wsis_cli.stages.irnet_instances import synthesize
 
 MARGIN = 0.05  # AP50 points IRNet must add over the best baseline
 
-# The whole stage (16 images of 128², random frozen ResNet-18, scale 2, radius 7, basins 0.5), AP50:
+# The whole stage (16 images of 128², random frozen ResNet-18, scale 2, radius 7, basins 0.5), AP50, one
+# thread (training is deterministic per thread count only: with two, seed 1 gives 0.628 on the touching
+# set, seed 0 the same 0.738); every row: uv run python bench/irnet_quality.py --threads 1 --walk-steps 64,256
 #
 #   recipe                                                      touching set (seed 0 / 1)   plain first 16 (0 / 1)
 #   session 5: batch 8 x 160 steps, no peak split                  0.469 / 0.344               0.572 / -
