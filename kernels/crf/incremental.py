@@ -60,13 +60,11 @@ class IncrementalMeanField:
         self.params, self.labels, self.eps = params, labels, params.sparse_eps
         self.passes = _MessagePass(img, params)
         taps = self.passes.taps
-        # how far a change travels, in pixels: the margin of every buffer
+        # how far a change travels, in pixels: the margin of the logits and of the colour table
         self.reach = r = max([max(dy, abs(dx)) for dy, dx, _, _ in taps.half] + [0])
         self.shape = (batch, labels, height, width)
         self.padded = (batch, labels, height + 2 * r, width + 2 * r)
         self.plane = (height + 2 * r) * (width + 2 * r)  # values per (item, label) plane of a buffer
-        self.img_pad = img.new_zeros(batch, channels, height + 2 * r, width + 2 * r)
-        self._interior(self.img_pad).copy_(img)
         # the window as flat offsets within a plane, with each tap's (a, g): both signs of every half tap
         row = width + 2 * r
         window = [(dy, dx, a, g) for dy, dx, a, g in taps.half] + [(-dy, -dx, a, g) for dy, dx, a, g in taps.half]
@@ -74,7 +72,10 @@ class IncrementalMeanField:
         self.label_ids = torch.arange(labels, dtype=torch.int64)
         self.tap_a = torch.tensor([a for _, _, a, _ in window], dtype=torch.float32)
         self.tap_g = torch.tensor([g for _, _, _, g in window], dtype=torch.float32)
-        self.colours = self.img_pad.permute(0, 2, 3, 1).reshape(-1, channels)  # (B * plane, C): one row a pixel
+        # the image channels-last with the same margin, (B * plane, C): one row per padded pixel
+        colours = img.new_zeros(batch, height + 2 * r, width + 2 * r, channels)
+        colours[:, r : r + height, r : r + width] = img.permute(0, 2, 3, 1)
+        self.colours = colours.view(-1, channels)
         self.sparse_share = SPARSE_VALUES * min(1.0, SCATTER_TAPS / max(1, len(window)))
         self._bufs: dict[str, Tensor] = {}
 
@@ -222,7 +223,7 @@ class IncrementalMeanField:
         n = math.prod(shape)
         buf = self._bufs.get(name)
         if buf is None or buf.numel() < n or buf.dtype != dtype:
-            buf = self._bufs[name] = torch.empty(n, dtype=dtype, device=self.img_pad.device)
+            buf = self._bufs[name] = torch.empty(n, dtype=dtype, device=self.colours.device)
         return buf[:n].view(shape)
 
     def _in_logits(self, flat: Tensor) -> Tensor:
