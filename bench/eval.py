@@ -19,7 +19,7 @@ import numpy as np
 
 from wsis_cli.io import rle
 from wsis_cli.io.coco import Dataset, annotation
-from wsis_cli.stages.evaluate import EvalReport, EvalSettings, evaluate
+from wsis_cli.stages.evaluate.stage import EvalReport, EvalSettings, evaluate
 
 H, W = 240, 320
 CATEGORIES = [{"id": c, "name": f"class{c}"} for c in (1, 2, 3)]

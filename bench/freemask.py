@@ -5,7 +5,7 @@
     uv run python bench/freemask.py --backbone   # also whole images through a ResNet-50 (random weights)
     uv run python bench/freemask.py --quick --case 128,48,48,96,96   # any E,h,w,H,W case
 
-"ours" is :func:`wsis_cli.stages.freemask_masks.free_masks`: per-query statistics from
+"ours" is :func:`wsis_cli.stages.freemask.masks.free_masks`: per-query statistics from
 ``wsis_kernels.score_map_stats`` (never holding the N x H*W scores), then soft masks and matrix NMS only
 for a prefix of the maskness ranking grown until the top-k is provably exact. "materialising" is the
 same function with ``dense=True``: the whole normalised score block, every candidate's mask and matrix NMS
@@ -50,7 +50,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import describe_machine, fmt_mib, fmt_ratio, fmt_s, peak_memory, print_table, time_call  # noqa: E402
 
-from wsis_cli.stages.freemask_masks import FreeMaskParams, free_masks  # noqa: E402
+from wsis_cli.stages.freemask.masks import FreeMaskParams, free_masks  # noqa: E402
 
 
 def make_features(e: int, h: int, w: int, device: torch.device) -> torch.Tensor:
@@ -90,7 +90,7 @@ def run(cases: list[tuple[int, int, int, int, int]], repeat: int, device: torch.
 
 def run_backbone(device: torch.device, images: int = 4) -> None:
     """Whole images (480x640 → short side 512) through a random ResNet-50 C5 and Free Mask, both paths."""
-    from wsis_cli.stages.freemask_features import BackboneSpec, build_backbone, generate
+    from wsis_cli.stages.freemask.features import BackboneSpec, build_backbone, generate
 
     spec = BackboneSpec(arch="resnet50", weights="none", last_stride=2, short_side=512)
     net = build_backbone(spec).to(device)

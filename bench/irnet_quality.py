@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "stages"))  # the test's pr
 import test_stage_irnet_quality as protocol  # noqa: E402
 import torch  # noqa: E402
 
-from wsis_cli.stages.irnet import IRNetJob, IRNetSettings, run  # noqa: E402
+from wsis_cli.stages.irnet.stage import IRNetJob, IRNetSettings, run  # noqa: E402
 
 
 def measure(touching: bool, seed: int, walk_steps: int) -> tuple[float, float, float]:

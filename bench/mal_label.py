@@ -44,10 +44,10 @@ from pathlib import Path
 import torch
 
 from wsis_cli.io import coco
-from wsis_cli.stages import synth
-from wsis_cli.stages.mal_data import RoiImageSet
-from wsis_cli.stages.mal_label import DEMO_SETTINGS, label_images
-from wsis_cli.stages.mal_train import build_model
+from wsis_cli.stages.mal.data import RoiImageSet
+from wsis_cli.stages.mal.stage import DEMO_SETTINGS, label_images
+from wsis_cli.stages.mal.train import build_model
+from wsis_cli.stages.synth.stage import stage as synth
 
 CONFIGS = {
     "demo": DEMO_SETTINGS,
@@ -139,9 +139,9 @@ def train_steps(args: argparse.Namespace, device: torch.device) -> None:
 
 def quality(args: argparse.Namespace) -> None:
     """Label quality (raw and refined) and CPU seconds per configuration and training seed."""
-    from wsis_cli.stages import refine_crf
-    from wsis_cli.stages.evaluate import EvalSettings, evaluate
-    from wsis_cli.stages.mal_label import MalJob, run
+    from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate
+    from wsis_cli.stages.mal.stage import MalJob, run
+    from wsis_cli.stages.refine import stage as refine_crf
 
     seeds = [int(v) for v in args.quality.split(",")]
     names = args.configs.split(",")

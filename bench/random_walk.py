@@ -3,7 +3,7 @@
     uv run python bench/random_walk.py               # grids 32², 48², 64², 96², 128² (stride-4 cells)
     uv run python bench/random_walk.py --sizes 32 64 --channels 8
 
-Both compute the same operator (radius 5, beta 10, 256 steps; see ``wsis_cli.stages.random_walk``): the
+Both compute the same operator (radius 5, beta 10, 256 steps; see ``wsis_cli.stages.irnet.random_walk``): the
 sparse one with 69 gather weights per pixel and 256 shifted multiply-add sweeps, the dense one as upstream
 ``propagate_to_edge`` does (a (HW)² affinity matrix over the padded grid, cropped, raised to the power
 beta, column-normalised and squared 8 times). For each grid: wall time, peak memory (see ``_common``),
@@ -43,7 +43,7 @@ from _common import (  # noqa: E402
     time_call,
 )
 
-from wsis_cli.stages.random_walk import random_walk, random_walk_dense  # noqa: E402
+from wsis_cli.stages.irnet.random_walk import random_walk, random_walk_dense  # noqa: E402
 
 
 def scene(size: int, channels: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

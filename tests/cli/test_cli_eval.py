@@ -15,7 +15,7 @@ from rich.console import Console
 
 from wsis_cli.io import rle
 from wsis_cli.io.coco import Dataset, annotation
-from wsis_cli.stages.evaluate import EvalSettings, evaluate
+from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate
 
 
 def _disc(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from wsis_cli.io import coco
-from wsis_cli.stages import synth
-from wsis_cli.stages.degrade import degrade_dataset
+from wsis_cli.stages.baselines.degrade import degrade_dataset
+from wsis_cli.stages.synth.stage import stage as synth
 
 WSIS = [sys.executable, "-m", "wsis_cli"]
 

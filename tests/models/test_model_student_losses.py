@@ -129,7 +129,7 @@ def test_projection_mask_loss_without_instances_keeps_gradients() -> None:
 def _disc_scene() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A 42² crop: a red disc (radius 10.5) on a blue-grey background with pixel noise, its box-filled
     coarse mask (the box of the disc) and the disc itself; colours as CIE Lab."""
-    from wsis_cli.stages.student_data import rgb_to_lab
+    from wsis_cli.stages.student.data import rgb_to_lab
 
     yy, xx = torch.meshgrid(torch.arange(42.0), torch.arange(42.0), indexing="ij")
     disc = ((yy - 21) ** 2 + (xx - 21) ** 2) <= 10.5 ** 2

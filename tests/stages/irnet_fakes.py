@@ -77,7 +77,7 @@ def oracle_maps(height: int, width: int, instances: list[tuple[int, np.ndarray]]
     boundary when its right or lower neighbour holds another class (background counts as a class), the
     thinnest boundary the grid can hold.
     """
-    from wsis_cli.stages.irnet_relations import strided_labels
+    from wsis_cli.stages.irnet.relations import strided_labels
 
     ids = np.zeros((height, width), np.int32)
     for k, (_, mask) in enumerate(instances):

@@ -9,8 +9,8 @@ import numpy as np
 
 from wsis_cli.io import coco, rle
 from wsis_cli.io.coco import Dataset
-from wsis_cli.stages.baselines import box_filled_masks
-from wsis_cli.stages.synth import SynthSettings, run
+from wsis_cli.stages.baselines.floors import box_filled_masks
+from wsis_cli.stages.synth.stage import SynthSettings, run
 
 
 def _boxes_of(masks: list[np.ndarray], h: int, w: int) -> tuple[Dataset, list[dict]]:

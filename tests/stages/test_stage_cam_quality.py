@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 from wsis_cli.io import coco, rle
 from wsis_cli.io.h5 import H5Reader
-from wsis_cli.stages import cam_train, synth
-from wsis_cli.stages.cam import CamJob, CamSettings, run
+from wsis_cli.stages.cam.stage import CamJob, CamSettings, run
+from wsis_cli.stages.cam.stage import train as cam_train
+from wsis_cli.stages.synth.stage import stage as synth
 
 TRAIN = cam_train.TrainSettings(arch="resnet18", weights="none", epochs=15, batch_size=8, lr=0.01,
                                 val_fraction=0.25, seed=0)
@@ -66,7 +67,7 @@ def test_cams_localise_synthetic_shapes(tmp_path):
 
     # the classifier ranks images by class far better than the class prevalence does
     from wsis_cli.io.run_dir import read_model
-    from wsis_cli.stages.cam import build_model
+    from wsis_cli.stages.cam.stage import build_model
 
     model, cats = build_model(read_model(summary.model, "cam"), "model.pt")
     labels = coco.load_dataset(data / "labels.json")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from wsis_cli.io import coco
-from wsis_cli.stages.demo import DemoSettings, run
+from wsis_cli.stages.demo.stage import DemoSettings, run
 
 
 def test_demo_scores_the_box_filled_floor(tmp_path):
@@ -76,7 +76,7 @@ def test_job_pool_runs_jobs_in_workers_and_reports_their_time():
     import operator
     import os
 
-    from wsis_cli.stages.demo_jobs import JobPool
+    from wsis_cli.stages.demo.jobs import JobPool
 
     for jobs in (1, 2):  # 1: in this process at once; 2: two spawned workers
         with JobPool(jobs) as pool:
@@ -92,7 +92,7 @@ def test_job_pool_runs_jobs_in_workers_and_reports_their_time():
 
 
 def test_demo_settings_take_their_size_from_one_place():
-    from wsis_cli.stages.demo import FULL_IMAGES, FULL_SIZE
+    from wsis_cli.stages.demo.stage import FULL_IMAGES, FULL_SIZE
 
     base = DemoSettings()
     assert DemoSettings.make() == base

@@ -13,7 +13,7 @@ import pytest
 from wsis_cli.io import rle
 from wsis_cli.io.coco import Dataset, annotation
 from wsis_cli.runtime.errors import BadInputError, UsageError
-from wsis_cli.stages.evaluate import EvalSettings, evaluate, stat_names
+from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate, stat_names
 
 CATS = [{"id": 1, "name": "disc"}, {"id": 2, "name": "box"}, {"id": 5, "name": "blob"}]
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from wsis_cli.models.freemask_head import mask_pool, nt_xent
-from wsis_cli.stages.freemask_features import BackboneSpec, annotations_for, build_backbone, target_size
-from wsis_cli.stages.freemask_masks import FreeMasks
-from wsis_cli.stages.freemask_tune import make_sample
+from wsis_cli.stages.freemask.features import BackboneSpec, annotations_for, build_backbone, target_size
+from wsis_cli.stages.freemask.masks import FreeMasks
+from wsis_cli.stages.freemask.tune import make_sample
 
 
 def test_boxes_are_xywh_of_the_mask() -> None:
@@ -90,8 +90,8 @@ def test_generated_masks_are_labelled_by_their_best_ground_truth() -> None:
 
 def test_demo_entry_point_labels_every_image(tmp_path) -> None:
     from wsis_cli.io import coco
-    from wsis_cli.stages import synth
-    from wsis_cli.stages.freemask import demo_freemask
+    from wsis_cli.stages.freemask.stage import demo_freemask
+    from wsis_cli.stages.synth.stage import stage as synth
 
     synth.run(synth.SynthSettings(num_images=6, height=64, width=64, seed=2), tmp_path / "d")
     tags = coco.load_dataset(tmp_path / "d" / "labels.json")
@@ -106,9 +106,9 @@ def test_resume_finishes_an_interrupted_run(tmp_path) -> None:
     import shutil
 
     from wsis_cli.runtime.errors import BadInputError
-    from wsis_cli.stages import synth
-    from wsis_cli.stages.freemask import FreeMaskJob, FreeMaskSettings, run
-    from wsis_cli.stages.freemask_masks import FreeMaskParams
+    from wsis_cli.stages.freemask.masks import FreeMaskParams
+    from wsis_cli.stages.freemask.stage import FreeMaskJob, FreeMaskSettings, run
+    from wsis_cli.stages.synth.stage import stage as synth
 
     synth.run(synth.SynthSettings(num_images=4, height=48, width=48, seed=3), tmp_path / "d")
     imgs = tmp_path / "imgs"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from wsis_cli.stages.freemask_masks import (
+from wsis_cli.stages.freemask.masks import (
     FreeMaskParams,
     free_masks,
     matrix_nms,

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from wsis_cli.io.run_dir import RunDir
-from wsis_cli.stages.freemask_features import BackboneSpec, build_backbone, features_of, load_backbone_state
-from wsis_cli.stages.freemask_pretrain import (
+from wsis_cli.stages.freemask.features import BackboneSpec, build_backbone, features_of, load_backbone_state
+from wsis_cli.stages.freemask.pretrain import (
     PretrainSettings,
     build_pretrain_backbone,
     pixel_region_loss,
     pretrain,
     region_samples,
 )
-from wsis_cli.stages.freemask_regions import region_proposals
+from wsis_cli.stages.freemask.regions import region_proposals
 
 SPEC = BackboneSpec(arch="resnet18", weights="none", stage=2, last_stride=2, short_side=0)
 

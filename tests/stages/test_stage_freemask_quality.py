@@ -1,7 +1,7 @@
 """Free Mask's quality on synthetic data: class-agnostic mask AP50 against the colour-components floor.
 
 The backbone is learnt inside the test, without any mask or tag: ``freemask --pretrain``'s self-supervised
-region contrast (:mod:`wsis_cli.stages.freemask_pretrain`) trains a ResNet-18 (two stages) from scratch on the
+region contrast (:mod:`wsis_cli.stages.freemask.pretrain`) trains a ResNet-18 (two stages) from scratch on the
 *unlabelled evaluation images themselves*, as a user runs it on their own image folder. Free Mask then
 labels them. ``--labeled`` is measured with the masks of 10% of the images.
 
@@ -31,24 +31,24 @@ from wsis_cli.io import coco
 from wsis_cli.io import rle as rle_utils
 from wsis_cli.io.images import load_image_for
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.stages import synth
-from wsis_cli.stages.baselines import colour_components
-from wsis_cli.stages.evaluate import EvalSettings, evaluate
-from wsis_cli.stages.freemask_features import (
+from wsis_cli.stages.baselines.floors import colour_components
+from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate
+from wsis_cli.stages.freemask.features import (
     BackboneSpec,
     annotations_for,
     build_backbone,
     generate,
     load_backbone_state,
 )
-from wsis_cli.stages.freemask_masks import FreeMaskParams
-from wsis_cli.stages.freemask_pretrain import (
+from wsis_cli.stages.freemask.masks import FreeMaskParams
+from wsis_cli.stages.freemask.pretrain import (
     PretrainSettings,
     build_pretrain_backbone,
     pretrain,
     region_samples,
 )
-from wsis_cli.stages.freemask_tune import TuneSettings, fine_tune, make_sample
+from wsis_cli.stages.freemask.tune import TuneSettings, fine_tune, make_sample
+from wsis_cli.stages.synth.stage import stage as synth
 
 log = get_logger("test-freemask")
 # pre-training sees the 96 px images at 192 (a 24 x 24 stage-2 grid); Free Mask reads the features of 4x
@@ -98,7 +98,7 @@ def test_free_mask_reaches_what_instance_features_allow(tmp_path) -> None:
             onehot[k + 1, mt] = 1.0
         feats = torch.nn.functional.avg_pool2d(onehot[None], 4)[0]
         feats = feats + 0.05 * torch.randn(feats.shape, generator=g)
-        from wsis_cli.stages.freemask_masks import free_masks
+        from wsis_cli.stages.freemask.masks import free_masks
 
         anns += annotations_for(image_id, free_masks(feats, (96, 96), FreeMaskParams()))
     floor = _ap50(gt, colour_components(gt.with_annotations([]),

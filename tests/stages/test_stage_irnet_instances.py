@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from wsis_cli.stages.irnet_instances import (
+from wsis_cli.stages.irnet.instances import (
     argmax_with_background,
     centroid_candidates,
     cluster_centroids,

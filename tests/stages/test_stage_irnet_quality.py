@@ -44,11 +44,11 @@ import torch
 from irnet_fakes import instances_of, oracle_maps, touching_subset, write_fake_cams
 
 from wsis_cli.io import coco
-from wsis_cli.stages import synth
-from wsis_cli.stages.baselines import cam_components
-from wsis_cli.stages.evaluate import EvalSettings, evaluate
-from wsis_cli.stages.irnet import IRNetJob, IRNetSettings, run, to_annotations
-from wsis_cli.stages.irnet_instances import synthesize
+from wsis_cli.stages.baselines.floors import cam_components
+from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate
+from wsis_cli.stages.irnet.instances import synthesize
+from wsis_cli.stages.irnet.stage import IRNetJob, IRNetSettings, run, to_annotations
+from wsis_cli.stages.synth.stage import stage as synth
 
 MARGIN = 0.05  # AP50 points IRNet must add over the best baseline
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from wsis_cli.stages.irnet_relations import (
+from wsis_cli.stages.irnet.relations import (
     IGNORE,
     cam_basins,
     label_unary,

@@ -8,7 +8,7 @@ import torch
 from wsis_cli.models.backbones import ResNetFeatures
 from wsis_cli.models.irnet_heads import IRNet
 from wsis_cli.runtime.distributed import DistContext
-from wsis_cli.stages.irnet_train import RelationDataset, Sample, crop_size, measure_mean_shift
+from wsis_cli.stages.irnet.train import RelationDataset, Sample, crop_size, measure_mean_shift
 
 
 class Recording(DistContext):

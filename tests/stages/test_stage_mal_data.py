@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsis_cli.stages.mal_data import (
+from wsis_cli.stages.mal.data import (
     TEST_MARGIN,
     RoiImageSet,
     RoiTrainSet,

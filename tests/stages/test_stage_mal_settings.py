@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from wsis_cli.cli.mal_label import mal_label
-from wsis_cli.stages.mal_label import DEMO_SETTINGS, MalSettings
-from wsis_cli.stages.mal_train import ModelSpec, TrainConfig, crf_params, denormalize
+from wsis_cli.stages.mal.stage import DEMO_SETTINGS, MalSettings
+from wsis_cli.stages.mal.train import ModelSpec, TrainConfig, crf_params, denormalize
 from wsis_kernels.crf import CRFParams, mal_crf_params
 
 
@@ -62,8 +62,8 @@ def test_crf_variants():
 ])
 def test_encoder_stride_matches_the_built_network(encoder, depth, patch, conv_stem):
     """The CLI checks the crop size with this arithmetic before torch loads: it must agree with the network."""
-    from wsis_cli.stages.mal_settings import encoder_stride
-    from wsis_cli.stages.mal_train import build_model
+    from wsis_cli.stages.mal.settings import encoder_stride
+    from wsis_cli.stages.mal.train import build_model
 
     stride = encoder_stride(encoder, depth if encoder.startswith("resnet") else 0, patch, conv_stem)
     spec = MalSettings(encoder=encoder, weights="none", encoder_depth=depth, patch=patch, conv_stem=conv_stem,
@@ -78,5 +78,5 @@ def test_settings_module_is_light():
     import subprocess
     import sys
 
-    code = "import sys, wsis_cli.stages.mal_settings; print(sorted(m for m in ('torch', 'numpy', 'cv2') if m in sys.modules))"
+    code = "import sys, wsis_cli.stages.mal.settings; print(sorted(m for m in ('torch', 'numpy', 'cv2') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"

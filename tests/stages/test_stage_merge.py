@@ -12,9 +12,9 @@ import pytest
 from wsis_cli.io.h5 import H5Reader, H5Writer
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.sharding import Shard, shard_ids, with_shard_suffix
-from wsis_cli.stages.merge import MergeSettings, run
-from wsis_cli.stages.synth import SynthSettings
-from wsis_cli.stages.synth import run as synth
+from wsis_cli.stages.merge.stage import MergeSettings, run
+from wsis_cli.stages.synth.stage import SynthSettings
+from wsis_cli.stages.synth.stage import run as synth
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wsis_cli.stages.random_walk import random_walk, random_walk_dense, walk_weights
+from wsis_cli.stages.irnet.random_walk import random_walk, random_walk_dense, walk_weights
 
 
 @pytest.mark.parametrize("size", [(1, 1), (3, 4), (12, 16), (20, 9), (17, 23)])

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from wsis_cli.io import coco
-from wsis_cli.stages import refine_crf, synth
-from wsis_cli.stages.degrade import KINDS, degrade_dataset
-from wsis_cli.stages.evaluate import EvalSettings, evaluate
+from wsis_cli.stages.baselines.degrade import KINDS, degrade_dataset
+from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate
+from wsis_cli.stages.refine import stage as refine_crf
+from wsis_cli.stages.synth.stage import stage as synth
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from wsis_cli.io import coco, rle
 from wsis_cli.io.h5 import H5Reader, H5Writer
 from wsis_cli.runtime.errors import BadInputError
-from wsis_cli.stages import synth
-from wsis_cli.stages.refine_crf import RefineSettings
-from wsis_cli.stages.refine_crf_maps import MapJob, refine_maps, run
+from wsis_cli.stages.refine.maps import MapJob, refine_maps, run
+from wsis_cli.stages.refine.stage import RefineSettings
+from wsis_cli.stages.synth.stage import stage as synth
 
 
 def _semantic(gt: coco.Dataset, image: dict) -> np.ndarray:

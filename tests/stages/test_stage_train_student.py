@@ -13,10 +13,10 @@ import torch
 from wsis_cli.io.coco import Dataset, load_dataset, load_predictions
 from wsis_cli.runtime.distributed import DistContext
 from wsis_cli.runtime.errors import BadInputError, Terminated
-from wsis_cli.stages import synth
-from wsis_cli.stages import train_student as stage
-from wsis_cli.stages.evaluate import EvalSettings, evaluate
-from wsis_cli.stages.student_data import StudentData, collect_instances
+from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate
+from wsis_cli.stages.student import stage
+from wsis_cli.stages.student.data import StudentData, collect_instances
+from wsis_cli.stages.synth.stage import stage as synth
 
 SIDE = 64
 
@@ -137,7 +137,7 @@ def test_self_training_labels_drop_image_wide_masks() -> None:
     import numpy as np
 
     from wsis_cli.io import rle
-    from wsis_cli.stages.student_predict import results_to_dataset_annotations
+    from wsis_cli.stages.student.predict import results_to_dataset_annotations
 
     wide = np.zeros((20, 40), np.uint8)
     wide[5:10, 0:39] = 1  # 39 of 40 columns

@@ -125,9 +125,9 @@ def cam(
 
     check_output_path(out)
     from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.cam import CamJob, CamSettings
-    from wsis_cli.stages.cam import run as run_stage
-    from wsis_cli.stages.cam_train import TrainSettings
+    from wsis_cli.stages.cam.stage import CamJob, CamSettings
+    from wsis_cli.stages.cam.stage import run as run_stage
+    from wsis_cli.stages.cam.train import TrainSettings
 
     try:
         settings = CamSettings(method=method.value, scales=scale_values, flip=not no_flip,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.common import Quiet, Seed, Verbose, setup
-from wsis_cli.stages.demo import FULL_EPOCHS_FACTOR, FULL_IMAGES, FULL_SIZE, DemoSettings
+from wsis_cli.stages.demo.stage import FULL_EPOCHS_FACTOR, FULL_IMAGES, FULL_SIZE, DemoSettings
 
 # the defaults live in DemoSettings (and train_student.DEMO_EPOCHS); the help only shows them
 _D = DemoSettings()
@@ -62,10 +62,10 @@ def demo(
 
     from wsis_cli.cli.tables import render_comparison
     from wsis_cli.io.atomic import work_dir
-    from wsis_cli.stages.demo import run
+    from wsis_cli.stages.demo.stage import run
 
     keys = tuple(k.strip() for k in methods.split(",") if k.strip())
-    from wsis_cli.stages.demo import METHODS
+    from wsis_cli.stages.demo.stage import METHODS
 
     unknown = sorted(set(keys) - {m.key for m in METHODS})
     if unknown:

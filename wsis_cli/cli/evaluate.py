@@ -1,6 +1,6 @@
 """``wsis eval``: COCO mask/box AP and AR plus mean instance mask IoU of predictions against a ground truth.
 
-Thin layer: parse flags, load and validate the two files, call :func:`wsis_cli.stages.evaluate.evaluate`,
+Thin layer: parse flags, load and validate the two files, call :func:`wsis_cli.stages.evaluate.stage.evaluate`,
 render the tables on stderr and write the JSON report (``--json -`` puts ONLY the JSON on stdout).
 """
 
@@ -54,7 +54,7 @@ def eval_cmd(
     from wsis_cli.io.atomic import check_output_path
     from wsis_cli.io.coco import load_dataset, load_predictions
     from wsis_cli.runtime.errors import UsageError
-    from wsis_cli.stages.evaluate import EvalSettings, evaluate, require_faster
+    from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate, require_faster
 
     if pred == stdio.STDIO and gt == stdio.STDIO:
         raise UsageError("PRED and --gt cannot both read stdin")

@@ -118,12 +118,12 @@ def freemask(
 
         check_output_path(embeddings)
     from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.freemask import FreeMaskJob, FreeMaskSettings
-    from wsis_cli.stages.freemask import run as run_stage
-    from wsis_cli.stages.freemask_features import BackboneSpec
-    from wsis_cli.stages.freemask_masks import FreeMaskParams
-    from wsis_cli.stages.freemask_pretrain import PretrainSettings
-    from wsis_cli.stages.freemask_tune import TuneSettings
+    from wsis_cli.stages.freemask.features import BackboneSpec
+    from wsis_cli.stages.freemask.masks import FreeMaskParams
+    from wsis_cli.stages.freemask.pretrain import PretrainSettings
+    from wsis_cli.stages.freemask.stage import FreeMaskJob, FreeMaskSettings
+    from wsis_cli.stages.freemask.stage import run as run_stage
+    from wsis_cli.stages.freemask.tune import TuneSettings
 
     try:
         settings = FreeMaskSettings(

@@ -120,8 +120,8 @@ def irnet(
     if semantic is not None and not semantic.is_dir():
         raise typer.BadParameter(f"{semantic} is not an existing folder", param_hint="--semantic")
     from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.irnet import IRNetJob, IRNetSettings
-    from wsis_cli.stages.irnet import run as run_stage
+    from wsis_cli.stages.irnet.stage import IRNetJob, IRNetSettings
+    from wsis_cli.stages.irnet.stage import run as run_stage
 
     try:
         settings = IRNetSettings(

@@ -30,7 +30,7 @@ _LOSS = "Losses"
 
 
 def _encoder_names(incomplete: str) -> list[str]:
-    from wsis_cli.stages.mal_settings import ENCODERS  # light: no torch
+    from wsis_cli.stages.mal.settings import ENCODERS  # light: no torch
 
     return [e for e in ENCODERS if e.startswith(incomplete)]
 
@@ -118,7 +118,7 @@ def mal_label(
     """
     setup(quiet, verbose)
     # every flag is checked before the network stack (torch) is imported: a bad option fails at once
-    from wsis_cli.stages.mal_settings import ENCODERS, MalJob, MalSettings
+    from wsis_cli.stages.mal.settings import ENCODERS, MalJob, MalSettings
 
     if encoder not in ENCODERS:
         raise typer.BadParameter(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}",
@@ -144,10 +144,10 @@ def mal_label(
     job = MalJob(boxes=boxes, images=str(images) if images else None, out=out, run=str(run) if run else None,
                  checkpoint=str(checkpoint) if checkpoint else None, resume=resume, device=device,
                  workers=workers, shard=shard)
-    from wsis_cli.stages.mal_inputs import load_boxes
+    from wsis_cli.stages.mal.inputs import load_boxes
 
     dataset = load_boxes(boxes)  # a bad box fails here, before torch loads
     from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.mal_label import run as run_stage
+    from wsis_cli.stages.mal.stage import run as run_stage
 
     run_stage(settings, job, make_progress(quiet), dataset)

@@ -39,7 +39,7 @@ def merge(
     from wsis_cli.runtime.errors import UsageError
     from wsis_cli.runtime.log import get_logger
     from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.merge import MergeSettings, run
+    from wsis_cli.stages.merge.stage import MergeSettings, run
 
     if expect_images is not None and expect_count is not None:
         raise UsageError("--expect-images and --expect-count are mutually exclusive")

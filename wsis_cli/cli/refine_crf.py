@@ -69,7 +69,7 @@ def refine_crf(
     elif resume:
         raise typer.BadParameter("--resume needs a file output, not stdout", param_hint="--resume")
     from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.refine_crf import RefineJob, RefineSettings, run
+    from wsis_cli.stages.refine.stage import RefineJob, RefineSettings, run
 
     try:
         settings = RefineSettings(
@@ -94,8 +94,8 @@ def _refine_maps(maps: str, images, out: str, dataset: str | None, bg_score: flo
     if not 0.0 < bg_score < 1.0:
         raise typer.BadParameter("must be in (0, 1)", param_hint="--bg-score")
     from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.refine_crf import RefineSettings
-    from wsis_cli.stages.refine_crf_maps import MapJob, run
+    from wsis_cli.stages.refine.maps import MapJob, run
+    from wsis_cli.stages.refine.stage import RefineSettings
 
     try:
         settings = RefineSettings(**crf)

@@ -65,7 +65,7 @@ def synth(
                                  param_hint="--min-instances")
 
     from wsis_cli.io.atomic import check_output_dir
-    from wsis_cli.stages.synth import SynthSettings, run
+    from wsis_cli.stages.synth.stage import SynthSettings, run
 
     try:
         settings = SynthSettings(num_images=num_images, height=h, width=w, classes=classes,

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from wsis_cli.stages.evaluate import EvalReport
+    from wsis_cli.stages.evaluate.stage import EvalReport
 
 DASH = "–"
 

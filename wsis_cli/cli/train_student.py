@@ -125,7 +125,7 @@ def train_student(
     if labels == "-":
         raise typer.BadParameter("training reads its labels from a file (- is only for --checkpoint input)",
                                  param_hint="LABELS")
-    from wsis_cli.stages.train_student import StudentSettings
+    from wsis_cli.stages.student.stage import StudentSettings
 
     try:
         settings = StudentSettings(
@@ -150,8 +150,8 @@ def _train(settings: object, labels: str, images: Path | None, run_path: Path, v
     from wsis_cli.models.student import weights_arch
     from wsis_cli.runtime.distributed import init_distributed
     from wsis_cli.runtime.seeding import seed_everything
-    from wsis_cli.stages import train_student as stage
-    from wsis_cli.stages.student_data import check_images
+    from wsis_cli.stages.student import stage
+    from wsis_cli.stages.student.data import check_images
 
     assert isinstance(settings, stage.StudentSettings)
     ds = load_dataset(labels)
@@ -184,9 +184,9 @@ def _predict(source: str, images: Path | None, out: str, checkpoint: Path, score
     from wsis_cli.io.stdio import write_json
     from wsis_cli.runtime.device import resolve_device
     from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.student_data import check_images
-    from wsis_cli.stages.student_predict import load_student, predict, results_to_dataset_annotations
-    from wsis_cli.stages.train_student import STAGE
+    from wsis_cli.stages.student.data import check_images
+    from wsis_cli.stages.student.predict import load_student, predict, results_to_dataset_annotations
+    from wsis_cli.stages.student.stage import STAGE
 
     if out != "-":
         check_output_path(out)

@@ -8,7 +8,7 @@ ends included); the affinity of a pair is ``1 - max`` of the boundary probabilit
 
 Sources live on the cropped grid ``[0, h - f) x [f, w - f)`` with ``f = ceil(r) - 1``, so every
 destination is inside the map (the upstream ``PathIndex`` layout, which the training losses use). The
-random walk instead keeps every in-image pair (see :mod:`wsis_cli.stages.random_walk`).
+random walk instead keeps every in-image pair (see :mod:`wsis_cli.stages.irnet.random_walk`).
 """
 
 from __future__ import annotations

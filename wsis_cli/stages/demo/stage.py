@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from wsis_cli.io.stdio import write_json
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.stages.demo_jobs import Job, JobPool, JobTime, timed
+from wsis_cli.stages.demo.jobs import Job, JobPool, JobTime, timed
 
 if TYPE_CHECKING:  # the stages themselves are imported when they run: `wsis demo --help` reads this module
     from wsis_cli.io import coco
-    from wsis_cli.stages.evaluate import EvalReport
+    from wsis_cli.stages.evaluate.stage import EvalReport
 
 log = get_logger("demo")
 
@@ -96,27 +96,27 @@ class DemoRow:
 
 
 def _box_filled(data: DemoData, work: Path) -> coco.Dataset:
-    from wsis_cli.stages import baselines
+    from wsis_cli.stages.baselines.floors import floors as baselines
 
     return baselines.box_filled_masks(data.boxes)
 
 
 def _mal(data: DemoData, work: Path) -> coco.Dataset:
-    from wsis_cli.stages.mal_label import demo_mal
+    from wsis_cli.stages.mal.stage import demo_mal
 
     return demo_mal(data.images, data.boxes, work / "mal-label")
 
 
 def _irnet(data: DemoData, work: Path) -> coco.Dataset:
-    from wsis_cli.stages.cam import demo_cams
-    from wsis_cli.stages.irnet import demo_irnet
+    from wsis_cli.stages.cam.stage import demo_cams
+    from wsis_cli.stages.irnet.stage import demo_irnet
 
     cams = demo_cams(data.images, data.labels, work / "cam")
     return demo_irnet(data.images, cams, work / "irnet")
 
 
 def _freemask(data: DemoData, work: Path) -> coco.Dataset:
-    from wsis_cli.stages.freemask import demo_freemask
+    from wsis_cli.stages.freemask.stage import demo_freemask
 
     return demo_freemask(data.images, work / "freemask", data.labels)
 
@@ -131,14 +131,14 @@ METHODS: tuple[Method, ...] = (
 
 def _refine(labelled: coco.Dataset, data: DemoData, path: Path, out: Path) -> coco.Dataset:
     from wsis_cli.io import coco
-    from wsis_cli.stages import refine_crf
+    from wsis_cli.stages.refine import stage as refine_crf
 
     refine_crf.run(refine_crf.RefineSettings(), refine_crf.RefineJob(str(path), str(data.images), str(out)))
     return coco.load_dataset(out)
 
 
 def _student_epochs(settings: DemoSettings) -> int:
-    from wsis_cli.stages.train_student import DEMO_EPOCHS
+    from wsis_cli.stages.student.stage import DEMO_EPOCHS
 
     if settings.student_epochs is not None:
         return settings.student_epochs
@@ -146,8 +146,8 @@ def _student_epochs(settings: DemoSettings) -> int:
 
 
 def train_student_job(images: Path, labels: coco.Dataset, work: Path, epochs: int, mask_loss: str) -> list[dict]:
-    """One demo student (a :class:`~wsis_cli.stages.demo_jobs.JobPool` job): its COCO results."""
-    from wsis_cli.stages.train_student import demo_student
+    """One demo student (a :class:`~wsis_cli.stages.demo.jobs.JobPool` job): its COCO results."""
+    from wsis_cli.stages.student.stage import demo_student
 
     return demo_student(images, labels, work, epochs=epochs, mask_loss=mask_loss)
 
@@ -178,7 +178,7 @@ class _Clock:
 
 def _score(data: DemoData, preds: list[dict], agnostic: bool, reference_ap: float | None = None,
            sources: dict | None = None) -> EvalReport:
-    from wsis_cli.stages.evaluate import EvalSettings, evaluate
+    from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate
 
     report = evaluate(data.gt, preds, EvalSettings(iou_type="both", class_agnostic=agnostic,
                                                    reference_ap=reference_ap))
@@ -189,14 +189,14 @@ def run(settings: DemoSettings, out_dir: Path) -> list[DemoRow]:
     """Generate the data under ``out_dir/data``, run every method (and refine-crf, students), write each
     output and ``report.json`` into ``out_dir`` and return one evaluated row per result.
 
-    Students train in a :class:`~wsis_cli.stages.demo_jobs.JobPool` of ``student_jobs`` processes while
+    Students train in a :class:`~wsis_cli.stages.demo.jobs.JobPool` of ``student_jobs`` processes while
     this process goes on labelling: the ground-truth student starts as soon as the data exists, each
     path's student as soon as its labels do. ``report.json`` records each phase's wall and CPU seconds.
     """
     import torch
 
     from wsis_cli.io import coco
-    from wsis_cli.stages import synth
+    from wsis_cli.stages.synth.stage import stage as synth
 
     methods = [m for m in METHODS if not settings.methods or m.key in settings.methods]
     unknown = set(settings.methods) - {m.key for m in METHODS}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsis_cli.stages.refine_crf import RefineSettings
+from wsis_cli.stages.refine.stage import RefineSettings
 from wsis_kernels.crf import crf_labels, mean_field_crf
 
 

@@ -1,6 +1,6 @@
 """``wsis cam``: class attention maps from image-level labels (IRNet's first step).
 
-Trains the multi-label CAM classifier (:mod:`wsis_cli.stages.cam_train`) unless a ``--checkpoint`` is
+Trains the multi-label CAM classifier (:mod:`wsis_cli.stages.cam.train`) unless a ``--checkpoint`` is
 given, then writes, for every image of this shard, the maps of the classes its labels name into an HDF5
 store (layout in notes/foundation.md, "cams.h5")::
 
@@ -32,7 +32,7 @@ from wsis_cli.models.backbones import normalize
 from wsis_cli.models.cam_net import CamNet
 from wsis_cli.runtime.device import autocast
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.stages.cam_train import TrainSettings
+from wsis_cli.stages.cam.train import TrainSettings
 
 log = get_logger("cam")
 
@@ -171,7 +171,7 @@ def run(settings: CamSettings, train: TrainSettings, job: CamJob, progress: Any 
     from wsis_cli.runtime.progress import NullProgress
     from wsis_cli.runtime.seeding import seed_everything
     from wsis_cli.runtime.sharding import resolve_shard, shard_ids, with_shard_suffix
-    from wsis_cli.stages import cam_train
+    from wsis_cli.stages.cam.stage import train as cam_train
 
     progress = progress or NullProgress()
     t_start = time.perf_counter()

@@ -25,7 +25,7 @@ from wsis_cli.io import rle as rle_utils
 from wsis_cli.models.freemask_head import ProjectionHead, mask_pool, nt_xent
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.runtime.training import rng_state, set_rng_state
-from wsis_cli.stages.freemask_features import BackboneSpec, features_of, patch_multiple, prepare
+from wsis_cli.stages.freemask.features import BackboneSpec, features_of, patch_multiple, prepare
 
 log = get_logger("freemask")
 

@@ -40,8 +40,8 @@ from torch.utils.data import Dataset
 
 from wsis_cli.models.backbones import normalize
 from wsis_cli.models.mal import box_buckets, output_size
-from wsis_cli.stages.mal_inputs import xywh_to_xyxy
-from wsis_cli.stages.mal_settings import OUTSIDE_MODES
+from wsis_cli.stages.mal.inputs import xywh_to_xyxy
+from wsis_cli.stages.mal.settings import OUTSIDE_MODES
 
 __all__ = ["RoiImageSet", "RoiTrainSet", "box_cover", "colour_augment", "crop_bounds", "crop_image", "expand_box",
            "source_indices", "train_margins", "xywh_to_xyxy"]

@@ -21,7 +21,7 @@ from wsis_cli.io import coco
 from wsis_cli.io import rle as rle_utils
 from wsis_cli.models.backbones import RESNETS, VITS, ResNetFeatures, ViTFeatures, normalize
 from wsis_cli.runtime.device import autocast
-from wsis_cli.stages.freemask_masks import FreeMaskParams, FreeMasks, free_masks
+from wsis_cli.stages.freemask.masks import FreeMaskParams, FreeMasks, free_masks
 
 MAX_TOP_K = 999  # annotation ids are image_id * 1000 + rank: unique across shards without coordination
 

@@ -21,7 +21,7 @@ from wsis_cli.io import rle as rle_utils
 from wsis_cli.io.coco import Dataset, validate_results
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.stages.mean_iou import CategoryIoU, mean_instance_iou
+from wsis_cli.stages.evaluate.mean_iou import CategoryIoU, mean_instance_iou
 
 IouType = Literal["segm", "bbox", "both"]
 Backend = Literal["pycocotools", "faster"]

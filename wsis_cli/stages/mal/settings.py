@@ -2,7 +2,7 @@
 
 This module imports nothing heavy (no torch, NumPy or OpenCV), so the command line validates every flag
 — names, ranges, and the crop size against the encoder's stride — in a fraction of a second, before
-the network stack is loaded. :mod:`wsis_cli.stages.mal_train` and :mod:`wsis_cli.stages.mal_label`
+the network stack is loaded. :mod:`wsis_cli.stages.mal.train` and :mod:`wsis_cli.stages.mal.stage`
 re-export these classes.
 
 ``ModelSpec`` and ``TrainConfig`` hold the only copy of the defaults (upstream MAL's,
@@ -32,7 +32,7 @@ def vit_patch(encoder: str) -> int:
 
 
 def encoder_stride(encoder: str, depth: int = 0, patch: int = 0, conv_stem: bool = False) -> int:
-    """Output stride of the encoder :func:`wsis_cli.stages.mal_train.build_model` builds (pure arithmetic).
+    """Output stride of the encoder :func:`wsis_cli.stages.mal.train.build_model` builds (pure arithmetic).
 
     Raises ``ValueError`` for an unknown encoder or options it does not take.
     """

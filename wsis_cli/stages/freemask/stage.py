@@ -20,7 +20,7 @@ import torch
 from wsis_cli.io import coco
 from wsis_cli.runtime.errors import BadInputError
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.stages.freemask_features import (
+from wsis_cli.stages.freemask.features import (
     MAX_TOP_K,
     BackboneSpec,
     annotations_for,
@@ -28,9 +28,9 @@ from wsis_cli.stages.freemask_features import (
     generate,
     load_backbone_state,
 )
-from wsis_cli.stages.freemask_masks import FreeMaskParams
-from wsis_cli.stages.freemask_pretrain import PretrainSettings
-from wsis_cli.stages.freemask_tune import Sample, TuneSettings, fine_tune, make_sample
+from wsis_cli.stages.freemask.masks import FreeMaskParams
+from wsis_cli.stages.freemask.pretrain import PretrainSettings
+from wsis_cli.stages.freemask.tune import Sample, TuneSettings, fine_tune, make_sample
 
 log = get_logger("freemask")
 STAGE = "freemask"
@@ -163,7 +163,7 @@ def pretrained_weights(settings: FreeMaskSettings, job: FreeMaskJob, records: li
     resulting ``model.pt`` in ``<run>/pretrain``, which ``--weights`` accepts. A finished pre-training in
     that folder is reused with ``--resume``; an interrupted one continues from its last epoch."""
     from wsis_cli.io.run_dir import RunDir, default_run_dir
-    from wsis_cli.stages.freemask_pretrain import build_pretrain_backbone, pretrain, region_samples
+    from wsis_cli.stages.freemask.pretrain import build_pretrain_backbone, pretrain, region_samples
 
     assert settings.pretrain is not None
     folder = Path(job.run or default_run_dir(job.out, STAGE)) / "pretrain"
@@ -281,7 +281,7 @@ def demo_freemask(images_dir: Path, work: Path, labels: coco.Dataset | None = No
     these settings. On the demo's 24 images of 128 px: 20 s, class-agnostic AP 4.9 / AP50 13.2 (colour
     components 9.3 / 16.1); read at 512 px: 94 s, 6.5 / 15.5; 6 epochs at 512: 9.7 AP50.
     """
-    from wsis_cli.stages.freemask_pretrain import build_pretrain_backbone, pretrain, region_samples
+    from wsis_cli.stages.freemask.pretrain import build_pretrain_backbone, pretrain, region_samples
 
     del labels  # the label-free path reads no label
     spec = BackboneSpec(arch="resnet18", weights="none", stage=2, last_stride=2, short_side=DEMO_SIDE)

@@ -32,7 +32,7 @@ from wsis_cli.models.mal_losses import crf_loss, mil_loss
 from wsis_cli.runtime.device import autocast, grad_scaler
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.runtime.training import EMA, linear_ramp, rng_state, set_lr, set_rng_state, warmup_cosine
-from wsis_cli.stages.mal_settings import CRF_VARIANTS, ModelSpec, TrainConfig
+from wsis_cli.stages.mal.settings import CRF_VARIANTS, ModelSpec, TrainConfig
 from wsis_kernels.crf import CRFParams, mal_crf_params
 
 log = get_logger("mal-label")

@@ -1,11 +1,11 @@
 """``wsis irnet``: class attention maps + image-level labels → instance pseudo-labels (IRNet, Ahn et al. 2019).
 
-1. Relation mining (:mod:`~wsis_cli.stages.irnet_relations`): confident foreground/background labels from
+1. Relation mining (:mod:`~wsis_cli.stages.irnet.relations`): confident foreground/background labels from
    the CAMs, refined by our CRF kernel.
-2. Training (:mod:`~wsis_cli.stages.irnet_train`) of the boundary and displacement branches
+2. Training (:mod:`~wsis_cli.stages.irnet.train`) of the boundary and displacement branches
    (:mod:`wsis_cli.models.irnet_heads`) on a frozen backbone: by default the CAM classifier's, found
    through the provenance ``cams.h5`` records; ``weights`` overrides it. Skipped with ``checkpoint``.
-3. Inference per image (:mod:`~wsis_cli.stages.irnet_instances`): boundary → affinities, displacement →
+3. Inference per image (:mod:`~wsis_cli.stages.irnet.instances`): boundary → affinities, displacement →
    centroids → instance map, instance-wise CAMs, sparse random walk, instance synthesis with scores
    (centroids must be sinks of the field and the walk keeps instances apart: see ``irnet_instances``).
 
@@ -214,8 +214,8 @@ def load_irnet(path: str) -> Any:
 def mine_relations(inputs: Inputs, images: str | None, settings: IRNetSettings, device: torch.device,
                    progress: Any) -> list[Any]:
     """Relation labels of every image (at the branches' stride, ``4 / scale``), as training samples."""
-    from wsis_cli.stages.irnet_relations import cam_basins, relation_labels, strided_labels
-    from wsis_cli.stages.irnet_train import Sample
+    from wsis_cli.stages.irnet.relations import cam_basins, relation_labels, strided_labels
+    from wsis_cli.stages.irnet.train import Sample
     from wsis_kernels.crf import CRFParams
 
     params = CRFParams(iterations=settings.crf_iterations)
@@ -240,7 +240,7 @@ def train_model(inputs: Inputs, settings: IRNetSettings, job: IRNetJob, ctx: Any
     from wsis_cli.io.run_dir import RunDir, default_run_dir
     from wsis_cli.models.irnet_heads import IRNet
     from wsis_cli.runtime.seeding import seed_everything
-    from wsis_cli.stages.irnet_train import Sample, TrainConfig, measure_mean_shift, train
+    from wsis_cli.stages.irnet.train import Sample, TrainConfig, measure_mean_shift, train
 
     run_path = Path(job.run) if job.run else default_run_dir(job.out, STAGE)
     run = RunDir(run_path, STAGE, {**settings.to_json(), "cams": str(Path(job.cams).resolve())}, resume=job.resume)
@@ -274,7 +274,7 @@ def predict_image(model: Any, image: np.ndarray, cams: np.ndarray, settings: IRN
     """Detections (channel = index into ``cams``) and, if asked, the semantic map (class index + 1)."""
     from wsis_cli.models.backbones import normalize
     from wsis_cli.models.irnet_heads import infer_maps
-    from wsis_cli.stages.irnet_instances import semantic_labels, synthesize
+    from wsis_cli.stages.irnet.instances import semantic_labels, synthesize
 
     height, width = image.shape[:2]
     x = normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None])[0].to(device)

@@ -50,8 +50,8 @@ from wsis_cli.runtime.training import (
     unwrap_model,
     warmup_cosine,
 )
-from wsis_cli.stages.student_data import StudentData, collate, collect_instances, loader_worker_init
-from wsis_cli.stages.student_predict import predict
+from wsis_cli.stages.student.data import StudentData, collate, collect_instances, loader_worker_init
+from wsis_cli.stages.student.predict import predict
 
 log = get_logger("train-student")
 
@@ -363,7 +363,7 @@ def _epoch_record(sums: dict[str, torch.Tensor], count: torch.Tensor, ctx: DistC
 def validate(model: nn.Module, category_ids: list[int], val_ds: Dataset, images_root: str | None,
              settings: StudentSettings, device: torch.device) -> dict[str, Any]:
     """Predict on the validation images and score them as ``wsis eval`` does."""
-    from wsis_cli.stages.evaluate import EvalSettings, evaluate
+    from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate
 
     preds = predict(model, category_ids, val_ds.images, images_root, val_ds.source, device,
                     score_threshold=settings.score_threshold, max_dets=settings.max_dets, amp=settings.amp)
@@ -385,7 +385,7 @@ def run(settings: StudentSettings, ds: Dataset, images_root: str | None, run_pat
     holds the ``labels.json`` it was trained on) and write the last round's model to ``run_path/model.pt``.
     """
     from wsis_cli.io.coco import write_dataset
-    from wsis_cli.stages.student_predict import results_to_dataset_annotations
+    from wsis_cli.stages.student.predict import results_to_dataset_annotations
 
     settings = settings.resolved()
     top = RunDir(run_path, STAGE, settings, resume=resume)

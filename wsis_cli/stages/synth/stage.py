@@ -1,7 +1,7 @@
 """``wsis synth``: a deterministic synthetic instance-segmentation dataset to train and test on.
 
 Each image is a textured background with a variable number of instances of up to eight shape classes
-(see :mod:`wsis_cli.stages.synth_shapes`). Same-class instances are often placed touching or overlapping,
+(see :mod:`wsis_cli.stages.synth.shapes`). Same-class instances are often placed touching or overlapping,
 later instances are drawn on top, and the ground-truth mask of each instance is its *visible* part
 (exact binary; the image edges are softly anti-aliased). Instances whose visible part would become too
 small are never drawn, so every drawn object is labelled and no mask is empty.
@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.stages.synth_shapes import (
+from wsis_cli.stages.synth.shapes import (
     CLASSES,
     MAX_CLASSES,
     Polygons,

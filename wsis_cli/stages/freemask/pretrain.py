@@ -4,7 +4,7 @@ Free Mask needs features in which every location is cosine-close to the rest of 
 everything else; FreeSOLO gets them from DenseCL, a *dense* self-supervised pre-training. Without such
 weights (no network, a new domain), this trains a backbone on the user's own images, with no label:
 
-- regions: label-free colour/position segments of each image (:mod:`wsis_cli.stages.freemask_regions`);
+- regions: label-free colour/position segments of each image (:mod:`wsis_cli.stages.freemask.regions`);
 - two augmented views per image (flip, brightness/contrast jitter; the regions follow the geometry);
 - region contrast (DetCon): the features pooled under each region form an embedding; the same region in
   the other view is its positive, every other region of the batch a negative (NT-Xent, ``tau``);
@@ -32,9 +32,9 @@ from torch import Tensor, nn
 from wsis_cli.models.freemask_head import mask_pool, nt_xent
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.runtime.training import check_finite, set_lr, warmup_cosine
-from wsis_cli.stages.freemask_features import BackboneSpec, patch_multiple, prepare
-from wsis_cli.stages.freemask_regions import region_proposals
-from wsis_cli.stages.freemask_tune import (
+from wsis_cli.stages.freemask.features import BackboneSpec, patch_multiple, prepare
+from wsis_cli.stages.freemask.regions import region_proposals
+from wsis_cli.stages.freemask.tune import (
     Sample,
     _batched_features,
     augmented_view,

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsis_cli.stages.random_walk import random_walk
+from wsis_cli.stages.irnet.random_walk import random_walk
 
 REFINE_STEPS = 300
 CENTROID_THRESHOLD = 2.5
@@ -238,7 +238,7 @@ def synthesize(cams: np.ndarray, edge: Tensor, disp: np.ndarray, height: int, wi
         disp: ``(2, h, w)`` displacement field after the mean shift.
         sink_divergence: see :func:`centroid_candidates` (``None``: the paper's candidates).
         separate_instances: the walk may not cross between two pixels of different instances (see
-            :mod:`wsis_cli.stages.random_walk`); ``False`` is upstream's walk.
+            :mod:`wsis_cli.stages.irnet.random_walk`); ``False`` is upstream's walk.
         field_cam_threshold: where every CAM is below this, the field is taken as 0 before the centroid
             refinement (0: upstream). A learnt field is small noise on the background, and 300 refinement
             steps turn that noise into drifts that carry background cells into object centroids and form

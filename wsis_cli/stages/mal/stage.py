@@ -1,10 +1,10 @@
 """``wsis mal-label``: boxes in, instance masks out (MAL, Lan et al. CVPR 2023).
 
-Trains the class-agnostic MAL network on the boxes themselves (:mod:`wsis_cli.stages.mal_train`; or
+Trains the class-agnostic MAL network on the boxes themselves (:mod:`wsis_cli.stages.mal.train`; or
 loads ``--checkpoint``), then labels every box: the 1.3 x crop around it is decoded, the probability map
 is resized into that window, pasted into the image (clipped at its borders), cut to the box, thresholded
 and written as RLE; pixels shared by boxes of one image go to the most confident box
-(:mod:`wsis_cli.stages.mal_writeback`, ``--no-exclusive`` keeps overlaps). Each output annotation keeps the input's ``id``, ``image_id``, ``bbox``,
+(:mod:`wsis_cli.stages.mal.writeback`, ``--no-exclusive`` keeps overlaps). Each output annotation keeps the input's ``id``, ``image_id``, ``bbox``,
 ``category_id``, ``score`` and other keys; ``area`` is the *mask* area (upstream writes the box area).
 Without an input ``score`` the score is the mask's mean foreground probability, so that AP ranks
 confident masks first.
@@ -35,11 +35,11 @@ import torch
 from wsis_cli.io import coco
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.stages.mal_data import RoiImageSet, RoiTrainSet
-from wsis_cli.stages.mal_inputs import check_boxes, load_boxes
-from wsis_cli.stages.mal_settings import MalJob, MalSettings, ModelSpec
-from wsis_cli.stages.mal_train import build_model, train
-from wsis_cli.stages.mal_writeback import image_records, paste_mask
+from wsis_cli.stages.mal.data import RoiImageSet, RoiTrainSet
+from wsis_cli.stages.mal.inputs import check_boxes, load_boxes
+from wsis_cli.stages.mal.settings import MalJob, MalSettings, ModelSpec
+from wsis_cli.stages.mal.train import build_model, train
+from wsis_cli.stages.mal.writeback import image_records, paste_mask
 
 __all__ = ["DEMO_SETTINGS", "MalJob", "MalSettings", "MalSummary", "check_boxes", "demo_mal", "label_images",
            "paste_mask", "run", "training_boxes"]
@@ -82,7 +82,7 @@ def label_images(model: torch.nn.Module, dataset: RoiImageSet, device: torch.dev
     """Yield ``(image_id, labelled annotations)`` for every image of ``dataset``, in order.
 
     RoIs of consecutive images are batched together up to ``batch_size``. ``exclusive``: pixels shared by
-    boxes of one image go to the most confident box (:mod:`wsis_cli.stages.mal_writeback`).
+    boxes of one image go to the most confident box (:mod:`wsis_cli.stages.mal.writeback`).
     ``channels_last``: the network runs channels-last (1.9x faster on one CPU thread for the demo's
     ResNet; the same masks up to float rounding).
     """
@@ -174,7 +174,7 @@ def _train(ds: coco.Dataset, settings: MalSettings, job: MalJob, ctx: Any, progr
 def run(settings: MalSettings, job: MalJob, progress: Any = None, boxes: coco.Dataset | None = None) -> MalSummary:
     """Train (or load ``job.checkpoint``), then label every box of this shard's images into ``job.out``.
 
-    ``boxes``: ``job.boxes`` already read by :func:`wsis_cli.stages.mal_inputs.load_boxes` (the command
+    ``boxes``: ``job.boxes`` already read by :func:`wsis_cli.stages.mal.inputs.load_boxes` (the command
     line checks them before torch loads); read here when ``None``. With ``job.resume`` both the training run (its ``last.pt``) and the labelling pass (``<out>.partial``)
     continue where they stopped.
     """

@@ -1,6 +1,6 @@
 """Training IRNet's branches on mined relations, and the dataset-wide displacement mean shift.
 
-Each training sample is an image and its relation labels (from :mod:`wsis_cli.stages.irnet_relations`,
+Each training sample is an image and its relation labels (from :mod:`wsis_cli.stages.irnet.relations`,
 kept at the branches' stride, ``4 / scale`` of the image, so memory stays small), randomly flipped and
 cropped to a common size on that grid (pad: 0 after normalisation for the image, 255 for the labels). SGD with momentum 0.9 (upstream
 passes its momentum in the weight-decay slot, a bug not reproduced here), lr 0.1 for the edge branch and

@@ -1,0 +1,1 @@
+"""Floors that learnt labellers must beat, and degraded masks to refine."""

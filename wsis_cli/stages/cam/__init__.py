@@ -1,0 +1,1 @@
+"""``wsis cam``: class attention maps from image-level labels."""

@@ -1,0 +1,1 @@
+"""``wsis demo``: every path on an embedded default."""

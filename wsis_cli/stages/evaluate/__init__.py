@@ -1,0 +1,1 @@
+"""``wsis eval``: COCO AP/AR and mean instance IoU."""

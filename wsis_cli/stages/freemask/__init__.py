@@ -1,0 +1,1 @@
+"""``wsis freemask``: class-agnostic masks without labels (FreeSOLO's Free Mask)."""

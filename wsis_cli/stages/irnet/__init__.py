@@ -1,0 +1,1 @@
+"""``wsis irnet``: CAMs to instance pseudo-labels (IRNet)."""

@@ -1,0 +1,1 @@
+"""``wsis mal-label``: boxes to instance masks (MAL)."""

@@ -1,0 +1,1 @@
+"""``wsis merge``: join shard outputs."""

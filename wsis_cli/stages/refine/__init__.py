@@ -1,0 +1,1 @@
+"""``wsis refine-crf``: CRF refinement of masks and score maps."""

@@ -1,0 +1,1 @@
+"""``wsis train-student``: a Mask R-CNN trained on pseudo-labels."""

@@ -1,0 +1,1 @@
+"""``wsis synth``: the synthetic dataset."""
