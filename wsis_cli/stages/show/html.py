@@ -155,7 +155,8 @@ def view_page(title: str, entry: Entry, position: int, total: int, index_page_na
                    f"height=\"{h}\" alt=\"{escape(p.title)}\"></a>\n")
         if p.rows:
             is_open = " open" if len(p.rows) <= 40 else ""
-            out.append(f"<details{is_open}><summary>{len(p.rows)} instances</summary>\n<table>\n"
+            plural = "s" if len(p.rows) != 1 else ""
+            out.append(f"<details{is_open}><summary>{len(p.rows)} instance{plural}</summary>\n<table>\n"
                        "<tr><th></th><th>id</th><th>class</th><th>score</th><th>IoU</th><th>area</th></tr>\n")
             for r in p.rows:
                 out.append(f"<tr><td><i style=\"background:{r.colour}\"></i></td><td>{escape(r.ann_id)}</td>"

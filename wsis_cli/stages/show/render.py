@@ -122,6 +122,8 @@ def _rectangle(img: np.ndarray, p0: tuple[int, int], p1: tuple[int, int], colour
     if not dashed:
         cv2.rectangle(img, p0, p1, colour, thick, cv2.LINE_8)
         return
+    # a colour box with white dashes over it: visible on dark and light images alike
+    cv2.rectangle(img, p0, p1, colour, thick, cv2.LINE_8)
     (x0, y0), (x1, y1) = p0, p1
     dash = max(3, 4 * thick)
     for a, b, fixed, horizontal in ((x0, x1, y0, True), (x0, x1, y1, True), (y0, y1, x0, False),
@@ -129,7 +131,7 @@ def _rectangle(img: np.ndarray, p0: tuple[int, int], p1: tuple[int, int], colour
         for s in range(a, b + 1, 2 * dash):
             e = min(s + dash, b)
             q0, q1 = ((s, fixed), (e, fixed)) if horizontal else ((fixed, s), (fixed, e))
-            cv2.line(img, q0, q1, colour, thick, cv2.LINE_8)
+            cv2.line(img, q0, q1, (255, 255, 255), thick, cv2.LINE_8)
 
 
 def _label(img: np.ndarray, text: str, corner: tuple[int, int], colour: Colour, long_side: int) -> None:
