@@ -376,7 +376,7 @@ __wsis_node__refine_crf() {
 # wsis show
 __wsis_node__show() {
     case $1 in
-    vopts) __wsis_r=' -o --out -i --images -g --gt --compare --sort -n --limit --ids --shard --page-size --thumb-side --min-side --max-side --score-threshold --match-iou --alpha --title ' ;;
+    vopts) __wsis_r=' -o --out -i --images -g --gt --compare --sort -n --limit --ids --shard --page-size --thumb-side --min-side --max-side --score-threshold --match-iou --alpha --max-tags --title ' ;;
     complete)
         case $prev in
         -o|--out) __wsis_dirs 0; return ;;
@@ -394,10 +394,11 @@ __wsis_node__show() {
         --score-threshold) :; return ;;
         --match-iou) :; return ;;
         --alpha) :; return ;;
+        --max-tags) :; return ;;
         --title) :; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--alpha --class-agnostic --compare --force --gt --help --ids --images --limit --match-iou --max-side --min-side --no-boxes --no-labels --out --page-size --quiet --score-threshold --shard --sort --thumb-side --title --verbose -g -h -i -n -o -q -v'
+            __wsis_words '--alpha --class-agnostic --compare --force --gt --help --ids --images --limit --match-iou --max-side --max-tags --min-side --no-boxes --no-labels --out --page-size --quiet --score-threshold --shard --sort --thumb-side --title --verbose -g -h -i -n -o -q -v'
             return
         fi
         case $npos in

@@ -308,6 +308,7 @@ complete -c wsis -n '__wsis_in show' -l class-agnostic -d 'Match instances whate
 complete -c wsis -n '__wsis_in show' -l alpha -r -f -d 'Opacity of the mask fill.'
 complete -c wsis -n '__wsis_in show' -l no-boxes -d 'Do not draw boxes around masks.'
 complete -c wsis -n '__wsis_in show' -l no-labels -d 'Do not write class, score and IoU tags.'
+complete -c wsis -n '__wsis_in show' -l max-tags -r -f -d 'Write tags only on panels with at most this many instances.'
 complete -c wsis -n '__wsis_in show' -l title -r -f -d 'Title of the report pages.'
 complete -c wsis -n '__wsis_in show' -l force -d 'Replace REPORT if it exists and is not empty.'
 complete -c wsis -n '__wsis_in show' -s q -l quiet -d 'Only warnings and errors on stderr.'

@@ -154,3 +154,9 @@ def test_bad_image_leaves_no_partial_report(data: Path, tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match=r"bad\.json: image id 5 \(missing\.png\): image file not found"):
         run(ShowSettings(), _job(data, out, labels=tmp_path / "bad.json"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
+
+
+def test_box_only_records_are_drawn_even_in_thumbnails() -> None:
+    img = np.zeros((40, 40, 3), np.uint8)
+    out = render(img, [Instance(None, [5, 5, 20, 20], (0, 255, 0))], (40, 40), boxes=False, labels=False)
+    assert out[5, 10, 1] == 255 and out[15, 15].sum() == 0  # the outline, not a fill

@@ -68,6 +68,9 @@ def show(
     alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Opacity of the mask fill.")] = 0.45,
     no_boxes: Annotated[bool, typer.Option("--no-boxes", help="Do not draw boxes around masks.")] = False,
     no_labels: Annotated[bool, typer.Option("--no-labels", help="Do not write class, score and IoU tags.")] = False,
+    max_tags: Annotated[
+        int, typer.Option("--max-tags", min=0, help="Write tags only on panels with at most this many instances.")
+    ] = 40,
     title: Annotated[str | None, typer.Option("--title", help="Title of the report pages.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace REPORT if it exists and is not empty.")] = False,
     quiet: common.Quiet = False,
@@ -88,7 +91,7 @@ def show(
         sort=sort, limit=limit, ids=parse_ids(ids) if ids is not None else None, page_size=page_size,
         thumb_side=thumb_side, min_side=min_side, max_side=max_side, score_threshold=score_threshold,
         match_iou=match_iou, class_agnostic=class_agnostic, alpha=alpha, boxes=not no_boxes,
-        labels=not no_labels, title=title,
+        labels=not no_labels, max_tags=max_tags, title=title,
     )
     job = ShowJob(labels=labels, out=str(out), images=str(images) if images else None, gt=gt, compare=compare,
                   shard=shard, force=force)

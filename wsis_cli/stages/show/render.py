@@ -103,14 +103,12 @@ def render(
         if m is not None and m.any():
             contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(out, contours, -1, instances[k].colour, thick, cv2.LINE_8)
-    if boxes or labels:
-        for inst in instances:
-            if inst.bbox is None:
-                continue
+    for inst in instances:
+        if inst.bbox is not None and (boxes or labels or inst.mask is None):
             x, y, bw, bh = inst.bbox
             p0 = (int(math.floor(x * sx)), int(math.floor(y * sy)))
             p1 = (int(math.ceil((x + bw) * sx)) - 1, int(math.ceil((y + bh) * sy)) - 1)
-            if boxes or inst.mask is None:
+            if boxes or inst.mask is None:  # a box-only record is its box, even in a thumbnail
                 _rectangle(out, p0, p1, inst.colour, thick, dashed=inst.dashed)
             if labels and inst.label:
                 _label(out, inst.label, p0, inst.colour, max(h, w))

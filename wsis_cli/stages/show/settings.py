@@ -25,6 +25,8 @@ class ShowSettings:
     (small images are enlarged so that labels stay legible), thumbnails with their long side at
     ``thumb_side``. Predictions scoring under ``score_threshold`` are left out; ``match_iou`` is the IoU at
     which a prediction counts as finding a reference instance (it then takes that instance's colour).
+    Tags (class, score, IoU) are written only on panels of at most ``max_tags`` instances: on crowded images
+    (nuclei, cells) they would hide what they label; the view page's table still lists every instance.
     """
 
     sort: SortKey = "auto"
@@ -40,6 +42,7 @@ class ShowSettings:
     alpha: float = 0.45
     boxes: bool = True
     labels: bool = True
+    max_tags: int = 40
     title: str | None = None
 
     def __post_init__(self) -> None:
@@ -57,6 +60,8 @@ class ShowSettings:
             raise UsageError(f"need 16 <= --min-side <= --max-side <= 8192, got {self.min_side}, {self.max_side}")
         if not 0.0 <= self.match_iou <= 1.0:
             raise UsageError(f"--match-iou must be within 0..1, got {self.match_iou}")
+        if self.max_tags < 0:
+            raise UsageError(f"--max-tags must be at least 0, got {self.max_tags}")
         if not 0.0 <= self.alpha <= 1.0:
             raise UsageError(f"--alpha must be within 0..1, got {self.alpha}")
 

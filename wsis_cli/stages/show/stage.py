@@ -314,7 +314,7 @@ def _draw(s: _Scored, sets: Sequence[_LabelSet], ref: Mapping[str, str], names: 
             rows.append(html.Row(hex_colour(colours[x.key][i]), str(a["id"]), cat, _fmt(score), _fmt(iou),
                                  f"{float(area):g}"))
         view = render(pixels, instances, view_hw, alpha=settings.alpha, boxes=settings.boxes,
-                      labels=settings.labels)
+                      labels=settings.labels and len(instances) <= settings.max_tags)
         thumb = render(pixels, instances, thumb_hw, alpha=settings.alpha, boxes=False, labels=False)
         img_rel, thumb_rel = f"img/{im['id']}.{x.key}.png", f"thumb/{im['id']}.{x.key}.png"
         writer.png(img_rel, view)
