@@ -39,6 +39,7 @@ __wsis_node() {
         'mal-label') __wsis_r=__wsis_node__mal_label ;;
         'merge') __wsis_r=__wsis_node__merge ;;
         'refine-crf') __wsis_r=__wsis_node__refine_crf ;;
+        'show') __wsis_r=__wsis_node__show ;;
         'synth') __wsis_r=__wsis_node__synth ;;
         'train-student') __wsis_r=__wsis_node__train_student ;;
         esac
@@ -48,7 +49,7 @@ __wsis_node() {
             __wsis_words '--help --version -h'
             return
         fi
-        if [[ $npos == 0 ]]; then __wsis_words 'cam completion demo eval freemask irnet mal-label merge refine-crf synth train-student'; fi
+        if [[ $npos == 0 ]]; then __wsis_words 'cam completion demo eval freemask irnet mal-label merge refine-crf show synth train-student'; fi
         ;;
     esac
 }
@@ -363,6 +364,41 @@ __wsis_node__refine_crf() {
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
             __wsis_words '--batch-size --bg-score --confidence --dataset --device --dilation --help --images --iterations --kernel-size --margin --min-margin --out --quiet --resume --shard --theta-alpha --theta-beta --theta-gamma --threshold --verbose --w-appearance --w-smooth -h -i -o -q -v'
+            return
+        fi
+        case $npos in
+        0) __wsis_files 1 ;;
+        esac
+        ;;
+    esac
+}
+
+# wsis show
+__wsis_node__show() {
+    case $1 in
+    vopts) __wsis_r=' -o --out -i --images -g --gt --compare --sort -n --limit --ids --shard --page-size --thumb-side --min-side --max-side --score-threshold --match-iou --alpha --max-tags --title ' ;;
+    complete)
+        case $prev in
+        -o|--out) __wsis_dirs 0; return ;;
+        -i|--images) __wsis_dirs 0; return ;;
+        -g|--gt) :; return ;;
+        --compare) :; return ;;
+        --sort) __wsis_words 'auto id file worst best instances'; return ;;
+        -n|--limit) :; return ;;
+        --ids) :; return ;;
+        --shard) :; return ;;
+        --page-size) :; return ;;
+        --thumb-side) :; return ;;
+        --min-side) :; return ;;
+        --max-side) :; return ;;
+        --score-threshold) :; return ;;
+        --match-iou) :; return ;;
+        --alpha) :; return ;;
+        --max-tags) :; return ;;
+        --title) :; return ;;
+        esac
+        if [[ $ddash == 0 && $cur == -* ]]; then
+            __wsis_words '--alpha --class-agnostic --compare --force --gt --help --ids --images --limit --match-iou --max-side --max-tags --min-side --no-boxes --no-labels --out --page-size --quiet --score-threshold --shard --sort --thumb-side --title --verbose -g -h -i -n -o -q -v'
             return
         fi
         case $npos in

@@ -43,6 +43,7 @@ complete -c wsis -n '__wsis_at' -a 'irnet' -d 'Train IRNet\'s boundary and displ
 complete -c wsis -n '__wsis_at' -a 'mal-label' -d 'Label every box with an instance mask: train MAL on the boxes (or load --checkpoint), then predict.'
 complete -c wsis -n '__wsis_at' -a 'merge' -d 'Join shard outputs (from --shard I/N runs) into one file.'
 complete -c wsis -n '__wsis_at' -a 'refine-crf' -d 'Refine each instance mask with a two-label CRF on its box grown by a margin; keep ids, classes...'
+complete -c wsis -n '__wsis_at' -a 'show' -d 'Draw labels over their images and write a static HTML report that opens from disk (no server).'
 complete -c wsis -n '__wsis_at' -a 'synth' -d 'Write a deterministic synthetic dataset to train and test weakly supervised segmentation on.'
 complete -c wsis -n '__wsis_at' -a 'train-student' -d 'Train torchvision\'s Mask R-CNN on LABELS, or (with --checkpoint) predict COCO results with one.'
 complete -c wsis -n '__wsis_at' -l version -d 'Print the version.'
@@ -287,6 +288,33 @@ complete -c wsis -n '__wsis_in refine-crf' -s q -l quiet -d 'Only warnings and e
 complete -c wsis -n '__wsis_in refine-crf' -s v -l verbose -d 'Debug logs and full tracebacks on stderr.'
 complete -c wsis -n '__wsis_in refine-crf' -s h -l help -d 'Show this message and exit.'
 complete -c wsis -n '__wsis_in refine-crf' -F -a -
+
+# wsis show
+complete -c wsis -n '__wsis_in show' -s o -l out -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Report folder to create (absent or empty unless --force): index.html, view/, img/.'
+complete -c wsis -n '__wsis_in show' -s i -l images -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Folder the file_name of each image is relative to.'
+complete -c wsis -n '__wsis_in show' -s g -l gt -r -f -d 'Ground-truth dataset: drawn beside the labels, every instance gets its IoU, images sort worst first.'
+complete -c wsis -n '__wsis_in show' -l compare -r -f -d 'A second label set (dataset or results list) drawn beside LABELS.'
+complete -c wsis -n '__wsis_in show' -l sort -r -f -a 'auto id file worst best instances' -d 'Image order; auto: worst first by mean IoU with --gt/--compare, else id.'
+complete -c wsis -n '__wsis_in show' -s n -l limit -r -f -d 'Keep the first N images after sorting.'
+complete -c wsis -n '__wsis_in show' -l ids -r -f -d 'Only these image ids, e.g. 3,7,10-12.'
+complete -c wsis -n '__wsis_in show' -l shard -r -f -d 'Process shard I of N (0-based).'
+complete -c wsis -n '__wsis_in show' -l page-size -r -f -d 'Thumbnails per index page.'
+complete -c wsis -n '__wsis_in show' -l thumb-side -r -f -d 'Long side of the thumbnails, pixels.'
+complete -c wsis -n '__wsis_in show' -l min-side -r -f -d 'Smaller images are enlarged to this long side in full views.'
+complete -c wsis -n '__wsis_in show' -l max-side -r -f -d 'Larger images are reduced to this long side in full views.'
+complete -c wsis -n '__wsis_in show' -l score-threshold -r -f -d 'Leave out labels scoring below this.'
+complete -c wsis -n '__wsis_in show' -l match-iou -r -f -d 'IoU at which an instance counts as found (shares its colour; else dashed).'
+complete -c wsis -n '__wsis_in show' -l class-agnostic -d 'Match instances whatever their classes.'
+complete -c wsis -n '__wsis_in show' -l alpha -r -f -d 'Opacity of the mask fill.'
+complete -c wsis -n '__wsis_in show' -l no-boxes -d 'Do not draw boxes around masks.'
+complete -c wsis -n '__wsis_in show' -l no-labels -d 'Do not write class, score and IoU tags.'
+complete -c wsis -n '__wsis_in show' -l max-tags -r -f -d 'Write tags only on panels with at most this many instances.'
+complete -c wsis -n '__wsis_in show' -l title -r -f -d 'Title of the report pages.'
+complete -c wsis -n '__wsis_in show' -l force -d 'Replace REPORT if it exists and is not empty.'
+complete -c wsis -n '__wsis_in show' -s q -l quiet -d 'Only warnings and errors on stderr.'
+complete -c wsis -n '__wsis_in show' -s v -l verbose -d 'Debug logs and full tracebacks on stderr.'
+complete -c wsis -n '__wsis_in show' -s h -l help -d 'Show this message and exit.'
+complete -c wsis -n '__wsis_in show' -F -a -
 
 # wsis synth
 complete -c wsis -n '__wsis_in synth' -s n -l num-images -r -f -d 'Number of images.'

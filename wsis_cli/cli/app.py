@@ -49,6 +49,7 @@ def _register() -> None:
         mal_label,
         merge,
         refine_crf,
+        show,
         synth,
         train_student,
     )
@@ -62,6 +63,7 @@ def _register() -> None:
     app.command("freemask")(freemask.freemask)
     app.command("train-student")(train_student.train_student)
     app.command("mal-label")(mal_label.mal_label)
+    app.command("show")(show.show)
     app.command("demo")(demo.demo)
     app.command("completion")(completion.completion)
 
