@@ -132,7 +132,7 @@ __wsis_node__demo() {
         --seed) :; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--classes --full --help --methods --no-refine --no-students --num-images --out --quiet --refine --seed --size --student-epochs --student-jobs --student-loss --students --verbose -h -j -k -n -o -q -v'
+            __wsis_words '--classes --full --help --markdown --methods --no-refine --no-students --num-images --out --quiet --refine --seed --size --student-epochs --student-jobs --student-loss --students --verbose -h -j -k -n -o -q -v'
             return
         fi
         ;;

@@ -104,6 +104,7 @@ complete -c wsis -n '__wsis_in demo' -l student-epochs -r -f -d 'Epochs of each 
 complete -c wsis -n '__wsis_in demo' -l student-loss -r -f -d 'The students\' mask loss.'
 complete -c wsis -n '__wsis_in demo' -s j -l student-jobs -r -f -d 'Students trained side by side, one CPU thread each (1: one after another).'
 complete -c wsis -n '__wsis_in demo' -l full -d 'More and larger images, students trained 3x longer (tens of minutes on a CPU).'
+complete -c wsis -n '__wsis_in demo' -l markdown -d 'Also print the table as Markdown on stdout (the README\'s demo table is this output).'
 complete -c wsis -n '__wsis_in demo' -l seed -r -f -d 'Random seed; the same seed gives the same output.'
 complete -c wsis -n '__wsis_in demo' -s q -l quiet -d 'Only warnings and errors on stderr.'
 complete -c wsis -n '__wsis_in demo' -s v -l verbose -d 'Debug logs and full tracebacks on stderr.'

@@ -59,3 +59,16 @@ def test_sigterm_exits_143_with_one_line(tmp_path):
     assert p.returncode == 143, err
     assert "terminated" in err.strip().splitlines()[-1]
     assert not list(out.glob("data.partial-*")) and not (out / "data").exists()  # nothing half-made is left
+
+
+def test_demo_markdown_prints_the_same_table_on_stdout(tmp_path):
+    r = _wsis("demo", "-n", "4", "--size", "64x80", "--methods", "box-filled", "--no-students", "--no-refine",
+              "--markdown", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "wsis demo: 4 synthetic 64x80 images, 3 classes (×100)"
+    assert lines[2] == "| method | mask AP | AP50 | AP75 | box AP | mean IoU |"
+    assert lines[3] == "|---|---:|---:|---:|---:|---:|"
+    row = lines[4].strip("|").split("|")
+    assert row[0].strip().startswith("box-filled") and len(row) == 6
+    assert row[-1].strip() in r.stderr  # the mean IoU printed on stderr too

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from wsis_cli.cli.mal_label import mal_label
-from wsis_cli.stages.mal.stage import DEMO_SETTINGS, MalSettings
+from wsis_cli.stages.mal.demo import DEMO_SETTINGS
+from wsis_cli.stages.mal.settings import MalSettings
 from wsis_cli.stages.mal.train import ModelSpec, TrainConfig, crf_params, denormalize
 from wsis_kernels.crf import CRFParams, mal_crf_params
 

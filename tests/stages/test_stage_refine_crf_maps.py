@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from wsis_cli.io import coco, rle
 from wsis_cli.io.h5 import H5Reader, H5Writer
 from wsis_cli.runtime.errors import BadInputError
-from wsis_cli.stages.refine.maps import MapJob, refine_maps, run
-from wsis_cli.stages.refine.stage import RefineSettings
+from wsis_cli.stages.refine.maps import refine_maps, run
+from wsis_cli.stages.refine.settings import MapJob, MapSettings, RefineSettings
 from wsis_cli.stages.synth import stage as synth
 
 
@@ -66,7 +66,7 @@ def maps(tmp_path_factory):
 def test_crf_sharpens_cam_labels(maps, tmp_path):
     root, gt = maps
     out = tmp_path / "refined.h5"
-    n = run(RefineSettings(), 0.15, MapJob(str(root / "cams.h5"), str(root / "data" / "images"), str(out),
+    n = run(MapSettings(bg_score=0.15), MapJob(str(root / "cams.h5"), str(root / "data" / "images"), str(out),
                                          device="cpu"))
     assert n == len(gt.images)
     before, after = [], []
@@ -99,8 +99,8 @@ def test_store_without_file_names_needs_dataset(tmp_path, maps):
         w.put(gt.images[0]["id"], {"cams": np.zeros((1, 32, 32), np.float32)},
               dataset_attrs={"cams": {"stride": 4, "category_ids": [1]}})
     with pytest.raises(BadInputError, match="--dataset"):
-        run(RefineSettings(), 0.15, MapJob(str(tmp_path / "bare.h5"), None, str(tmp_path / "o.h5"), device="cpu"))
-    n = run(RefineSettings(), 0.15, MapJob(str(tmp_path / "bare.h5"), str(root / "data" / "images"),
+        run(MapSettings(bg_score=0.15), MapJob(str(tmp_path / "bare.h5"), None, str(tmp_path / "o.h5"), device="cpu"))
+    n = run(MapSettings(bg_score=0.15), MapJob(str(tmp_path / "bare.h5"), str(root / "data" / "images"),
                                            str(tmp_path / "o.h5"), dataset=str(root / "data" / "gt.json"),
                                            device="cpu"))
     assert n == 1

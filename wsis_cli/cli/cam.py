@@ -124,10 +124,7 @@ def cam(
     from wsis_cli.io.atomic import check_output_path
 
     check_output_path(out)
-    from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.cam.stage import CamJob, CamSettings
-    from wsis_cli.stages.cam.stage import run as run_stage
-    from wsis_cli.stages.cam.train import TrainSettings
+    from wsis_cli.stages.cam.settings import CamJob, CamSettings, TrainSettings
 
     try:
         settings = CamSettings(method=method.value, scales=scale_values, flip=not no_flip,
@@ -143,4 +140,8 @@ def cam(
     job = CamJob(labels=labels, images=str(images) if images else None, out=str(out),
                  run_dir=str(run) if run else None, checkpoint=str(checkpoint) if checkpoint else None,
                  resume=resume, device=device, batch_size=batch_size, shard=shard)
+    # the network stack loads only once every flag is known to be valid
+    from wsis_cli.runtime.progress import make_progress
+    from wsis_cli.stages.cam.stage import run as run_stage
+
     run_stage(settings, train, job, make_progress(quiet))

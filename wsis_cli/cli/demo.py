@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -43,6 +44,8 @@ def demo(
                                               "after another).")] = _D.student_jobs,
     full: Annotated[bool, typer.Option("--full", help=f"More and larger images, students trained {FULL_EPOCHS_FACTOR}x "
                                        "longer (tens of minutes on a CPU).")] = _D.full,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Also print the table as Markdown on stdout (the "
+                                           "README's demo table is this output).")] = False,
     seed: Seed = 0,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -80,6 +83,12 @@ def demo(
         render_comparison([(r.method, r.report) for r in rows],
                           title=f"wsis demo: {settings.num_images} synthetic {settings.height}x{settings.width} "
                           f"images, {classes} classes")
+        if markdown:
+            from wsis_cli.cli.tables import comparison_markdown
+
+            sys.stdout.write(comparison_markdown([(r.method, r.report) for r in rows],
+                                                 f"wsis demo: {settings.num_images} synthetic "
+                                                 f"{settings.height}x{settings.width} images, {classes} classes"))
         if out is not None:
             from wsis_cli.runtime.log import get_logger
 

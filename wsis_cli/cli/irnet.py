@@ -119,9 +119,7 @@ def irnet(
         raise typer.BadParameter("--resume needs a file output, not stdout", param_hint="--resume")
     if semantic is not None and not semantic.is_dir():
         raise typer.BadParameter(f"{semantic} is not an existing folder", param_hint="--semantic")
-    from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.irnet.stage import IRNetJob, IRNetSettings
-    from wsis_cli.stages.irnet.stage import run as run_stage
+    from wsis_cli.stages.irnet.settings import IRNetJob, IRNetSettings
 
     try:
         settings = IRNetSettings(
@@ -140,4 +138,8 @@ def irnet(
                    labels=str(labels) if labels else None, run=str(run) if run else None,
                    checkpoint=str(checkpoint) if checkpoint else None, resume=resume,
                    semantic=str(semantic) if semantic else None, device=device, workers=workers, shard=shard)
+    # the network stack loads only once every flag is known to be valid
+    from wsis_cli.runtime.progress import make_progress
+    from wsis_cli.stages.irnet.stage import run as run_stage
+
     run_stage(settings, job, make_progress(quiet))

@@ -68,8 +68,7 @@ def refine_crf(
         check_output_path(out)
     elif resume:
         raise typer.BadParameter("--resume needs a file output, not stdout", param_hint="--resume")
-    from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.refine.stage import RefineJob, RefineSettings, run
+    from wsis_cli.stages.refine.settings import RefineJob, RefineSettings
 
     try:
         settings = RefineSettings(
@@ -81,6 +80,10 @@ def refine_crf(
         raise typer.BadParameter(str(e)) from None
     job = RefineJob(pseudo=pseudo, images=str(images) if images else None, out=out, device=device,
                     batch_size=batch_size, shard=shard, resume=resume)
+    # the network stack loads only once every flag is known to be valid
+    from wsis_cli.runtime.progress import make_progress
+    from wsis_cli.stages.refine.stage import run
+
     run(settings, job, make_progress(quiet))
 
 
@@ -93,14 +96,15 @@ def _refine_maps(maps: str, images, out: str, dataset: str | None, bg_score: flo
                                  param_hint="--out")
     if not 0.0 < bg_score < 1.0:
         raise typer.BadParameter("must be in (0, 1)", param_hint="--bg-score")
-    from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.refine.maps import MapJob, run
-    from wsis_cli.stages.refine.stage import RefineSettings
+    from wsis_cli.stages.refine.settings import MapJob, MapSettings
 
     try:
-        settings = RefineSettings(**crf)
+        settings = MapSettings(**crf, bg_score=bg_score)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     job = MapJob(maps=maps, images=str(images) if images else None, out=out, dataset=dataset, device=device,
                  shard=shard, resume=resume)
-    run(settings, bg_score, job, make_progress(quiet))
+    from wsis_cli.runtime.progress import make_progress
+    from wsis_cli.stages.refine.maps import run
+
+    run(settings, job, make_progress(quiet))

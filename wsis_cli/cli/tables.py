@@ -119,15 +119,13 @@ def render_eval(report: EvalReport, console: Console | None = None) -> None:
     console.print(eval_summary_line(report), style="dim", highlight=False, soft_wrap=True)
 
 
-def comparison_table(rows: list[tuple[str, EvalReport]], title: str) -> Table:
-    """One row per method: mask AP, AP50, AP75, box AP, mean IoU, and retention where a reference is set."""
-    table = Table(title=f"{title} (×100)", title_justify="left")
-    table.add_column("method")
-    for name in ("mask AP", "AP50", "AP75", "box AP", "mean IoU"):
-        table.add_column(name, justify="right")
+def comparison_cells(rows: list[tuple[str, EvalReport]]) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows of cells)``: mask AP, AP50, AP75, box AP, mean IoU (x100), retention where a reference is set."""
+    header = ["method", "mask AP", "AP50", "AP75", "box AP", "mean IoU"]
     with_retention = any(r.retention is not None for _, r in rows)
     if with_retention:
-        table.add_column("retention", justify="right")
+        header.append("retention")
+    body = []
     for method, r in rows:
         segm = r.coco.get("segm")
         cells = [
@@ -140,8 +138,29 @@ def comparison_table(rows: list[tuple[str, EvalReport]], title: str) -> Table:
         ]
         if with_retention:
             cells.append(DASH if r.retention is None else f"{100 * r.retention:.1f}%")
+        body.append(cells)
+    return header, body
+
+
+def comparison_table(rows: list[tuple[str, EvalReport]], title: str) -> Table:
+    """One row per method: mask AP, AP50, AP75, box AP, mean IoU, and retention where a reference is set."""
+    header, body = comparison_cells(rows)
+    table = Table(title=f"{title} (×100)", title_justify="left")
+    table.add_column(header[0])
+    for name in header[1:]:
+        table.add_column(name, justify="right")
+    for cells in body:
         table.add_row(*cells)
     return table
+
+
+def comparison_markdown(rows: list[tuple[str, EvalReport]], title: str) -> str:
+    """The same table in GitHub Markdown, for the README (``wsis demo --markdown``)."""
+    header, body = comparison_cells(rows)
+    lines = [f"{title} (×100)", "", "| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"
 
 
 def render_comparison(rows: list[tuple[str, EvalReport]], title: str, console: Console | None = None) -> None:

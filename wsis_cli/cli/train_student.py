@@ -125,7 +125,7 @@ def train_student(
     if labels == "-":
         raise typer.BadParameter("training reads its labels from a file (- is only for --checkpoint input)",
                                  param_hint="LABELS")
-    from wsis_cli.stages.student.stage import StudentSettings
+    from wsis_cli.stages.student.settings import StudentSettings
 
     try:
         settings = StudentSettings(
@@ -186,7 +186,7 @@ def _predict(source: str, images: Path | None, out: str, checkpoint: Path, score
     from wsis_cli.runtime.progress import make_progress
     from wsis_cli.stages.student.data import check_images
     from wsis_cli.stages.student.predict import load_student, predict, results_to_dataset_annotations
-    from wsis_cli.stages.student.stage import STAGE
+    from wsis_cli.stages.student.settings import STAGE
 
     if out != "-":
         check_output_path(out)

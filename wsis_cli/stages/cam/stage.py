@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,61 +32,9 @@ from wsis_cli.models.backbones import normalize
 from wsis_cli.models.cam_net import CamNet
 from wsis_cli.runtime.device import autocast
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.stages.cam.train import TrainSettings
+from wsis_cli.stages.cam.settings import EPS, STRIDE, CamJob, CamSettings, CamSummary, TrainSettings
 
 log = get_logger("cam")
-
-STRIDE = 4
-METHODS = ("cam", "gradcam")
-EPS = 1e-5  # upstream's guard in the per-class max normalisation
-
-
-@dataclass(frozen=True)
-class CamSettings:
-    """What shapes the maps (one field per ``wsis cam`` inference flag)."""
-
-    method: str = "cam"
-    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
-    flip: bool = True
-    gradcam_stage: int = 4  # Grad-CAM target: last stage (4, = CAM up to scale for this net) or stage 3
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if not self.scales or any(not (0 < s <= 8) for s in self.scales):
-            raise ValueError(f"--scales must be numbers in (0, 8], got {self.scales}")
-        if self.gradcam_stage not in (3, 4):
-            raise ValueError(f"--gradcam-stage must be 3 or 4, got {self.gradcam_stage}")
-
-
-@dataclass(frozen=True)
-class CamJob:
-    """Where ``run`` reads and writes and how it executes (does not change the maps)."""
-
-    labels: str
-    images: str | None
-    out: str
-    run_dir: str | None = None  # default: beside the output (<out>.cam-run)
-    checkpoint: str | None = None  # a model.pt: predict only
-    resume: bool = False
-    device: str = "auto"
-    batch_size: int = 8  # images per inference batch (equal-sized images only)
-    shard: str | None = None
-
-
-@dataclass
-class CamSummary:
-    output: Path
-    model: Path
-    images: int
-    seconds: float
-    val_map: float | None = None
-    trained: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def seconds_per_image(self) -> float:
-        return self.seconds / max(self.images, 1)
 
 
 def strided_size(height: int, width: int, stride: int = STRIDE) -> tuple[int, int]:

@@ -36,6 +36,7 @@ from wsis_cli.io import coco
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.stages.mal.data import RoiImageSet, RoiTrainSet
+from wsis_cli.stages.mal.demo import DEMO_SETTINGS
 from wsis_cli.stages.mal.inputs import check_boxes, load_boxes
 from wsis_cli.stages.mal.settings import MalJob, MalSettings, ModelSpec
 from wsis_cli.stages.mal.train import build_model, train
@@ -233,82 +234,6 @@ def run(settings: MalSettings, job: MalJob, progress: Any = None, boxes: coco.Da
 
 
 # ---------------------------------------------------------------------------------------------- demo
-
-# The demo's CPU-minute configuration. MAL's strength is a pretrained ViT (MAE on ImageNet); the demo and
-# the tests have no network, so the encoder learns from scratch, where a small ConvNet picks up colour and
-# shape within a few hundred steps and a ViT does not (mean IoU 0.659 vs 0.651 for vit_tiny with 2 blocks
-# at 8 epochs, box-filled 0.620). Steps are ~1000x fewer than upstream, so the warm-ups shrink and the
-# teacher follows faster (momentum 0.95: at 0.996 it would still be about half its initial weights).
-# Measured on the quality test's set (40 synthetic images of 256², 164 boxes; mean IoU / mask AP at
-# threshold 0.5; box-filled 0.620 / 0.228; seed noise about +-0.01 IoU), from the old configuration
-# (ResNet-18 stages 1-2, scale buckets on, 8 epochs, MAL's CRF, weight 0.5: 0.659 / 0.295):
-# - scale buckets off: 0.693 / 0.367. At 64² crops the buckets decode medium boxes on a 4x4 grid (MAL's
-#   512² crops get 32x32); the output grid itself is no limit (a perfect 16x16 map pastes back at 0.978,
-#   and a crop/2 output grid measured the same as crop/4);
-# - ResNet-18 stage 1 only (stride 4, a 16x16 grid): 0.710 / 0.394, and ~40% cheaper;
-# - more epochs (16, 24): 0.731 / 0.463, 0.731 / 0.470 - the from-scratch encoder is undertrained;
-# - CRF loss weight 2 instead of 0.5 (24 epochs): 0.756 / 0.514 (seed 1: 0.761 / 0.537) - the CRF
-#   self-training, not the MIL box fit, is what sharpens the masks (weights 0 / 0.5 / 2 with buckets off
-#   at 8 epochs: 0.683 / 0.693 / 0.710);
-# - CRF loss target from the dense variant (refine-crf's CRF) instead of MAL's MeanField: at 16 epochs,
-#   weight 0.5, 0.737 vs 0.731; at 24 epochs, weight 2, 0.759 / 0.511 (seed 1: 0.766 / 0.538), within the
-#   noise of MAL's; on the demo set 0.751 / 0.477 vs 0.732 / 0.448. Its targets are closer to the truth
-#   (crop-space IoU 0.89 vs 0.80 for MAL's, from predictions at 0.72).
-# Measured and not kept: lr 2e-3 or 3e-3 (worse), batch 8, decoder 64 channels, shorter warm-ups (worse),
-# crop 128 (+0.02 for 4x the time), MAL's zeta 0.5 (as the paper's text), the CRF target computed at 2x
-# or 4x the mask grid, labelling with the teacher or with flip averaging (all within the noise); a box
-# expansion bound of 0.6 or 2.0 instead of MAL's 1.2 (24 epochs: 0.750 / 0.478 and 0.758 / 0.528).
-# Session 4, same set and protocol (base: the configuration above, 24 epochs of batch 16 = 240 steps,
-# 0.759 / 0.511, seed 1 0.766 / 0.538; after refine-crf 0.841 / 0.666): the encoder learns from scratch and
-# is starved of optimiser steps, and the CPU cost is per step as much as per crop (our CRF kernel has a
-# fixed per-call cost: batch 8 costs 1.4x batch 16 per epoch).
-# - epochs 32 / 40 at batch 16: 0.793 / 0.606 (seed 1: 0.792 / 0.593) / 0.822 / 0.661, for 1.4x / 1.9x CPU;
-# - batch 8 / 4 at 24 epochs: 0.816 / 0.650 (seed 1: 0.783 / 0.590) / 0.848 / 0.720, for 1.3x / 1.9x CPU;
-# - 10 CRF iterations instead of 20: the same (32 epochs: 0.794 / 0.607 vs 0.793 / 0.606), and cheaper;
-# - so batch 4 x 16 epochs (640 steps) with 10 CRF iterations, at the base's CPU (27.7 s vs 27.6 s):
-#   0.799 / 0.607 (seed 1: 0.790 / 0.586); refined 0.879 / 0.750 (0.872 / 0.732). On the demo's 24
-#   images of 128² it is flat (0.739 / 0.460 and 0.733 / 0.458 vs 0.751 / 0.477 and 0.738 / 0.461);
-# - CRF loss weight 4 instead of 2 on top: 0.809 / 0.624 (seed 1: 0.785 / 0.561); demo 0.765 / 0.531
-#   (seed 1: 0.745 / 0.472); refined 0.884 / 0.755 (0.862 / 0.708), demo 0.869 / 0.729 (0.853 / 0.677);
-# - threshold 0.6 instead of 0.5 on top: 0.822 / 0.655 (seed 1: 0.780 / 0.567), demo 0.762 / 0.522
-#   (seed 1: 0.748 / 0.483); refined +0.003 to +0.024 AP in the four runs. The CLI keeps 0.5.
-# Measured and not kept: decoder 64 channels (0.752 / 0.504), crop 96 (0.763 / 0.526, 2.2x CPU), CRF
-# weight 4 at batch 16 (seed 0 / 1: 0.773 / 0.543, 0.767 / 0.540: +0.01 / +0.02 AP, within noise), a
-# ViT-tiny encoder (2 blocks, 4-pixel tokens, 12 epochs of batch 8; 3x the base's CPU): 0.744 / 0.469
-# with a patch embedding, 0.761 / 0.496 with MAL's conv stem (--conv-stem); labelling with the teacher
-# (seed 0 / 1: +0.011 / -0.012 IoU), pasting logits instead of probabilities, or other box scores (the
-# mean certainty over the box, row/column coverage): all within +-0.006 AP; scoring by the true IoU
-# (an oracle) would add only 0.07 AP, so the masks themselves, not their ranking, limit AP.
-# On the demo's 24 images of 128² this recipe takes about 17 s of one CPU core, as before.
-# Session 5, same set, every figure the mean over training seeds 0, 1, 2 (a single seed swings by +-0.04 AP);
-# base: the recipe above (crop 64, 16 epochs, threshold 0.6): 0.806 / 0.624, refined 0.880 / 0.764.
-# - exclusive write-back (mal_writeback: a pixel two boxes claim goes to the more confident one): the masks
-#   of occluded boxes had claimed their occluders; seed 0 0.822 / 0.655 -> 0.837 / 0.669, refined
-#   0.890 / 0.779 -> 0.913 / 0.821;
-# - channels-last convolutions: a training step's forward/backward 31 -> 23 ms of CPU, so 20 epochs cost
-#   what 16 did: 0.834 / 0.656 at threshold 0.6, 0.842 / 0.671 at 0.5 (0.45 / 0.55: 0.669 / 0.669 AP),
-#   refined 0.912 / 0.819;
-# - crop 48 instead of 64 (a 12x12 mask grid) and 24 epochs, at about the same CPU (below): 0.850 / 0.692
-#   (seeds: 0.849 / 0.692, 0.853 / 0.702, 0.848 / 0.683), refined 0.926 / 0.849; demo set, seed 0:
-#   0.807 / 0.589, refined 0.893 / 0.775, against 0.762 / 0.522 and 0.870 / 0.732 (seed 1: 0.798 / 0.571,
-#   refined 0.898 / 0.777, against 0.748 / 0.483 and 0.858 / 0.689), at the same CPU (17.6 s vs 18.3 s);
-#   32 epochs (1.3x CPU): 0.864 / 0.737 at threshold 0.5 (seeds 0, 1). Crop 40 (28 epochs) fell back
-#   (seed 0: 0.842 / 0.671). On a set it was not tuned on (synth seed 1, training seeds 0 and 1):
-#   0.859 / 0.712, refined 0.928 / 0.856, against 0.825 / 0.657 and 0.898 / 0.801 for the base.
-# Measured and not kept (threshold 0.6, 20 epochs): cosine to 0 instead of 0.2 x lr (0.831 / 0.649),
-# lr 1.5e-3 (0.818 / 0.621); at write-back: the largest connected component only (+0.003 AP raw, -0.007
-# refined), hole filling (no change), a per-box Otsu threshold (-0.014 AP). An encoder pre-trained without
-# labels on the same 40 images (`wsis freemask --pretrain`'s region contrast, ResNet-18 stem + stage 1 at
-# 256 px, 20 epochs = 87 s of CPU, loaded with --weights): 0.748 / 0.500 with frozen BN, 0.748 / 0.488
-# with BN trained, against 0.822 / 0.655 from scratch (with the pixel-to-region term too, 10 epochs, 60 s,
-# exclusive write-back: 0.743 / 0.477 against 0.837 / 0.669; without the position term, 10 epochs, with
-# this recipe: 0.806 / 0.601 against 0.849 / 0.692): those features hurt MAL here, on top of costing
-# 1.5-3x its CPU.
-DEMO_SETTINGS = MalSettings(
-    encoder="resnet18", weights="none", encoder_depth=1, crop_size=48, decoder_dim=32, scale_buckets=False,
-    epochs=24, batch_size=4, lr=1e-3, warmup_epochs=0.5, mil_warmup=20, crf_warmup=60, crf_iterations=10,
-    crf_variant="dense", crf_weight=4.0, ema_momentum=0.95, min_train_area=64.0, threshold=0.5,
-)
 
 
 def demo_mal(images_dir: Path, boxes: coco.Dataset, work: Path, settings: MalSettings = DEMO_SETTINGS) -> coco.Dataset:

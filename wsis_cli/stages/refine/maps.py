@@ -14,28 +14,14 @@ smoothness disagree. Output, per image, in an HDF5 store of stage ``refine-crf``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsis_cli.stages.refine.stage import RefineSettings
+from wsis_cli.stages.refine.settings import MapJob, MapSettings, RefineSettings
 from wsis_kernels.crf import crf_labels, mean_field_crf
-
-
-@dataclass(frozen=True)
-class MapJob:
-    """Where a score-map refinement reads and writes (does not change the result)."""
-
-    maps: str  # input HDF5 with a "cams" dataset per image
-    images: str | None
-    out: str  # output HDF5
-    dataset: str | None = None  # COCO file naming the images when the store does not
-    device: str = "auto"
-    shard: str | None = None
-    resume: bool = False
 
 
 def refine_maps(image: np.ndarray, cams: np.ndarray, settings: RefineSettings, bg_score: float,
@@ -78,7 +64,7 @@ def _records(reader: Any, dataset: Any) -> dict[int, dict[str, Any]]:
     return out
 
 
-def run(settings: RefineSettings, bg_score: float, job: MapJob, progress: Any = None) -> int:
+def run(settings: MapSettings, job: MapJob, progress: Any = None) -> int:
     """Refine every image's maps in ``job.maps`` (this shard's) into ``job.out``; returns images written."""
     from wsis_cli.io import coco
     from wsis_cli.io.h5 import H5Reader, H5Writer
@@ -88,8 +74,6 @@ def run(settings: RefineSettings, bg_score: float, job: MapJob, progress: Any = 
     from wsis_cli.runtime.progress import NullProgress
     from wsis_cli.runtime.sharding import resolve_shard, shard_ids
 
-    if not 0.0 < bg_score < 1.0:
-        raise ValueError(f"bg-score must be in (0, 1), got {bg_score}")
     progress = progress or NullProgress()
     device = resolve_device(job.device)
     reader = H5Reader(job.maps)
@@ -102,7 +86,7 @@ def run(settings: RefineSettings, bg_score: float, job: MapJob, progress: Any = 
     if missing:
         raise BadInputError(job.maps, f"image id {missing[0]}", "no file name for this image in the store; "
                             "give the COCO file that lists the images with --dataset")
-    settings_json = {**settings.to_json(), "bg_score": bg_score, "shard": [shard.index, shard.count]}
+    settings_json = {**settings.to_json(), "shard": [shard.index, shard.count]}
     inputs = {"maps": str(job.maps), "maps_stage": reader.stage, "dataset": job.dataset}
     with H5Writer(job.out, "refine-crf", settings_json, inputs, resume=job.resume) as writer:
         progress.start(len(ids), "refine-crf")
@@ -119,7 +103,7 @@ def run(settings: RefineSettings, bg_score: float, job: MapJob, progress: Any = 
                 raise BadInputError(job.maps, f"image id {image_id}",
                                     f"'cams' must be (K, h, w) with K category ids, got {cams.shape}")
             image = load_image_for(job.images, records[image_id], source)
-            probs, labels = refine_maps(image, cams, settings, bg_score, device)
+            probs, labels = refine_maps(image, cams, settings, settings.bg_score, device)
             h, w = cams.shape[1:]
             if cams.shape[0]:
                 small = F.adaptive_avg_pool2d(probs[1:][None], (h, w))[0].cpu().numpy()

@@ -13,63 +13,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from wsis_cli.io import rle as rle_utils
-from wsis_kernels.crf import CRFParams, mean_field_crf
-
-
-@dataclass(frozen=True)
-class RefineSettings:
-    """Settings of ``wsis refine-crf`` that shape the result (one field per flag)."""
-
-    margin: float = 0.25  # crop = box expanded by this fraction of its side on every side ...
-    min_margin: int = 8  # ... and by at least this many pixels
-    confidence: float = 0.7  # unary probability that the input mask is right, per pixel
-    threshold: float = 0.5  # refined foreground probability that becomes mask
-    # 5x5 taps spaced 2 px: measured on degraded synthetic masks (16 images, 192²) a better mean IoU than
-    # 7x7 dense on eroded (0.83 vs 0.77) and dilated (0.95 vs 0.95) masks, near on jagged (0.949 vs 0.957),
-    # for half the taps
-    kernel_size: int = 5
-    dilation: int = 2
-    iterations: int = 10
-    w_appearance: float = 1.0
-    theta_alpha: float = 6.0
-    theta_beta: float = 0.06  # colour std on [0, 1] intensities
-    w_smooth: float = 0.5
-    theta_gamma: float = 1.5
-    bucket: int = 16  # crop sides rounded up to a multiple of this (batching); 1 disables
-
-    def __post_init__(self) -> None:
-        if not 0.5 < self.confidence < 1:
-            raise ValueError(f"confidence must be in (0.5, 1), got {self.confidence}")
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.margin < 0 or self.min_margin < 0 or self.bucket < 1:
-            raise ValueError("margin, min-margin must be >= 0 and bucket >= 1")
-        self.crf_params()  # validates the CRF fields
-
-    def crf_params(self) -> CRFParams:
-        return CRFParams(
-            kernel_size=self.kernel_size, dilation=self.dilation, iterations=self.iterations,
-            w_appearance=self.w_appearance, theta_alpha=self.theta_alpha, theta_beta=self.theta_beta,
-            w_smooth=self.w_smooth, theta_gamma=self.theta_gamma,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class RefineStats:
-    instances: int = 0
-    refined: int = 0
-    kept_empty: int = 0  # refinement emptied the mask: the input mask was kept
-    skipped: int = 0  # no segmentation or an empty input mask: passed through unchanged
+from wsis_cli.stages.refine.settings import RefineJob, RefineSettings, RefineStats
+from wsis_kernels.crf import mean_field_crf
 
 
 def crop_window(bbox: list[float], height: int, width: int, s: RefineSettings) -> tuple[int, int, int, int]:
@@ -140,19 +91,6 @@ def refine_image(
                 out[k].update(segmentation=r, area=float(rle_utils.area(r)), bbox=rle_utils.to_bbox(r))
                 stats.refined += 1
     return out
-
-
-@dataclass(frozen=True)
-class RefineJob:
-    """Where ``run`` reads and writes, and how it executes (does not change the result)."""
-
-    pseudo: str  # input COCO dataset with masks ("-" for stdin)
-    images: str | None  # folder the file_names are relative to
-    out: str  # output COCO dataset ("-" for stdout)
-    device: str = "auto"
-    batch_size: int = 16
-    shard: str | None = None
-    resume: bool = False
 
 
 def run(settings: RefineSettings, job: RefineJob, progress: Any = None) -> RefineStats:
