@@ -4,8 +4,8 @@ Finished images are appended as JSON lines to ``<out>.partial`` (one line per im
 output records) and flushed, so a crash or a preemption loses at most the image in flight. A resumed run
 reads the file back, skips those ids and, once every image is done, the final JSON is written atomically
 and the ``.partial`` file removed. The first line records the stage and its settings: resuming with other
-settings is refused, because the output would silently mix two configurations. With ``-o -`` (stdout) the
-records are only kept in memory: there is no file to resume from.
+settings is refused, because the output would silently mix two configurations. With ``-o -`` (stdout), a
+device or a FIFO the records are only kept in memory: there is no file to resume from.
 
 Used as a context manager around the whole per-image loop and the final write::
 
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from wsis_cli.io.atomic import check_output_path, partial_name
+from wsis_cli.io.atomic import check_output_path, is_stream, partial_name
 from wsis_cli.runtime.errors import BadInputError
 
 
@@ -39,7 +39,7 @@ class ImageCheckpoint:
         self.settings = json.loads(json.dumps(settings, default=str))
         self._done: dict[int, list[dict[str, Any]]] = {}
         self._fh: TextIO | None = None
-        if str(out) == "-":  # stdout: memory only
+        if str(out) == "-" or is_stream(out):  # stdout, a device or a FIFO: memory only
             self.path = None
             return
         self.path = partial_name(check_output_path(out))
