@@ -71,3 +71,91 @@ def test_full_device_reports_disk_full(tmp_path: Path) -> None:
     assert "/dev/full" in one_error_line(r) and "no space left" in r.stderr
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
     assert not list(Path("/dev").glob(".full.*"))
+
+
+# ------------------------------------------------------------ 2 and 4. --resume: changed inputs, appended progress
+
+
+@pytest.fixture(scope="module")
+def crf_data(tmp_path_factory) -> Path:
+    from wsis_cli.io import coco
+    from wsis_cli.stages.baselines.degrade import degrade_dataset
+    from wsis_cli.stages.synth import stage as synth
+
+    root = tmp_path_factory.mktemp("faults-crf") / "d"
+    synth.run(synth.SynthSettings(num_images=3, height=48, width=64, seed=5), root)
+    gt = coco.load_dataset(root / "gt.json")
+    coco.write_dataset(degrade_dataset(gt, "dilate", radius=2), root / "in.json")
+    coco.write_dataset(degrade_dataset(gt, "erode", radius=1), root / "other.json")
+    return root
+
+
+def interrupted_refine(crf_data: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A refine-crf run that stops at its last image (its file is missing): images 1 and 2 are in .partial."""
+    import shutil
+
+    images = tmp_path / "imgs"
+    shutil.copytree(crf_data / "images", images)
+    last = json.loads((crf_data / "in.json").read_text())["images"][-1]["file_name"]
+    held = tmp_path / "held"
+    (images / last).rename(held)
+    src = tmp_path / "in.json"
+    shutil.copy(crf_data / "in.json", src)
+    out = tmp_path / "o.json"
+    r = wsis("refine-crf", src, "-i", images, "-o", out, "-q")
+    assert r.returncode == 3 and "image file not found" in r.stderr
+    assert len((tmp_path / "o.json.partial").read_text().splitlines()) == 3  # header + 2 images
+    held.rename(images / last)
+    return src, images, out
+
+
+def fresh_refine(crf_data: Path, tmp_path: Path) -> bytes:
+    out = tmp_path / "fresh.json"
+    r = wsis("refine-crf", crf_data / "in.json", "-i", crf_data / "images", "-o", out, "-q")
+    assert r.returncode == 0, r.stderr
+    return out.read_bytes()
+
+
+def test_resume_refuses_an_input_rewritten_in_place(crf_data: Path, tmp_path: Path) -> None:
+    src, images, out = interrupted_refine(crf_data, tmp_path)
+    src.write_bytes((crf_data / "other.json").read_bytes())  # same path, other annotations
+    r = wsis("refine-crf", src, "-i", images, "-o", out, "--resume")
+    assert r.returncode == 3
+    line = one_error_line(r)
+    assert str(src) in line and "changed since the interrupted run" in line
+    assert not out.exists()
+
+
+def test_resume_with_a_torn_last_line_appends_and_matches_a_fresh_run(crf_data: Path, tmp_path: Path) -> None:
+    src, images, out = interrupted_refine(crf_data, tmp_path)
+    partial = tmp_path / "o.json.partial"
+    finished = partial.read_bytes()
+    with open(partial, "ab") as fh:
+        fh.write(b'{"image_id": 3, "recor')  # a crash in the middle of a line
+    os.utime(src)  # touched, content unchanged: still the same input
+    inode = partial.stat().st_ino
+    r = wsis("refine-crf", src, "-i", images, "-o", out, "--resume", "-q")
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == fresh_refine(crf_data, tmp_path)
+    assert not partial.exists() and inode  # consumed
+    assert finished.count(b"\n") == 3
+
+
+@pytest.mark.parametrize("content", [b"", b'{"stage": "refi'])
+def test_resume_from_an_empty_or_torn_header_starts_afresh(crf_data: Path, tmp_path: Path, content: bytes) -> None:
+    out = tmp_path / "o.json"
+    (tmp_path / "o.json.partial").write_bytes(content)  # what a full disk leaves
+    r = wsis("refine-crf", crf_data / "in.json", "-i", crf_data / "images", "-o", out, "--resume", "-q")
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == fresh_refine(crf_data, tmp_path)
+
+
+def test_resume_names_a_damaged_progress_line(crf_data: Path, tmp_path: Path) -> None:
+    src, images, out = interrupted_refine(crf_data, tmp_path)
+    partial = tmp_path / "o.json.partial"
+    lines = partial.read_bytes().split(b"\n")
+    lines[1] = b"garbage"
+    partial.write_bytes(b"\n".join(lines))
+    r = wsis("refine-crf", src, "-i", images, "-o", out, "--resume")
+    assert r.returncode == 3
+    assert f"{partial}: line 2: is damaged" in one_error_line(r)

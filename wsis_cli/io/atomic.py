@@ -129,7 +129,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     reported as :class:`DiskFullError` naming ``path``.
     """
     target = check_output_path(path)
-    with _disk_full_names(target):
+    with naming_disk_full(target):
         if is_stream(target):
             yield target
             return
@@ -138,7 +138,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _disk_full_names(target: Path) -> Iterator[None]:
+def naming_disk_full(target: str | os.PathLike) -> Iterator[None]:
+    """Turn ENOSPC/EDQUOT raised inside the block into :class:`DiskFullError` naming ``target``."""
     try:
         yield
     except OSError as e:

@@ -335,7 +335,8 @@ def run(settings: IRNetSettings, job: IRNetJob, progress: Any = None) -> IRNetRe
     identity = {**settings.to_json(), "cams": str(job.cams), "checkpoint": str(job.checkpoint or ""),
                 "shard": [shard.index, shard.count]}
     t1 = time.perf_counter()
-    with ImageCheckpoint(job.out, STAGE, identity, resume=job.resume) as ckpt:
+    with ImageCheckpoint(job.out, STAGE, identity, resume=job.resume,
+                        inputs={"cams": job.cams, "labels": job.labels, "checkpoint": job.checkpoint}) as ckpt:
         progress.start(len(ids), "irnet")
         progress.advance(len([i for i in ids if i in ckpt.done]))
         for image_id in ids:
