@@ -159,3 +159,31 @@ def test_resume_names_a_damaged_progress_line(crf_data: Path, tmp_path: Path) ->
     r = wsis("refine-crf", src, "-i", images, "-o", out, "--resume")
     assert r.returncode == 3
     assert f"{partial}: line 2: is damaged" in one_error_line(r)
+
+
+# ---------------------------------------------------------------------------- 3. merge refuses overlapping shards
+
+
+@pytest.mark.parametrize("renumber", [True, False])
+def test_merge_refuses_overlapping_shards(tmp_path: Path, renumber: bool) -> None:
+    gt = dataset(tmp_path / "gt.json", [1, 2, 3, 4])
+    s0 = dataset(tmp_path / "s0.json", [1, 2])
+    s1 = dataset(tmp_path / "s1.json", [3], [5])
+    s1copy = dataset(tmp_path / "s1copy.json", [3], [5])
+    s2 = dataset(tmp_path / "s2.json", [4], [6])
+    out = tmp_path / "m.json"
+    r = wsis("merge", s0, s1, s1copy, s2, "-o", out, "--expect-images", gt, *(["--renumber"] if renumber else []))
+    assert r.returncode == 3
+    line = one_error_line(r)
+    assert str(s1copy) in line and str(s1) in line and "overlap" in line and "--renumber" not in line
+    assert not out.exists()
+
+
+def test_merge_renumber_still_joins_disjoint_shards_with_colliding_ids(tmp_path: Path) -> None:
+    a = dataset(tmp_path / "a.json", [1, 2], [1, 2])
+    b = dataset(tmp_path / "b.json", [3, 4], [1, 2])
+    out = tmp_path / "m.json"
+    assert "--renumber" in one_error_line(wsis("merge", a, b, "-o", out))
+    r = wsis("merge", a, b, "-o", out, "--renumber")
+    assert r.returncode == 0, r.stderr
+    assert [x["id"] for x in json.loads(out.read_text())["annotations"]] == [1, 2, 3, 4]
