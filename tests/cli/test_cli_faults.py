@@ -187,3 +187,27 @@ def test_merge_renumber_still_joins_disjoint_shards_with_colliding_ids(tmp_path:
     r = wsis("merge", a, b, "-o", out, "--renumber")
     assert r.returncode == 0, r.stderr
     assert [x["id"] for x in json.loads(out.read_text())["annotations"]] == [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------- 5. deep nesting and huge RLE are bad input
+
+
+def test_deeply_nested_json_is_bad_input(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    gt = dataset(tmp_path / "gt.json", [1])
+    r = wsis("eval", deep, "--gt", gt)
+    assert r.returncode == 3
+    assert f"{deep}: JSON nested too deeply" in one_error_line(r)
+
+
+def test_rle_beyond_2_32_pixels_is_bad_input(tmp_path: Path) -> None:
+    big = {"id": 1, "file_name": "big.png", "width": 70_000, "height": 70_000}
+    seg = {"size": [70_000, 70_000], "counts": [70_000 * 70_000 - 5, 5]}
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": [big], "categories": CATS, "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": seg, "area": 5.0, "bbox": [0, 0, 1, 1]}]}))
+    r = wsis("eval", gt, "--gt", gt)
+    assert r.returncode == 3
+    line = one_error_line(r)
+    assert str(gt) in line and "annotations[0] (id 1)" in line and "2^32" in line

@@ -43,6 +43,8 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise BadInputError(name, f"line {e.lineno} column {e.colno}", f"malformed JSON: {e.msg}") from None
+    except RecursionError:
+        raise BadInputError(name, None, "JSON nested too deeply (no COCO file nests more than a few levels)") from None
 
 
 def write_json(obj: Any, path: str | os.PathLike, *, indent: int | None = None) -> None:
