@@ -211,3 +211,23 @@ def test_rle_beyond_2_32_pixels_is_bad_input(tmp_path: Path) -> None:
     assert r.returncode == 3
     line = one_error_line(r)
     assert str(gt) in line and "annotations[0] (id 1)" in line and "2^32" in line
+
+
+# ---------------------------------------------------------------- 6. wrong outputs: exit 3, one line, the right flag
+
+
+def test_cam_output_that_is_a_folder_is_bad_input(tmp_path: Path) -> None:
+    labels = dataset(tmp_path / "labels.json", [1, 2])
+    r = wsis("cam", labels, "-i", tmp_path, "-o", tmp_path)
+    assert r.returncode == 3
+    assert "output path is a folder" in one_error_line(r)
+
+
+def test_train_student_output_that_is_a_file_names_out_not_run(tmp_path: Path) -> None:
+    labels = dataset(tmp_path / "labels.json", [1, 2])
+    existing = tmp_path / "model.json"
+    existing.write_text("{}")
+    r = wsis("train-student", labels, "-i", tmp_path, "-o", existing)
+    assert r.returncode == 3
+    line = one_error_line(r)
+    assert str(existing) in line and "--run" not in line
