@@ -231,3 +231,32 @@ def test_train_student_output_that_is_a_file_names_out_not_run(tmp_path: Path) -
     assert r.returncode == 3
     line = one_error_line(r)
     assert str(existing) in line and "--run" not in line
+
+
+# ------------------------------------------------------------------------- 7. cam takes a results-list label file
+
+
+def test_cam_accepts_a_results_list_of_labels(tmp_path: Path) -> None:
+    from wsis_cli.io.h5 import H5Reader
+    from wsis_cli.stages.synth import stage as synth
+
+    root = tmp_path / "d"
+    synth.run(synth.SynthSettings(num_images=4, height=48, width=48, classes=2, min_instances=1, max_instances=2,
+                                  seed=4), root)
+    labels = json.loads((root / "labels.json").read_text())
+    folder_id = {im["id"]: n for n, im in enumerate(sorted(labels["images"], key=lambda im: im["file_name"]), 1)}
+    results = [{"image_id": folder_id[a["image_id"]], "category_id": a["category_id"]}
+               for a in labels["annotations"]]
+    (tmp_path / "labels.json").write_text(json.dumps(results))
+    out = tmp_path / "cams.h5"
+    r = wsis("cam", tmp_path / "labels.json", "-i", root / "images", "-o", out, "--arch", "resnet18",
+             "--weights", "none", "--epochs", "1", "--batch-size", "4", "--scales", "1", "--crop", "48",
+             "--device", "cpu", "-q", timeout=300)
+    assert r.returncode == 0, r.stderr
+    with H5Reader(out, "cam") as h5:
+        assert len(h5) == 4
+    results.append({"image_id": 99, "category_id": 1})
+    (tmp_path / "labels.json").write_text(json.dumps(results))
+    r = wsis("cam", tmp_path / "labels.json", "-i", root / "images", "-o", tmp_path / "c2.h5", "--weights", "none")
+    assert r.returncode == 3
+    assert f"results[{len(results) - 1}]: image_id 99 is not one of the 4 images" in one_error_line(r)
