@@ -260,3 +260,51 @@ def test_cam_accepts_a_results_list_of_labels(tmp_path: Path) -> None:
     r = wsis("cam", tmp_path / "labels.json", "-i", root / "images", "-o", tmp_path / "c2.h5", "--weights", "none")
     assert r.returncode == 3
     assert f"results[{len(results) - 1}]: image_id 99 is not one of the 4 images" in one_error_line(r)
+
+
+# --------------------------------------------------------------------------------- 8. paths outside --images
+
+
+def test_file_names_outside_images_are_refused_unless_allowed(crf_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(crf_data / "images", root)
+    ds = json.loads((crf_data / "in.json").read_text())
+    name = ds["images"][0]["file_name"]
+    (root / name).unlink()
+    outside = crf_data / "images" / name
+    ds["images"][0]["file_name"] = os.path.relpath(outside, root)  # "../../...": a file above the root
+    assert ds["images"][0]["file_name"].startswith("..")
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(ds))
+    out = tmp_path / "o.json"
+    r = wsis("refine-crf", src, "-i", root, "-o", out)
+    assert r.returncode == 3
+    line = one_error_line(r)
+    assert str(src) in line and "image id" in line and "leads outside --images" in line
+    ds["images"][0]["file_name"] = str(outside.resolve())  # absolute
+    src.write_text(json.dumps(ds))
+    assert "leads outside" in one_error_line(wsis("refine-crf", src, "-i", root, "-o", out))
+    env = {**os.environ, "WSIS_ALLOW_OUTSIDE_IMAGES": "1"}
+    r = subprocess.run([sys.executable, "-m", "wsis_cli", "refine-crf", str(src), "-i", str(root),
+                        "-o", str(out), "-q"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+
+
+def test_symlinks_inside_images_stay_fine(crf_data: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "linked").symlink_to(crf_data / "images", target_is_directory=True)
+    ds = json.loads((crf_data / "in.json").read_text())
+    for im in ds["images"]:
+        im["file_name"] = f"linked/{im['file_name']}"
+    (root / "loop.png").symlink_to(root / "loop.png")
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(ds))
+    r = wsis("refine-crf", src, "-i", root, "-o", tmp_path / "o.json", "-q")
+    assert r.returncode == 0, r.stderr
+    ds["images"][0]["file_name"] = "loop.png"  # 12: a link loop is not "not found"
+    src.write_text(json.dumps(ds))
+    r = wsis("refine-crf", src, "-i", root, "-o", tmp_path / "o2.json")
+    assert r.returncode == 3 and "symbolic link" in one_error_line(r)

@@ -303,7 +303,8 @@ def to_annotations(image_id: int, dets: list[Any], cats: list[int], min_score: f
 
 def semantic_name(rec: dict[str, Any]) -> str:
     """File name of an image's semantic label map: its file_name as .png, sub-folders joined by ``__``."""
-    return "__".join(Path(rec["file_name"]).with_suffix(".png").parts)
+    parts = Path(rec["file_name"]).with_suffix(".png").parts
+    return "__".join(p for p in parts if p not in ("/", ".."))  # never a name outside --semantic
 
 
 def run(settings: IRNetSettings, job: IRNetJob, progress: Any = None) -> IRNetResult:
