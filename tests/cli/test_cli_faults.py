@@ -308,3 +308,16 @@ def test_symlinks_inside_images_stay_fine(crf_data: Path, tmp_path: Path) -> Non
     src.write_text(json.dumps(ds))
     r = wsis("refine-crf", src, "-i", root, "-o", tmp_path / "o2.json")
     assert r.returncode == 3 and "symbolic link" in one_error_line(r)
+
+
+# ---------------------------------------------------------------------------------------------- 12. minor
+
+
+def test_closed_stdout_is_one_clear_line(tmp_path: Path) -> None:
+    gt = dataset(tmp_path / "gt.json", [1, 2])
+    r = subprocess.run([sys.executable, "-m", "wsis_cli", "merge", str(gt), "-o", "-"], capture_output=False,
+                       stdout=None, stderr=subprocess.PIPE, text=True, timeout=120, close_fds=True,
+                       preexec_fn=lambda: os.close(1))
+    assert r.returncode == 1
+    line = one_error_line(r)
+    assert "standard output is closed" in line and "AttributeError" not in line

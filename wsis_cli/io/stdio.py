@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from wsis_cli.io.atomic import atomic_write_text
-from wsis_cli.runtime.errors import BadInputError
+from wsis_cli.runtime.errors import BadInputError, WsisError
 
 STDIO = "-"
 
@@ -50,6 +50,8 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_json(obj: Any, path: str | os.PathLike, *, indent: int | None = None) -> None:
     """Write JSON to ``path`` atomically, or to stdout for ``-``."""
     if str(path) == STDIO:
+        if sys.stdout is None:  # started with fd 1 closed (`>&-`)
+            raise WsisError("-o -: standard output is closed; nothing can be written to it")
         json.dump(obj, sys.stdout, indent=indent)
         sys.stdout.write("\n")
         sys.stdout.flush()
