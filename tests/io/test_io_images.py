@@ -228,7 +228,16 @@ def test_folder_images_ids_from_sorted_names(tmp_path: Path) -> None:
 def test_image_path(tmp_path: Path) -> None:
     assert images.image_path(tmp_path, {"file_name": "sub/a.png"}) == tmp_path / "sub" / "a.png"
     assert images.image_path(None, {"file_name": "a.png"}) == Path("a.png")
-    assert images.image_path(tmp_path, {"file_name": "/abs/a.png"}) == Path("/abs/a.png")
+    with pytest.raises(BadInputError, match=r"gt.json: image id 4: file_name '/abs/a.png' leads outside"):
+        images.image_path(tmp_path, {"id": 4, "file_name": "/abs/a.png"}, "gt.json")
+    with pytest.raises(BadInputError, match="leads outside"):
+        images.image_path(tmp_path, {"id": 4, "file_name": "sub/../../a.png"})
+    assert images.image_path(tmp_path, {"file_name": "sub/../a.png"}) == tmp_path / "sub" / ".." / "a.png"
+
+
+def test_image_path_outside_root_by_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(images.ALLOW_OUTSIDE_ENV, "1")
+    assert images.image_path(tmp_path, {"id": 1, "file_name": "/abs/a.png"}) == Path("/abs/a.png")
 
 
 def test_load_image_for_checks_the_size(tmp_path: Path) -> None:

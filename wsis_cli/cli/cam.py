@@ -66,7 +66,7 @@ def _pair(text: str | None, flag: str) -> tuple[int, int] | None:
 def cam(
     labels: Annotated[str, typer.Argument(metavar="LABELS", help="COCO file with image-level labels (any annotation "
                                           "gives its image its category), - for stdin.")],
-    out: Annotated[Path, typer.Option("--out", "-o", dir_okay=False, help="Output HDF5 file of CAMs (cams.h5).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output HDF5 file of CAMs (cams.h5).")],
     images: ImagesDir = None,
     run: RunOpt = None,
     checkpoint: CheckpointOpt = None,

@@ -122,6 +122,11 @@ def train_student(
         return
     if out == "-":
         raise typer.BadParameter("training writes a run folder, not stdout", param_hint="--out")
+    if Path(out).exists() and not Path(out).is_dir():
+        from wsis_cli.runtime.errors import BadInputError
+
+        raise BadInputError(out, None, "exists and is not a folder: training writes its run folder at -o "
+                            "(with --checkpoint, -o is the results file)")
     if labels == "-":
         raise typer.BadParameter("training reads its labels from a file (- is only for --checkpoint input)",
                                  param_hint="LABELS")

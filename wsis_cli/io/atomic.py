@@ -6,14 +6,29 @@ A crash, a Ctrl-C or a SLURM preemption therefore never leaves a truncated file 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from wsis_cli.runtime.errors import BadInputError
+from wsis_cli.runtime.errors import BadInputError, DiskFullError
+
+
+def is_stream(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an existing character device, block device or FIFO (``/dev/null``, a named pipe).
+
+    Such outputs are written in place: renaming a temporary file onto them would replace the device
+    with a regular file (as root, ``-o /dev/null`` would break the machine's /dev/null).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode)
 
 
 def check_output_path(path: str | os.PathLike, *, is_dir: bool = False) -> Path:
@@ -22,6 +37,10 @@ def check_output_path(path: str | os.PathLike, *, is_dir: bool = False) -> Path:
     Called by the CLI before any work starts, so a long run never dies at its very last step.
     """
     p = Path(path)
+    if not is_dir and is_stream(p):
+        if not os.access(p, os.W_OK):
+            raise BadInputError(p, None, "no permission to write to it")
+        return p
     parent = p if is_dir and p.exists() else p.parent
     if is_dir and p.exists() and not p.is_dir():
         raise BadInputError(p, None, "output folder exists and is not a folder")
@@ -104,8 +123,33 @@ def partial_name(path: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it."""
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it.
+
+    A device or FIFO (see :func:`is_stream`) is yielded itself and written in place. A full disk is
+    reported as :class:`DiskFullError` naming ``path``.
+    """
     target = check_output_path(path)
+    with naming_disk_full(target):
+        if is_stream(target):
+            yield target
+            return
+        with _atomic_tmp(target) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def naming_disk_full(target: str | os.PathLike) -> Iterator[None]:
+    """Turn ENOSPC/EDQUOT raised inside the block into :class:`DiskFullError` naming ``target``."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"{target}: cannot write: {os.strerror(e.errno).lower()}") from e
+        raise
+
+
+@contextlib.contextmanager
+def _atomic_tmp(target: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         # mkstemp makes 0600 files; give the output the mode a plain open() would (shared clusters)

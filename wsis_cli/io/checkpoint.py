@@ -2,16 +2,18 @@
 
 Finished images are appended as JSON lines to ``<out>.partial`` (one line per image: its id and its
 output records) and flushed, so a crash or a preemption loses at most the image in flight. A resumed run
-reads the file back, skips those ids and, once every image is done, the final JSON is written atomically
-and the ``.partial`` file removed. The first line records the stage and its settings: resuming with other
-settings is refused, because the output would silently mix two configurations. With ``-o -`` (stdout) the
-records are only kept in memory: there is no file to resume from.
+reads the file back, skips those ids, appends the rest (finished lines are never rewritten) and, once every
+image is done, the final JSON is written atomically and the ``.partial`` file removed. The first line
+records the stage, its settings and a fingerprint of each input (see :mod:`wsis_cli.io.fingerprint`):
+resuming with other settings or a changed input is refused, because the output would silently mix two
+configurations. With ``-o -`` (stdout), a
+device or a FIFO the records are only kept in memory: there is no file to resume from.
 
 Used as a context manager around the whole per-image loop and the final write::
 
     with ImageCheckpoint(out, "stage", identity, resume=resume) as ckpt:
         for image_id in ids:
-            if image_id not in ckpt.done:
+            if image_id not in ckpt:
                 ckpt.add(image_id, label(image_id))
         write_dataset(Dataset(images, ckpt.annotations(), ...), out)
 
@@ -23,61 +25,100 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, KeysView, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from wsis_cli.io.atomic import check_output_path, partial_name
+from wsis_cli.io.atomic import check_output_path, is_stream, naming_disk_full, partial_name
+from wsis_cli.io.fingerprint import check_unchanged, fingerprints
 from wsis_cli.runtime.errors import BadInputError
+from wsis_cli.runtime.log import get_logger
+
+log = get_logger("checkpoint")
+
+
+def _parse(line: bytes) -> Any:
+    try:
+        return json.loads(line.decode("utf-8"))
+    except ValueError:  # also UnicodeDecodeError
+        return None
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 class ImageCheckpoint:
-    """Append-only record of finished images: ``done``, ``add(image_id, records)``, ``records()``."""
+    """Append-only record of finished images: ``done``, ``add(image_id, records)``, ``records()``.
 
-    def __init__(self, out: str | os.PathLike, stage: str, settings: dict[str, Any], *, resume: bool) -> None:
+    ``inputs`` names the files the output is made from (``{"pseudo": path, ...}``, ``None`` and ``-``
+    skipped): their fingerprints go into the header, and a resume refuses an input that changed since.
+    """
+
+    def __init__(self, out: str | os.PathLike, stage: str, settings: dict[str, Any], *, resume: bool,
+                 inputs: Mapping[str, str | os.PathLike | None] | None = None) -> None:
         self.stage = stage
         self.settings = json.loads(json.dumps(settings, default=str))
         self._done: dict[int, list[dict[str, Any]]] = {}
         self._fh: TextIO | None = None
-        if str(out) == "-":  # stdout: memory only
+        if str(out) == "-" or is_stream(out):  # stdout, a device or a FIFO: memory only
             self.path = None
             return
         self.path = partial_name(check_output_path(out))
-        if resume and self.path.is_file():
-            self._load()
-        # (re)write the file whole: a line cut short by a crash must not glue onto the next one
+        self.inputs = fingerprints(inputs or {})
+        if resume and self.path.is_file() and self._load():
+            # append: finished work already on disk is never rewritten, so no crash can lose it
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            return
         self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._write({"stage": stage, "settings": self.settings})
-        for image_id, records in self._done.items():
-            self._write({"image_id": image_id, "records": records})
+        self._write({"stage": stage, "settings": self.settings, "inputs": self.inputs})
 
-    def _load(self) -> None:
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        try:
-            head = json.loads(lines[0]) if lines else {}
-        except json.JSONDecodeError:
-            head = {}
+    def _load(self) -> bool:
+        """Read the finished images back; False when the file holds none (empty or its header cut short).
+
+        A last line cut short by a crash or a full disk is cut off the file (that image is done again);
+        any other damage is refused with the line number.
+        """
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            log.warning("%s holds no finished image (empty or cut short): starting afresh", self.path)
+            return False
+        lines = data[:end].split(b"\n")[:-1]
+        head = _parse(lines[0])
+        if not isinstance(head, dict) or "stage" not in head:
+            raise BadInputError(self.path, "line 1", "is not the header of a wsis progress file; "
+                                "delete the file to start afresh")
         if head.get("stage") != self.stage:
             raise BadInputError(self.path, None, f"written by stage {head.get('stage')!r}, expected {self.stage!r}")
         if head.get("settings") != self.settings:
             raise BadInputError(self.path, None, "--resume needs the same settings as the interrupted run "
                                 "(delete the .partial file to start afresh)")
-        for line in lines[1:]:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut short by the crash: that image is simply done again
-            self._done[int(rec["image_id"])] = rec["records"]
+        check_unchanged(head.get("inputs"), self.inputs, self.path)
+        for n, line in enumerate(lines[1:], start=2):
+            rec = _parse(line)
+            if not (isinstance(rec, dict) and isinstance(rec.get("records"), list) and is_int(rec.get("image_id"))):
+                raise BadInputError(self.path, f"line {n}", "is damaged (not a finished image); "
+                                    "delete the file to start afresh")
+            self._done[rec["image_id"]] = rec["records"]
+        if end < len(data):
+            os.truncate(self.path, end)  # only the torn tail goes
+        return True
 
     def _write(self, obj: Any) -> None:
         if self._fh is None:
             return
-        self._fh.write(json.dumps(obj) + "\n")
-        self._fh.flush()
+        with naming_disk_full(self.path):
+            self._fh.write(json.dumps(obj) + "\n")
+            self._fh.flush()
 
     @property
-    def done(self) -> set[int]:
-        return set(self._done)
+    def done(self) -> KeysView[int]:
+        """The finished image ids: a live read-only view (no copy), cheap to test per image."""
+        return self._done.keys()
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._done
 
     def add(self, image_id: int, records: list[dict[str, Any]]) -> None:
         self._done[int(image_id)] = records

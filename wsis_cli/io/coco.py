@@ -23,6 +23,7 @@ from wsis_cli.runtime.errors import BadInputError
 
 # Boxes may overshoot the image by this many pixels (float rounding in other tools) before we refuse them.
 BOX_TOLERANCE_PX = 1.0
+RLE_MAX_PIXELS = 2**32
 
 
 @dataclass
@@ -260,6 +261,9 @@ def _check_segmentation(name: str, rec: str, seg: Any, hw: tuple[int, int] | Non
         size, counts = seg.get("size"), seg.get("counts")
         if not (isinstance(size, list) and len(size) == 2 and all(is_int(v) and v >= 0 for v in size)):
             raise BadInputError(name, rec, f"RLE 'size' must be [height, width], got {size!r}")
+        if size[0] * size[1] >= RLE_MAX_PIXELS:  # pycocotools counts in uint32 and overflows past it
+            raise BadInputError(name, rec, f"RLE size {size[0]}x{size[1]} (HxW) exceeds the 2^32 pixels a COCO RLE "
+                                "can hold")
         if isinstance(counts, list):
             if not all(is_int(v) and v >= 0 for v in counts) or sum(counts) != size[0] * size[1]:
                 raise BadInputError(name, rec, "uncompressed RLE counts do not add up to height*width")

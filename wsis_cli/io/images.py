@@ -117,10 +117,32 @@ def list_images(folder: str | os.PathLike) -> list[str]:
     return names
 
 
-def image_path(root: str | os.PathLike | None, image: Mapping[str, Any]) -> Path:
-    """Where an image record's file lives: ``file_name`` relative to ``root`` (or as given)."""
+# Explicit opt-in for datasets whose file_name values leave the --images folder ("../x.png", "/data/x.png").
+ALLOW_OUTSIDE_ENV = "WSIS_ALLOW_OUTSIDE_IMAGES"
+
+
+def image_path(root: str | os.PathLike | None, image: Mapping[str, Any], source: str | None = None) -> Path:
+    """Where an image record's file lives: ``file_name`` relative to ``root`` (or as given without a root).
+
+    With a root, a ``file_name`` that leads outside it (an absolute path, or ``..`` above it) is bad input
+    naming ``source`` and the record, unless ``WSIS_ALLOW_OUTSIDE_IMAGES=1``. The test is on the names,
+    not on resolved links, so symbolic links inside the root may point anywhere.
+    """
     name = Path(image["file_name"])
-    return name if root is None or name.is_absolute() else Path(root) / name
+    if root is None:
+        return name
+    path = Path(root) / name  # an absolute name replaces the root
+    if not _inside(root, path) and os.environ.get(ALLOW_OUTSIDE_ENV) != "1":
+        raise BadInputError(source or "labels", f"image id {image['id']}",
+                            f"file_name {image['file_name']!r} leads outside --images {root} (file names are "
+                            f"relative to it; set {ALLOW_OUTSIDE_ENV}=1 to allow)")
+    return path
+
+
+def _inside(root: str | os.PathLike, path: Path) -> bool:
+    r = os.path.normpath(os.path.abspath(root))
+    p = os.path.normpath(os.path.abspath(path))
+    return p == r or p.startswith(r.rstrip(os.sep) + os.sep)
 
 
 def load_image_for(root: str | os.PathLike | None, image: Mapping[str, Any], source: str,
@@ -130,8 +152,10 @@ def load_image_for(root: str | os.PathLike | None, image: Mapping[str, Any], sou
     A size mismatch names the JSON file and the image record (exit 3).
     """
     record = f"image id {image['id']} ({image['file_name']})"
-    path = image_path(root, image)
+    path = image_path(root, image, source)
     if not path.is_file():
+        if path.is_symlink() and not path.exists():
+            raise BadInputError(source, record, f"{path} is a symbolic link that leads nowhere (broken or a loop)")
         raise BadInputError(source, record, f"image file not found at {path}")
     img = read_image(path, depth=depth, record=f"{source} image id {image['id']}")
     h, w = img.shape[:2]

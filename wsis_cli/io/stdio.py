@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from wsis_cli.io.atomic import atomic_write_text
-from wsis_cli.runtime.errors import BadInputError
+from wsis_cli.runtime.errors import BadInputError, WsisError
 
 STDIO = "-"
 
@@ -43,11 +43,15 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise BadInputError(name, f"line {e.lineno} column {e.colno}", f"malformed JSON: {e.msg}") from None
+    except RecursionError:
+        raise BadInputError(name, None, "JSON nested too deeply (no COCO file nests more than a few levels)") from None
 
 
 def write_json(obj: Any, path: str | os.PathLike, *, indent: int | None = None) -> None:
     """Write JSON to ``path`` atomically, or to stdout for ``-``."""
     if str(path) == STDIO:
+        if sys.stdout is None:  # started with fd 1 closed (`>&-`)
+            raise WsisError("-o -: standard output is closed; nothing can be written to it")
         json.dump(obj, sys.stdout, indent=indent)
         sys.stdout.write("\n")
         sys.stdout.flush()

@@ -36,6 +36,12 @@ class TrainingDivergedError(WsisError):
     exit_code = ExitCode.FAILURE
 
 
+class DiskFullError(WsisError):
+    """An output could not be written for lack of space (exit 1, like any failure of the machine)."""
+
+    exit_code = ExitCode.FAILURE
+
+
 class BadInputError(WsisError):
     """Input data that cannot be used (exit 3). Names the file and, where known, the record.
 

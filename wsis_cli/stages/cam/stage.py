@@ -112,6 +112,7 @@ def run(settings: CamSettings, train: TrainSettings, job: CamJob, progress: Any 
     """
     from wsis_cli.io.h5 import H5Writer
     from wsis_cli.io.images import load_image_for
+    from wsis_cli.io.labels import load_labels
     from wsis_cli.io.run_dir import RunDir, default_run_dir, read_model
     from wsis_cli.io.weights import load_weights
     from wsis_cli.runtime.distributed import init_distributed
@@ -123,7 +124,7 @@ def run(settings: CamSettings, train: TrainSettings, job: CamJob, progress: Any 
 
     progress = progress or NullProgress()
     t_start = time.perf_counter()
-    ds = coco.load_dataset(job.labels)
+    ds = load_labels(job.labels, job.images)  # a dataset, or a results list numbering --images
     if not ds.annotations:
         raise BadInputError(ds.source, None, "no image-level labels: the file has no annotations")
     cam_train.check_images_exist(ds, job.images)

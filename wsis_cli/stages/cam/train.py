@@ -172,7 +172,7 @@ def predict_scores(model: CamNet, records: Sequence[Mapping[str, Any]], root: st
 def check_images_exist(ds: coco.Dataset, root: str | None) -> None:
     """Fail before any work when an image file is missing (exit 3 naming the labels file and the record)."""
     for im in ds.images:
-        path = image_path(root, im)
+        path = image_path(root, im, ds.source)
         if not path.is_file():
             raise BadInputError(ds.source, f"image id {im['id']} ({im['file_name']})", f"image file not found at {path}")
 

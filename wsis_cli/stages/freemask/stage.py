@@ -239,7 +239,8 @@ def run(settings: FreeMaskSettings, job: FreeMaskJob, progress: Any = None) -> c
                 "checkpoint": job.checkpoint, "shard": [shard.index, shard.count]}
     writer = None
     try:
-        with ImageCheckpoint(job.out, STAGE, identity, resume=job.resume) as ckpt:
+        with ImageCheckpoint(job.out, STAGE, identity, resume=job.resume, inputs={
+                "inputs": job.inputs, "labeled": job.labeled, "checkpoint": job.checkpoint}) as ckpt:
             if job.embeddings:
                 from wsis_cli.io.h5 import H5Writer
 

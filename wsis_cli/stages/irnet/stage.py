@@ -222,7 +222,8 @@ def to_annotations(image_id: int, dets: list[Any], cats: list[int], min_score: f
 
 def semantic_name(rec: dict[str, Any]) -> str:
     """File name of an image's semantic label map: its file_name as .png, sub-folders joined by ``__``."""
-    return "__".join(Path(rec["file_name"]).with_suffix(".png").parts)
+    parts = Path(rec["file_name"]).with_suffix(".png").parts
+    return "__".join(p for p in parts if p not in ("/", ".."))  # never a name outside --semantic
 
 
 def run(settings: IRNetSettings, job: IRNetJob, progress: Any = None) -> IRNetResult:
@@ -254,7 +255,8 @@ def run(settings: IRNetSettings, job: IRNetJob, progress: Any = None) -> IRNetRe
     identity = {**settings.to_json(), "cams": str(job.cams), "checkpoint": str(job.checkpoint or ""),
                 "shard": [shard.index, shard.count]}
     t1 = time.perf_counter()
-    with ImageCheckpoint(job.out, STAGE, identity, resume=job.resume) as ckpt:
+    with ImageCheckpoint(job.out, STAGE, identity, resume=job.resume,
+                        inputs={"cams": job.cams, "labels": job.labels, "checkpoint": job.checkpoint}) as ckpt:
         progress.start(len(ids), "irnet")
         progress.advance(len([i for i in ids if i in ckpt.done]))
         for image_id in ids:

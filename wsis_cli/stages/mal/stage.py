@@ -208,7 +208,8 @@ def run(settings: MalSettings, job: MalJob, progress: Any = None, boxes: coco.Da
                     "checkpoint": str(Path(job.checkpoint).resolve()) if job.checkpoint else None}
         crop_size = model.crop_size  # a --checkpoint's own, whatever the flags say
         t0 = time.perf_counter()
-        with ImageCheckpoint(job.out, STAGE, identity, resume=job.resume) as ckpt:
+        with ImageCheckpoint(job.out, STAGE, identity, resume=job.resume,
+                            inputs={"boxes": job.boxes, "checkpoint": job.checkpoint}) as ckpt:
             todo = [i for i in ids if i not in ckpt.done]
             dataset = RoiImageSet(todo, by_image, ds.image_index, job.images, ds.source, crop_size, settings.outside)  # type: ignore[arg-type]
             progress.start(len(ids), "mal-label: labelling")

@@ -5,7 +5,9 @@ silent concatenation would get wrong:
 
 * every shard must be finished (a ``.partial`` or a missing file is refused) and of one kind;
 * COCO datasets: the same image id must carry the same record in every shard, categories must agree,
-  annotation ids must be unique across shards (or reassigned 1..N with ``renumber``);
+  the annotations (or results) of an image must all come from one shard — overlapping shards are
+  refused, with or without ``renumber`` — and annotation ids must be unique across shards (or
+  reassigned 1..N with ``renumber``);
 * HDF5 stores: same stage and same settings (apart from shard and output name), disjoint image ids;
 * with ``expect_images`` (the dataset that was sharded) every one of its images must be in the union
   and no other; with ``expect_count`` the union must have exactly that many images.
@@ -193,6 +195,7 @@ def _merge_results(settings: MergeSettings, shards: list[Path], parts: list[list
     if with_ids or settings.renumber:
         records = _join_records(shards, parts, "results", settings.renumber)
     else:
+        _check_disjoint(shards, parts, "results")
         tagged = [(r["image_id"], j, i, r) for j, part in enumerate(parts) for i, r in enumerate(part)]
         records = [t[3] for t in sorted(tagged, key=lambda t: t[:3])]
     union: dict[int, Path] = {}
@@ -204,9 +207,25 @@ def _merge_results(settings: MergeSettings, shards: list[Path], parts: list[list
     return MergeSummary("results", len(shards), len(union), len(records), settings.output)
 
 
+def _check_disjoint(shards: list[Path], parts: Sequence[list[dict[str, Any]]], section: str) -> None:
+    """Refuse shards that both hold records of one image: an overlap that renumbering would duplicate."""
+    owner: dict[int, int] = {}
+    for j, part in enumerate(parts):
+        for i, r in enumerate(part):
+            k = owner.setdefault(r["image_id"], j)
+            if k != j:
+                raise BadInputError(shards[j], f"{section}[{i}] (image {r['image_id']})",
+                                    f"image {r['image_id']} also has {section} in {shards[k]}: the shards overlap "
+                                    "(one given twice, or from two different --shard splits)")
+
+
 def _join_records(shards: list[Path], parts: Sequence[list[dict[str, Any]]], section: str,
                   renumber: bool) -> list[dict[str, Any]]:
-    """Concatenate annotation-like records: unique ids across shards, or new ids 1..N (``renumber``)."""
+    """Concatenate annotation-like records: unique ids across shards, or new ids 1..N (``renumber``).
+
+    Shards must hold the records of disjoint images (see :func:`_check_disjoint`).
+    """
+    _check_disjoint(shards, parts, section)
     if renumber:
         tagged = [(r["image_id"], j, i, r) for j, part in enumerate(parts) for i, r in enumerate(part)]
         tagged.sort(key=lambda t: t[:3])

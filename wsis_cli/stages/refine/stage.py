@@ -118,7 +118,8 @@ def run(settings: RefineSettings, job: RefineJob, progress: Any = None) -> Refin
     # what the partial output depends on: a resumed run must agree on all of it
     identity = {**settings.to_json(), "pseudo": str(job.pseudo), "shard": [shard.index, shard.count]}
     stats = RefineStats()
-    with ImageCheckpoint(job.out, "refine-crf", identity, resume=job.resume) as ckpt:
+    with ImageCheckpoint(job.out, "refine-crf", identity, resume=job.resume,
+                        inputs={"pseudo": job.pseudo}) as ckpt:
         progress.start(len(ids), "refine-crf")
         progress.advance(len([i for i in ids if i in ckpt.done]))
         for image_id in ids:

@@ -145,6 +145,6 @@ def check_images(ds: CocoDataset, root: str | None) -> None:
     if not ds.images:
         raise BadInputError(ds.source, None, "has no images")
     for im in ds.images:
-        path = image_path(root, im)
+        path = image_path(root, im, ds.source)
         if not path.is_file():
             raise BadInputError(ds.source, f"image id {im['id']} ({im['file_name']})", f"image file not found at {path}")
