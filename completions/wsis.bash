@@ -149,7 +149,7 @@ __wsis_node__eval() {
         --iou-type) __wsis_words 'segm bbox both'; return ;;
         --max-dets) :; return ;;
         --reference-ap) :; return ;;
-        --backend) __wsis_words 'pycocotools faster'; return ;;
+        --backend) __wsis_words 'chunked pycocotools faster'; return ;;
         --json) __wsis_files 1; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then

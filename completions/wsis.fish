@@ -116,7 +116,7 @@ complete -c wsis -n '__wsis_in eval' -l iou-type -r -f -a 'segm bbox both' -d 'W
 complete -c wsis -n '__wsis_in eval' -l class-agnostic -d 'Treat every category as one (GT and predictions).'
 complete -c wsis -n '__wsis_in eval' -l max-dets -r -f -d 'Detections per image kept for AP and AR@N (maxDets [1, 10, N]).'
 complete -c wsis -n '__wsis_in eval' -l reference-ap -r -f -d 'Fully supervised AP (0.42 or 42.0) to report the retention rate AP/X.'
-complete -c wsis -n '__wsis_in eval' -l backend -r -f -a 'pycocotools faster' -d 'COCOeval implementation; faster needs wsis\\[fast-eval] (same numbers, ~2-4x faster).'
+complete -c wsis -n '__wsis_in eval' -l backend -r -f -a 'chunked pycocotools faster' -d 'COCO AP implementation, all with pycocotools\' numbers: chunked (default; bounded memory...'
 complete -c wsis -n '__wsis_in eval' -l json -r -F -a - -d 'Write the full report as JSON (- for stdout, JSON only).'
 complete -c wsis -n '__wsis_in eval' -s q -l quiet -d 'Only warnings and errors on stderr.'
 complete -c wsis -n '__wsis_in eval' -s v -l verbose -d 'Debug logs and full tracebacks on stderr.'

@@ -37,10 +37,11 @@ def eval_cmd(
                      help="Fully supervised AP (0.42 or 42.0) to report the retention rate AP/X."),
     ] = None,
     backend: Annotated[
-        Literal["pycocotools", "faster"],
+        Literal["chunked", "pycocotools", "faster"],
         typer.Option("--backend",
-                     help="COCOeval implementation; faster needs wsis\\[fast-eval] (same numbers, ~2-4x faster)."),
-    ] = "pycocotools",
+                     help="COCO AP implementation, all with pycocotools' numbers: chunked (default; bounded "
+                          "memory, fastest), pycocotools, or faster (needs wsis\\[fast-eval])."),
+    ] = "chunked",
     json_out: Annotated[
         str | None,
         typer.Option("--json", metavar="PATH|-", help="Write the full report as JSON (- for stdout, JSON only)."),

@@ -36,13 +36,37 @@ class Dataset:
     extra: dict[str, Any] = field(default_factory=dict)  # info, licenses, anything else at top level
     source: str = "<memory>"
 
+    # Lookups cached per list: stages read ``image_index`` once or more per image, and rebuilding an
+    # index of 118k images on every read made their loops quadratic. A cache entry stays valid while
+    # ``images``/``categories`` are the same list objects of the same length (so assigning a new list,
+    # appending or removing rebuilds); replacing a record in place needs :meth:`invalidate_indices`.
+    _image_index: tuple[list[Any], int, dict[int, dict[str, Any]]] | None = field(
+        default=None, init=False, repr=False, compare=False)
+    _category_ids: tuple[list[Any], int, list[int]] | None = field(
+        default=None, init=False, repr=False, compare=False)
+    index_builds: int = field(default=0, init=False, repr=False, compare=False)  # for linearity tests
+
     @property
     def image_index(self) -> dict[int, dict[str, Any]]:
-        return {im["id"]: im for im in self.images}
+        """``{image id: image record}``, built once per ``images`` list (treat it as read-only)."""
+        c = self._image_index
+        if c is None or c[0] is not self.images or c[1] != len(self.images):
+            self.index_builds += 1
+            c = self._image_index = (self.images, len(self.images), {im["id"]: im for im in self.images})
+        return c[2]
 
     @property
     def category_ids(self) -> list[int]:
-        return [c["id"] for c in self.categories]
+        """Category ids in file order, built once per ``categories`` list (treat it as read-only)."""
+        c = self._category_ids
+        if c is None or c[0] is not self.categories or c[1] != len(self.categories):
+            self.index_builds += 1
+            c = self._category_ids = (self.categories, len(self.categories), [x["id"] for x in self.categories])
+        return c[2]
+
+    def invalidate_indices(self) -> None:
+        """Forget the cached lookups (needed only after replacing records in place: ``ds.images[i] = ...``)."""
+        self._image_index = self._category_ids = None
 
     def annotations_by_image(self) -> dict[int, list[dict[str, Any]]]:
         out: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in self.images}

@@ -78,6 +78,28 @@ def iou(dt: Sequence[Rle], gt: Sequence[Rle], iscrowd: Sequence[int] | None = No
     return np.asarray(mask_utils.iou([_c(r) for r in dt], [_c(r) for r in gt], crowd), dtype=np.float64)
 
 
+def box_iou(dt: np.ndarray, gt: np.ndarray, iscrowd: Sequence[int]) -> np.ndarray:
+    """(len(dt), len(gt)) IoU of XYWH boxes, ``(N, 4)`` float64 arrays, by pycocotools (crowd: over dt area)."""
+    if len(dt) == 0 or len(gt) == 0:
+        return np.zeros((len(dt), len(gt)), dtype=np.float64)
+    return np.asarray(mask_utils.iou(np.asarray(dt, np.float64), np.asarray(gt, np.float64), list(iscrowd)),
+                      dtype=np.float64)
+
+
+def areas(rles: Sequence[Rle]) -> np.ndarray:
+    """(N,) float64 pixel areas of compressed RLEs, in one pycocotools call."""
+    if len(rles) == 0:
+        return np.zeros(0, dtype=np.float64)
+    return _areas([_c(r) for r in rles]).astype(np.float64)
+
+
+def to_bboxes(rles: Sequence[Rle]) -> np.ndarray:
+    """(N, 4) float64 tight XYWH boxes of compressed RLEs, in one pycocotools call."""
+    if len(rles) == 0:
+        return np.zeros((0, 4), dtype=np.float64)
+    return np.asarray(mask_utils.toBbox([_c(r) for r in rles]), dtype=np.float64).reshape(-1, 4)
+
+
 def box_pixels(bbox: Sequence[float], height: int, width: int) -> tuple[int, int, int, int]:
     """The pixels an XYWH box touches, clipped to the image: ``(x0, y0, x1, y1)``, x1/y1 exclusive."""
     x, y, w, h = (float(v) for v in bbox)

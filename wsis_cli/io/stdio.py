@@ -48,14 +48,19 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_json(obj: Any, path: str | os.PathLike, *, indent: int | None = None) -> None:
-    """Write JSON to ``path`` atomically, or to stdout for ``-``."""
+    """Write JSON to ``path`` atomically, or to stdout for ``-``.
+
+    Encoded in one ``json.dumps``: ``json.dump`` streams through the pure-Python encoder, 3-4x slower on
+    COCO-train-sized datasets; the price is one string the size of the file.
+    """
+    text = json.dumps(obj, indent=indent)
     if str(path) == STDIO:
         if sys.stdout is None:  # started with fd 1 closed (`>&-`)
             raise WsisError("-o -: standard output is closed; nothing can be written to it")
-        json.dump(obj, sys.stdout, indent=indent)
+        sys.stdout.write(text)
         sys.stdout.write("\n")
         sys.stdout.flush()
         return
     with atomic_write_text(path) as fh:
-        json.dump(obj, fh, indent=indent)
+        fh.write(text)
         fh.write("\n")

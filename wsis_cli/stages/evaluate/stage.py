@@ -1,9 +1,10 @@
 """``wsis eval``: COCO mask/box AP and AR plus mean instance mask IoU, as a pure function.
 
-The COCO numbers come from pycocotools' ``COCOeval`` (or faster-coco-eval's drop-in C++ port, which gives
-identical statistics) run on COCO objects built in memory. Their stdout chatter is captured and sent to
-the debug log, so a caller can keep stdout for JSON. pycocotools' ``-1`` ("no ground truth in this size
-range") becomes ``None``.
+The COCO numbers are pycocotools' ``COCOeval`` numbers, from one of three backends: ``chunked`` (the
+default: :mod:`.chunked` reproduces evaluate + accumulate a chunk of images at a time, in bounded memory,
+with pycocotools' own IoUs), ``pycocotools`` itself, or faster-coco-eval's drop-in C++ port. The latter two
+run on COCO objects built in memory; their stdout chatter is captured and sent to the debug log, so a
+caller can keep stdout for JSON. pycocotools' ``-1`` ("no ground truth in this size range") becomes ``None``.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from wsis_cli.io import rle as rle_utils
 from wsis_cli.io.coco import Dataset, validate_results
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.log import get_logger
+from wsis_cli.stages.evaluate.chunked import evaluate_chunked
 from wsis_cli.stages.evaluate.mean_iou import CategoryIoU, mean_instance_iou
 
 IouType = Literal["segm", "bbox", "both"]
-Backend = Literal["pycocotools", "faster"]
+Backend = Literal["chunked", "pycocotools", "faster"]
+BACKENDS = ("chunked", "pycocotools", "faster")
 
 FAST_EVAL_HINT = "--backend faster needs faster-coco-eval: install it with `pip install 'wsis[fast-eval]'`"
 AGNOSTIC_CATEGORY = {"id": 1, "name": "object"}
@@ -45,13 +48,13 @@ class EvalSettings:
     class_agnostic: bool = False
     max_dets: int = 100
     reference_ap: float | None = None
-    backend: Backend = "pycocotools"
+    backend: Backend = "chunked"
 
     def __post_init__(self) -> None:
         if self.iou_type not in ("segm", "bbox", "both"):
             raise UsageError(f"iou_type must be segm, bbox or both, got {self.iou_type!r}")
-        if self.backend not in ("pycocotools", "faster"):
-            raise UsageError(f"backend must be pycocotools or faster, got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.max_dets < 10:
             raise UsageError(f"max_dets must be at least 10 (COCO's maxDets are [1, 10, N]), got {self.max_dets}")
         if self.reference_ap is not None and not 0 < self.reference_ap <= 100:
@@ -161,16 +164,32 @@ def evaluate(gt: Dataset, predictions: Sequence[Mapping[str, Any]], settings: Ev
         require_faster()
     validate_results(list(predictions), "<predictions>", gt=gt, class_agnostic=settings.class_agnostic)
     pred_name = "predictions"
-    gt_json, gt_has_masks = _prepare_gt(gt, settings.class_agnostic)
-    preds, pred_has_masks = _prepare_predictions(predictions, gt, settings.class_agnostic, pred_name)
+    chunked = settings.backend == "chunked"
+    if chunked:  # reads the records as they are: no copy of every record, as COCOeval needs
+        gt_json = None
+        gt_has_masks = all(_has(a, "segmentation") for a in gt.annotations)
+        pred_has_masks = _check_predictions(predictions, pred_name)
+        preds: Sequence[Mapping[str, Any]] = predictions
+        categories = [dict(AGNOSTIC_CATEGORY)] if settings.class_agnostic else gt.categories
+    else:
+        gt_json, gt_has_masks = _prepare_gt(gt, settings.class_agnostic)
+        preds, pred_has_masks = _prepare_predictions(predictions, gt, settings.class_agnostic, pred_name)
+        categories = gt_json["categories"]
 
     iou_types = _resolve_iou_types(settings.iou_type, gt, gt_has_masks, predictions, pred_has_masks, pred_name)
-    cat_names = {c["id"]: str(c.get("name", c["id"])) for c in gt_json["categories"]}
+    cat_names = {c["id"]: str(c.get("name", c["id"])) for c in categories}
     coco: dict[str, CocoStats] = {}
     timings: dict[str, float] = {}
     for iou_type in iou_types:
         t0 = time.perf_counter()
-        stats, per_cat = _cocoeval(gt_json, preds, iou_type, settings.max_dets, settings.backend)
+        if chunked:
+            acc = evaluate_chunked(gt, predictions, iou_type, settings.max_dets,
+                                   class_agnostic=settings.class_agnostic)
+            stats, per_cat = _stats_from_arrays(acc.precision, acc.recall, acc.iou_thrs, list(acc.area_labels),
+                                                acc.cat_ids, categories)
+        else:
+            assert gt_json is not None
+            stats, per_cat = _cocoeval(gt_json, preds, iou_type, settings.max_dets, settings.backend)
         timings[iou_type] = time.perf_counter() - t0
         names = stat_names(settings.max_dets)
         coco[iou_type] = CocoStats(
@@ -242,6 +261,17 @@ def _prepare_gt(gt: Dataset, class_agnostic: bool) -> tuple[dict[str, Any], bool
     images = [dict(im) for im in gt.images]
     has_masks = all(_has(a, "segmentation") for a in anns)
     return {"images": images, "annotations": anns, "categories": cats}, has_masks
+
+
+def _check_predictions(predictions: Sequence[Mapping[str, Any]], name: str) -> bool:
+    """What :func:`_prepare_predictions` checks, without the copies; True when every record has a mask."""
+    masks = True
+    for i, p in enumerate(predictions):
+        has_mask = _has(p, "segmentation")
+        if not has_mask and not _has(p, "bbox"):
+            raise BadInputError(name, f"{name}[{i}]", "has neither segmentation nor bbox")
+        masks = masks and has_mask
+    return masks
 
 
 def _prepare_predictions(
@@ -342,19 +372,28 @@ def _cocoeval(
     if chatter.getvalue():
         log.debug("%s", chatter.getvalue().rstrip())
 
-    precision = np.asarray(ev.eval["precision"])  # [iou thr, recall thr, category, area range, max dets]
-    recall = np.asarray(ev.eval["recall"])  # [iou thr, category, area range, max dets]
-    stats = _summary(precision, recall, np.asarray(ev.params.iouThrs), list(ev.params.areaRngLbl))
-    i50 = _thr_index(ev.params.iouThrs, 0.5)
+    return _stats_from_arrays(np.asarray(ev.eval["precision"]), np.asarray(ev.eval["recall"]),
+                              np.asarray(ev.params.iouThrs), list(ev.params.areaRngLbl), list(ev.params.catIds),
+                              gt_json["categories"])
+
+
+def _stats_from_arrays(
+    precision: np.ndarray, recall: np.ndarray, iou_thrs: np.ndarray, area_labels: list[str],
+    cat_ids: list[int], categories: list[dict[str, Any]],
+) -> tuple[list[float], dict[int, dict[str, float | None]]]:
+    """The 12 stats and per-category AP / AP50 from COCOeval's ``precision`` [iou thr, recall thr, category,
+    area range, max dets] and ``recall`` [iou thr, category, area range, max dets] arrays."""
+    stats = _summary(precision, recall, iou_thrs, area_labels)
+    i50 = _thr_index(iou_thrs, 0.5)
     per_cat: dict[int, dict[str, float | None]] = {}
-    for k, cid in enumerate(ev.params.catIds):
+    for k, cid in enumerate(cat_ids):
         p = precision[:, :, k, 0, -1]
         per_cat[int(cid)] = {
             "AP": float(p[p > -1].mean()) if (p > -1).any() else None,
             "AP50": float(p[i50][p[i50] > -1].mean()) if (p[i50] > -1).any() else None,
         }
     # keep the ground truth's category order
-    order = [c["id"] for c in gt_json["categories"]]
+    order = [c["id"] for c in categories]
     per_cat = {cid: per_cat[cid] for cid in order if cid in per_cat}
     return stats, per_cat
 
