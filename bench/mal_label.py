@@ -47,7 +47,7 @@ from wsis_cli.io import coco
 from wsis_cli.stages.mal.data import RoiImageSet
 from wsis_cli.stages.mal.stage import DEMO_SETTINGS, label_images
 from wsis_cli.stages.mal.train import build_model
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 CONFIGS = {
     "demo": DEMO_SETTINGS,

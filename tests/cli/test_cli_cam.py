@@ -9,7 +9,7 @@ import pytest
 
 from wsis_cli.io.h5 import H5Reader
 from wsis_cli.io.stdio import read_json, write_json
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 WSIS = [sys.executable, "-m", "wsis_cli"]
 TINY = ["--arch", "resnet18", "--weights", "none", "--epochs", "1", "--batch-size", "4", "--scales", "1,0.5",

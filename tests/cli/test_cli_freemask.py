@@ -11,7 +11,7 @@ import h5py
 import pytest
 
 from wsis_cli.io import coco
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 WSIS = [sys.executable, "-m", "wsis_cli"]
 # a tiny random backbone at the images' own size: fast, no network

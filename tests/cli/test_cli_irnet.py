@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
 from irnet_fakes import write_fake_cams  # noqa: E402
 
 from wsis_cli.io.h5 import H5Writer  # noqa: E402
-from wsis_cli.stages.synth.stage import stage as synth  # noqa: E402
+from wsis_cli.stages.synth import stage as synth  # noqa: E402
 
 FAST = ["--weights", "none", "--arch", "resnet18", "--epochs", "1", "--batch-size", "2", "--walk-steps", "8",
         "--crf-iterations", "2", "--device", "cpu", "-q"]

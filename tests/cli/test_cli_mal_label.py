@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from wsis_cli.io import coco
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 WSIS = [sys.executable, "-m", "wsis_cli"]
 # one intra-op thread: the runs are tiny, and two spin-waiting threads on a busy machine made a 2-step epoch

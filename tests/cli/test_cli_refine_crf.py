@@ -10,7 +10,7 @@ import pytest
 
 from wsis_cli.io import coco
 from wsis_cli.stages.baselines.degrade import degrade_dataset
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 WSIS = [sys.executable, "-m", "wsis_cli"]
 

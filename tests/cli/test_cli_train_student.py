@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 TINY = ["--arch", "resnet18-fpn", "--weights", "none", "--min-size", "64", "--max-size", "64", "--batch-size", "2",
         "--rois-per-image", "16", "--warmup-iters", "1", "--lr", "0.02", "--workers", "0", "--device", "cpu"]

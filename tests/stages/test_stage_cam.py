@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from wsis_cli.models.cam_net import CamNet
+from wsis_cli.stages.cam import train as cam_train
 from wsis_cli.stages.cam.stage import CamSettings, multiscale_maps, strided_size
-from wsis_cli.stages.cam.stage import train as cam_train
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 
 from wsis_cli.io import coco, rle
 from wsis_cli.io.h5 import H5Reader
+from wsis_cli.stages.cam import train as cam_train
 from wsis_cli.stages.cam.stage import CamJob, CamSettings, run
-from wsis_cli.stages.cam.stage import train as cam_train
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 TRAIN = cam_train.TrainSettings(arch="resnet18", weights="none", epochs=15, batch_size=8, lr=0.01,
                                 val_fraction=0.25, seed=0)

@@ -14,10 +14,10 @@ from wsis_cli.io.h5 import H5Reader
 from wsis_cli.io.run_dir import read_model
 from wsis_cli.io.stdio import read_json, write_json
 from wsis_cli.runtime.errors import BadInputError, UsageError
+from wsis_cli.stages.cam import stage as cam_stage
 from wsis_cli.stages.cam.stage import CamJob, CamSettings
-from wsis_cli.stages.cam.stage import stage as cam_stage
 from wsis_cli.stages.cam.train import TrainSettings
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 TRAIN = TrainSettings(arch="resnet18", weights="none", epochs=1, batch_size=4, crop=48, resize_long=(40, 56),
                       val_fraction=0.25, seed=1)

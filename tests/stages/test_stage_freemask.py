@@ -91,7 +91,7 @@ def test_generated_masks_are_labelled_by_their_best_ground_truth() -> None:
 def test_demo_entry_point_labels_every_image(tmp_path) -> None:
     from wsis_cli.io import coco
     from wsis_cli.stages.freemask.stage import demo_freemask
-    from wsis_cli.stages.synth.stage import stage as synth
+    from wsis_cli.stages.synth import stage as synth
 
     synth.run(synth.SynthSettings(num_images=6, height=64, width=64, seed=2), tmp_path / "d")
     tags = coco.load_dataset(tmp_path / "d" / "labels.json")
@@ -108,7 +108,7 @@ def test_resume_finishes_an_interrupted_run(tmp_path) -> None:
     from wsis_cli.runtime.errors import BadInputError
     from wsis_cli.stages.freemask.masks import FreeMaskParams
     from wsis_cli.stages.freemask.stage import FreeMaskJob, FreeMaskSettings, run
-    from wsis_cli.stages.synth.stage import stage as synth
+    from wsis_cli.stages.synth import stage as synth
 
     synth.run(synth.SynthSettings(num_images=4, height=48, width=48, seed=3), tmp_path / "d")
     imgs = tmp_path / "imgs"

@@ -48,7 +48,7 @@ from wsis_cli.stages.freemask.pretrain import (
     region_samples,
 )
 from wsis_cli.stages.freemask.tune import TuneSettings, fine_tune, make_sample
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 log = get_logger("test-freemask")
 # pre-training sees the 96 px images at 192 (a 24 x 24 stage-2 grid); Free Mask reads the features of 4x

@@ -14,7 +14,7 @@ from wsis_cli.io.h5 import H5Writer
 from wsis_cli.io.images import read_image
 from wsis_cli.runtime.errors import BadInputError
 from wsis_cli.stages.irnet.stage import IRNetJob, IRNetSettings, run
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 FAST = IRNetSettings(weights="none", arch="resnet18", epochs=1, batch_size=4, walk_steps=16, refine_steps=50,
                      crf_iterations=3, amp=False)

@@ -48,7 +48,7 @@ from wsis_cli.stages.baselines.floors import cam_components
 from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate
 from wsis_cli.stages.irnet.instances import synthesize
 from wsis_cli.stages.irnet.stage import IRNetJob, IRNetSettings, run, to_annotations
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 MARGIN = 0.05  # AP50 points IRNet must add over the best baseline
 

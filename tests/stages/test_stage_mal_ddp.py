@@ -17,7 +17,7 @@ from torch.utils.data import DistributedSampler, Sampler
 from wsis_cli.io import coco
 from wsis_cli.runtime.distributed import DistContext
 from wsis_cli.stages.mal.stage import DEMO_SETTINGS, MalJob, run
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 PER_RANK_BATCH = 2
 # a LayerNorm encoder: BatchNorm statistics would legitimately differ between a batch of 2 and one of 4

@@ -12,12 +12,12 @@ from wsis_cli.io import coco
 from wsis_cli.io import rle as rle_utils
 from wsis_cli.runtime.errors import BadInputError
 from wsis_cli.runtime.training import EMA
-from wsis_cli.stages.baselines.floors import floors as baselines
+from wsis_cli.stages.baselines import floors as baselines
 from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate
 from wsis_cli.stages.mal.stage import DEMO_SETTINGS, MalJob, check_boxes, demo_mal, paste_mask, run
 from wsis_cli.stages.mal.train import build_model
 from wsis_cli.stages.mal.writeback import exclusive_masks, image_records
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 # the smallest network that runs the whole path: for plumbing tests, not quality
 TINY = replace(DEMO_SETTINGS, crop_size=32, encoder_depth=1, decoder_dim=8, epochs=2, batch_size=4,

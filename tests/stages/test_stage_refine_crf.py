@@ -11,7 +11,7 @@ from wsis_cli.io import coco
 from wsis_cli.stages.baselines.degrade import KINDS, degrade_dataset
 from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate
 from wsis_cli.stages.refine import stage as refine_crf
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from wsis_cli.io.h5 import H5Reader, H5Writer
 from wsis_cli.runtime.errors import BadInputError
 from wsis_cli.stages.refine.maps import MapJob, refine_maps, run
 from wsis_cli.stages.refine.stage import RefineSettings
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 
 def _semantic(gt: coco.Dataset, image: dict) -> np.ndarray:

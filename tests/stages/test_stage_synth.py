@@ -10,8 +10,8 @@ import pytest
 
 from wsis_cli.io import coco, images, rle
 from wsis_cli.runtime.errors import BadInputError
+from wsis_cli.stages.synth import stage as synth
 from wsis_cli.stages.synth.stage import SynthSettings, generate_image, run
-from wsis_cli.stages.synth.stage import stage as synth
 
 
 def _files(root: Path) -> dict[str, bytes]:

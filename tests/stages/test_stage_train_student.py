@@ -16,7 +16,7 @@ from wsis_cli.runtime.errors import BadInputError, Terminated
 from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate
 from wsis_cli.stages.student import stage
 from wsis_cli.stages.student.data import StudentData, collect_instances
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 SIDE = 64
 

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from wsis_cli.io.coco import load_dataset
 from wsis_cli.runtime.distributed import init_distributed
 from wsis_cli.stages.student import stage
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 
 def _worker(rank: int, port: int, root: str, run: str, out: str) -> None:

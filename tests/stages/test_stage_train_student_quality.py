@@ -11,7 +11,7 @@ from wsis_cli.io.coco import load_dataset
 from wsis_cli.runtime.distributed import DistContext
 from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate
 from wsis_cli.stages.student import stage
-from wsis_cli.stages.synth.stage import stage as synth
+from wsis_cli.stages.synth import stage as synth
 
 
 @pytest.mark.slow

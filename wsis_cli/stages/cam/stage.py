@@ -171,7 +171,7 @@ def run(settings: CamSettings, train: TrainSettings, job: CamJob, progress: Any 
     from wsis_cli.runtime.progress import NullProgress
     from wsis_cli.runtime.seeding import seed_everything
     from wsis_cli.runtime.sharding import resolve_shard, shard_ids, with_shard_suffix
-    from wsis_cli.stages.cam.stage import train as cam_train
+    from wsis_cli.stages.cam import train as cam_train
 
     progress = progress or NullProgress()
     t_start = time.perf_counter()

@@ -96,7 +96,7 @@ class DemoRow:
 
 
 def _box_filled(data: DemoData, work: Path) -> coco.Dataset:
-    from wsis_cli.stages.baselines.floors import floors as baselines
+    from wsis_cli.stages.baselines import floors as baselines
 
     return baselines.box_filled_masks(data.boxes)
 
@@ -196,7 +196,7 @@ def run(settings: DemoSettings, out_dir: Path) -> list[DemoRow]:
     import torch
 
     from wsis_cli.io import coco
-    from wsis_cli.stages.synth.stage import stage as synth
+    from wsis_cli.stages.synth import stage as synth
 
     methods = [m for m in METHODS if not settings.methods or m.key in settings.methods]
     unknown = set(settings.methods) - {m.key for m in METHODS}
