@@ -48,8 +48,9 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted 
 Weights = Annotated[
     str,
     typer.Option("--weights", metavar="NAME|PATH|none",
-                 help="Backbone init: a torchvision weights name (DEFAULT, IMAGENET1K_V2...), a local checkpoint "
-                 "(torchvision, DenseCL, MoCo, DINO, MAE layouts) or none."),
+                 help="Backbone init: imagenet (weights installed with wsis, for timm:tf_efficientnet_lite0..2), "
+                 "a hub weights name (DEFAULT, IMAGENET1K_V2...; downloads), a local checkpoint (torchvision, timm, "
+                 "DenseCL, MoCo, DINO, MAE layouts) or none."),
 ]
 Epochs = Annotated[int, typer.Option("--epochs", min=0, help="Training epochs.")]
 LearningRate = Annotated[float, typer.Option("--lr", min=0.0, help="Base learning rate.")]

@@ -24,6 +24,7 @@ from wsis_cli.cli.common import (
     Workers,
     setup,
 )
+from wsis_cli.models.backbone_names import ARCH_HELP, DEFAULT_ARCH, DEFAULT_WEIGHTS
 
 _FM = "Free Mask"
 _FILTERS = "Filters (FreeSOLO's; 0 disables)"
@@ -46,11 +47,12 @@ def freemask(
     embeddings: Annotated[Path | None, typer.Option("--embeddings", help="Also write the 128-d query embeddings "
                                                     "of every mask to this HDF5 file.")] = None,
     category: Annotated[str, typer.Option("--category", help="Name of the single output category.")] = "object",
-    arch: Annotated[str, typer.Option("--arch", help="Backbone: resnet18..152 or vit_* (patch tokens).")] = "resnet50",
-    weights: Weights = "DEFAULT",
-    stage: Annotated[int, typer.Option("--stage", min=1, max=4, help="ResNet stage whose output is used.")] = 4,
+    arch: Annotated[str, typer.Option("--arch", help=f"Backbone: {ARCH_HELP}.")] = DEFAULT_ARCH,
+    weights: Weights = DEFAULT_WEIGHTS,
+    stage: Annotated[int, typer.Option("--stage", min=1, max=4, help="Stage whose output is used (1..4: strides "
+                                       "4, 8, 16, 32).")] = 4,
     last_stride: Annotated[int, typer.Option("--last-stride", min=1, max=2,
-                                             help="Stride of ResNet stage 4: 2 (C5 at 1/32, FreeSOLO) or 1 (1/16).")] = 2,
+                                             help="Stride of the last stage: 2 (C5 at 1/32, FreeSOLO) or 1 (1/16).")] = 2,
     short_side: Annotated[int, typer.Option("--short-side", min=0, help="Resize so the short side is this "
                                             "(0: keep; FreeSOLO uses 800).")] = 512,
     max_size: Annotated[int, typer.Option("--max-size", min=16, help="...and the long side at most this.")] = 1333,

