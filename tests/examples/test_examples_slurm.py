@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slurm
 
 SBATCH_SMALL = ["--cpus-per-task=1", "--mem=1G", "--time=15"]
 LABEL_FLAGS = ["--batch-size", "2", "--device", "cpu"]  # after the script's own: they win
-STUDENT_FLAGS = ["--arch", "resnet18-fpn", "--weights", "none", "--epochs", "1", "--batch-size", "2",
+STUDENT_FLAGS = ["--arch", "resnet18-fpn", "--weights", "none", "--epochs", "1", "--batch-size", "4",
                  "--min-size", "64", "--max-size", "64", "--rois-per-image", "16", "--mask-head-channels", "16",
                  "--warmup-iters", "1", "--lr", "0.02", "--device", "cpu", "-q"]
 MAL_TRAIN = ["--encoder", "vit_tiny", "--weights", "none", "--encoder-depth", "1", "--crop-size", "32",
