@@ -53,15 +53,27 @@ def set_deterministic_algorithms(mode: bool, warn_only: bool = True) -> None:
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """``DataLoader(worker_init_fn=...)``: seed ``random`` and NumPy in each worker.
+    """``DataLoader(worker_init_fn=...)``: seed ``random`` and NumPy in each worker, and leave SIGTERM and
+    SIGUSR1 to the main process.
 
     torch already gives each worker its own seed (the loader's base seed + ``worker_id``), but forked
     workers inherit the parent's NumPy and ``random`` states, so without this every worker would draw
     the same "random" augmentations.
+
+    SLURM signals every process of a job step (requeue, preemption, ``scancel``). A worker that dies of
+    SIGTERM (torch's own worker handler re-raises it) makes the main process's DataLoader raise "worker
+    killed by signal" on top of its clean stop: a traceback in the log, or a failure instead of exit 143.
+    Ignored here, the workers live on until the main process shuts them down (or, if it dies, until
+    torch's watchdog sees their parent gone).
     """
+    import signal
+
     base = torch.initial_seed()  # per-worker, set by the DataLoader before this runs
     random.seed(base)
     np.random.seed(base % 2**32)
+    for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def generator(seed: int) -> torch.Generator:

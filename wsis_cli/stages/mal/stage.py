@@ -90,10 +90,12 @@ def label_images(model: torch.nn.Module, dataset: RoiImageSet, device: torch.dev
     from torch.utils.data import DataLoader
 
     from wsis_cli.runtime.device import autocast
+    from wsis_cli.runtime.seeding import worker_init_fn
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.eval().to(device, memory_format=fmt)
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers)
+    # worker_init_fn: workers ignore SIGTERM, so a requeue stops the run with one line and no traceback
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, worker_init_fn=worker_init_fn)
     pending: list[dict[str, Any]] = []
 
     def flush() -> Iterator[tuple[int, list[dict[str, Any]]]]:
@@ -214,21 +216,26 @@ def run(settings: MalSettings, job: MalJob, progress: Any = None, boxes: coco.Da
             dataset = RoiImageSet(todo, by_image, ds.image_index, job.images, ds.source, crop_size, settings.outside)  # type: ignore[arg-type]
             progress.start(len(ids), "mal-label: labelling")
             progress.advance(len(ids) - len(todo))
+            fresh = 0  # boxes labelled by this run (the rate's); a resumed run's summary counts them all
             for image_id, records in label_images(model, dataset, ctx.device, settings.batch_size,
                                                   settings.threshold, job.workers, settings.amp,
                                                   settings.exclusive):
                 ckpt.add(image_id, records)
-                summary.boxes += len(records)
+                fresh += len(records)
                 progress.advance(1)
             progress.finish()
             summary.label_seconds = time.perf_counter() - t0
             keep = set(ids)
             images = [im for im in ds.images if im["id"] in keep]
-            coco.write_dataset(coco.Dataset(images, ckpt.annotations(), ds.categories, dict(ds.extra), ds.source),
+            annotations = ckpt.annotations()
+            coco.write_dataset(coco.Dataset(images, annotations, ds.categories, dict(ds.extra), ds.source),
                                job.out)
         summary.images = len(ids)
-        log.info("mal-label: labelled %d boxes on %d images in %.1f s (%.1f boxes/s)", summary.boxes, len(ids),
-                 summary.label_seconds, summary.boxes_per_second)
+        summary.boxes = len(annotations)
+        earlier = f" ({len(ids) - len(todo)} of them resumed from {ckpt.path})" if len(todo) < len(ids) else ""
+        log.info("mal-label: labelled %d boxes on %d images%s; %d boxes in %.1f s (%.1f boxes/s)", summary.boxes,
+                 len(ids), earlier, fresh, summary.label_seconds,
+                 fresh / summary.label_seconds if summary.label_seconds > 0 else float("nan"))
         return summary
     finally:
         ctx.shutdown()

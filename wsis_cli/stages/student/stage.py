@@ -247,6 +247,9 @@ def train(settings: StudentSettings, ds: Dataset, images_root: str | None, run: 
                     step += 1
                     if _stop_agreed(stop, ctx, device):
                         checkpoint(epoch, first + b + 1, sums, float(count))
+                        # no rank exits before rank 0's checkpoint is on disk: `srun --kill-on-bad-exit`
+                        # kills the whole step as soon as one task exits 143
+                        ctx.barrier()
                         log.warning("train-student: checkpoint saved in %s at epoch %d, batch %d (step %d); exit %d: "
                                     "rerun with --resume", run.path, epoch + 1, first + b + 1, step, REQUEUE_EXIT)
                         raise Terminated
