@@ -316,8 +316,9 @@ def _draw(s: _Scored, sets: Sequence[_LabelSet], ref: Mapping[str, str], names: 
         view = render(pixels, instances, view_hw, alpha=settings.alpha, boxes=settings.boxes,
                       labels=settings.labels and len(instances) <= settings.max_tags)
         thumb = render(pixels, instances, thumb_hw, alpha=settings.alpha, boxes=False, labels=False)
-        img_rel, thumb_rel = f"img/{im['id']}.{x.key}.png", f"thumb/{im['id']}.{x.key}.png"
-        writer.png(img_rel, view)
+        img_rel = f"img/{im['id']}.{x.key}.{settings.view_suffix(im['file_name'])}"
+        thumb_rel = f"thumb/{im['id']}.{x.key}.png"
+        writer.image(img_rel, view)
         writer.png(thumb_rel, thumb)
         valid = [v for v, a in zip(best, anns, strict=True) if not a.get("iscrowd", 0)] if best is not None else []
         mean = float(np.mean(valid)) if len(valid) else None
