@@ -192,3 +192,33 @@ def test_full_views_are_jpeg_for_jpeg_sources_or_when_asked(data: Path, tmp_path
     assert all(p.suffix == ".jpg" for p in (tmp_path / "forced" / "img").iterdir())
     with pytest.raises(UsageError, match="--format"):
         ShowSettings(image_format="gif")  # type: ignore[arg-type]
+
+
+def test_gallery_page_draws_every_row_beside_the_ground_truth(data: Path, tmp_path: Path) -> None:
+    from wsis_cli.stages.show.gallery import GalleryRow, write_gallery
+
+    rows = [GalleryRow("damaged <dataset>", data / "pred.json", ("damaged <dataset>", "51.0", "80.0")),
+            GalleryRow("results & co", data / "results.json", ("results & co", "52.0", "81.0"), class_agnostic=True),
+            GalleryRow("never written", tmp_path / "missing.json", ("never written", "–", "–"))]
+    page = write_gallery(tmp_path / "report.html", "demo <t>", ["method", "mask AP", "AP50"], rows,
+                         data / "gt.json", data / "images", per_row=3)
+    text = page.read_text()
+    assert "<h1>demo &lt;t&gt;</h1>" in text and "damaged &lt;dataset&gt;" in text and "results &amp; co" in text
+    assert 'href="report/style.css"' in text and (tmp_path / "report" / "style.css").is_file()
+    assert "mask AP 51.0 · AP50 80.0" in text and "class-agnostic" in text
+    srcs = re.findall(r'<img src="([^"]+)"', text)
+    assert len(srcs) == 2 * 3 * 2  # two drawn rows x three images x (labels, ground truth)
+    assert all((tmp_path / s).is_file() for s in srcs)
+    assert all((tmp_path / h).is_file() for h in re.findall(r'<a href="(report/[^"]+)"', text))
+    assert '<a href="#row-1">' in text and '<a href="#row-3">' not in text  # nothing to draw: table line only
+    gt = coco.load_dataset(data / "gt.json")
+    first = sorted(im["id"] for im in gt.images)[:3]
+    assert re.findall(r"<figcaption[^>]*>#(\d+)", text) == [str(i) for i in first] * 2  # same images every row
+    # a bad label file: nothing new is written, the old page and assets stay as they were
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [], "annotations": 3, "categories": []}')
+    before = page.read_text()
+    with pytest.raises(BadInputError, match="bad.json"):
+        write_gallery(page, "t", ["method"], [GalleryRow("ok", data / "pred.json", ("ok",)),
+                                              GalleryRow("bad", bad, ("bad",))], data / "gt.json", data / "images")
+    assert page.read_text() == before and not list(tmp_path.glob("*partial*"))

@@ -73,7 +73,8 @@ def write_gallery(page: Path, title: str, header: Sequence[str], rows: Sequence[
                                          tuple(entries)))
         writer.text(html.STYLE_NAME, html.STYLE)
     legend = (_legend([gt_set], {"gt": "labels"}, settings.match_iou)
-              + f" Labels scoring under {settings.score_threshold:g} are not drawn. Click an image for its full view.")
+              + f" Labels scoring under {settings.score_threshold:g} are neither drawn nor measured here (the table counts "
+              "them). Click an image for its full view.")
     text = html.gallery_page(title, [f"{len(chosen)} of {len(base.images)} images ({gt.name}), the same in every "
                                      "row; each label set on the left, the ground truth on the right"],
                              header, [r.cells for r in rows], sections, legend, f"{assets.name}/")
