@@ -260,3 +260,5 @@ def test_report_bad_input_is_one_line_and_writes_nothing(synth_data, tmp_path):
     assert [x.name for x in out.iterdir()] == ["keep.txt"]
     p = wsis("eval", d / "results.json", "--gt", d / "gt.json", "--report", out, "--report-limit", "0")
     assert p.returncode == 2 and "--report-limit" in p.stderr
+    p = wsis("eval", d / "results.json", "--gt", d / "gt.json", "--report", "-")
+    assert p.returncode == 2 and "--report writes a folder" in p.stderr and "COCO evaluation" not in p.stderr

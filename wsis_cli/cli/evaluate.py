@@ -77,6 +77,8 @@ def eval_cmd(
     if json_out is not None and json_out != stdio.STDIO:
         check_output_path(json_out)  # fail before the work, not after it
     if report_dir is not None:
+        if str(report_dir) == stdio.STDIO:
+            raise UsageError("--report writes a folder; - (stdout) is not possible")
         check_output_dir(report_dir)  # fail before the work, not after it
     if backend == "faster":
         require_faster()
