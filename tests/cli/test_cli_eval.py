@@ -239,7 +239,8 @@ def test_report_draws_the_worst_images_from_stdin(synth_data, tmp_path):
     assert rep["sort"] == "worst" and rep["sources"] == {"labels": "<stdin>", "gt": str(d / "gt.json")}
     assert [im["id"] for im in rep["images"]][0] == 3 and rep["images"][0]["score"] == 0.0
     assert len(rep["images"]) == 3 and [im["score"] for im in rep["images"][1:]] == [1.0, 1.0]
-    assert (out / "index.html").is_file() and (out / "img" / "3.labels.png").is_file()
+    assert "<h1>wsis eval: the worst images of &lt;stdin&gt;</h1>" in (out / "index.html").read_text()
+    assert (out / "img" / "3.labels.png").is_file()
     assert (out / "img" / "3.gt.png").is_file()
 
 

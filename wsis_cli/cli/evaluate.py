@@ -101,7 +101,8 @@ def eval_cmd(
         from wsis_cli.stages.show import ShowJob, ShowSettings
         from wsis_cli.stages.show.stage import run_against_gt
 
-        run_against_gt(ShowSettings(sort="worst", limit=report_limit, class_agnostic=class_agnostic),
+        title = f"wsis eval: the worst images of {stdio.display_name(pred)}"
+        run_against_gt(ShowSettings(sort="worst", limit=report_limit, class_agnostic=class_agnostic, title=title),
                        ShowJob(labels=pred, out=str(report_dir), images=str(images) if images else None, gt=gt),
                        gt_ds, predictions, make_progress(quiet))
     if json_out is not None:
