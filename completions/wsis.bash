@@ -142,7 +142,7 @@ __wsis_node__demo() {
 # wsis eval
 __wsis_node__eval() {
     case $1 in
-    vopts) __wsis_r=' -g --gt --iou-type --max-dets --reference-ap --backend --json ' ;;
+    vopts) __wsis_r=' -g --gt --iou-type --max-dets --reference-ap --backend --json --report --report-limit -i --images ' ;;
     complete)
         case $prev in
         -g|--gt) __wsis_files 1; return ;;
@@ -151,9 +151,12 @@ __wsis_node__eval() {
         --reference-ap) :; return ;;
         --backend) __wsis_words 'chunked pycocotools faster'; return ;;
         --json) __wsis_files 1; return ;;
+        --report) __wsis_dirs 0; return ;;
+        --report-limit) :; return ;;
+        -i|--images) __wsis_dirs 0; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--backend --class-agnostic --gt --help --iou-type --json --max-dets --quiet --reference-ap --verbose -g -h -q -v'
+            __wsis_words '--backend --class-agnostic --gt --help --images --iou-type --json --max-dets --quiet --reference-ap --report --report-limit --verbose -g -h -i -q -v'
             return
         fi
         case $npos in
@@ -376,7 +379,7 @@ __wsis_node__refine_crf() {
 # wsis show
 __wsis_node__show() {
     case $1 in
-    vopts) __wsis_r=' -o --out -i --images -g --gt --compare --sort -n --limit --ids --shard --page-size --thumb-side --min-side --max-side --score-threshold --match-iou --alpha --max-tags --title ' ;;
+    vopts) __wsis_r=' -o --out -i --images -g --gt --compare --sort -n --limit --ids --shard --page-size --thumb-side --min-side --max-side --score-threshold --match-iou --alpha --max-tags --title --format ' ;;
     complete)
         case $prev in
         -o|--out) __wsis_dirs 0; return ;;
@@ -396,9 +399,10 @@ __wsis_node__show() {
         --alpha) :; return ;;
         --max-tags) :; return ;;
         --title) :; return ;;
+        --format) __wsis_words 'auto png jpg'; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--alpha --class-agnostic --compare --force --gt --help --ids --images --limit --match-iou --max-side --max-tags --min-side --no-boxes --no-labels --out --page-size --quiet --score-threshold --shard --sort --thumb-side --title --verbose -g -h -i -n -o -q -v'
+            __wsis_words '--alpha --class-agnostic --compare --force --format --gt --help --ids --images --limit --match-iou --max-side --max-tags --min-side --no-boxes --no-labels --out --page-size --quiet --score-threshold --shard --sort --thumb-side --title --verbose -g -h -i -n -o -q -v'
             return
         fi
         case $npos in

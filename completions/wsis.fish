@@ -91,7 +91,7 @@ complete -c wsis -n '__wsis_in completion' -s h -l help -d 'Show this message an
 complete -c wsis -n '__wsis_in completion' -f -a 'bash zsh fish'
 
 # wsis demo
-complete -c wsis -n '__wsis_in demo' -s o -l out -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Keep every intermediate file in this folder (default: a temporary folder, removed).'
+complete -c wsis -n '__wsis_in demo' -s o -l out -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Keep every intermediate file in this folder, and write report.html there: the table and a few...'
 complete -c wsis -n '__wsis_in demo' -s n -l num-images -r -f -d 'Synthetic images (default: 24; 64 with --full).'
 complete -c wsis -n '__wsis_in demo' -l size -r -f -d 'Image size, height x width (default: 128x128; 192x192 with --full).'
 complete -c wsis -n '__wsis_in demo' -s k -l classes -r -f -d 'Synthetic classes.'
@@ -118,6 +118,9 @@ complete -c wsis -n '__wsis_in eval' -l max-dets -r -f -d 'Detections per image 
 complete -c wsis -n '__wsis_in eval' -l reference-ap -r -f -d 'Fully supervised AP (0.42 or 42.0) to report the retention rate AP/X.'
 complete -c wsis -n '__wsis_in eval' -l backend -r -f -a 'chunked pycocotools faster' -d 'COCO AP implementation, all with pycocotools\' numbers: chunked (default; bounded memory...'
 complete -c wsis -n '__wsis_in eval' -l json -r -F -a - -d 'Write the full report as JSON (- for stdout, JSON only).'
+complete -c wsis -n '__wsis_in eval' -l report -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Also write the worst images as wsis show\'s HTML report (absent or empty folder): predictions...'
+complete -c wsis -n '__wsis_in eval' -l report-limit -r -f -d 'Images in the --report.'
+complete -c wsis -n '__wsis_in eval' -s i -l images -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Folder the file_name of each image is relative to.'
 complete -c wsis -n '__wsis_in eval' -s q -l quiet -d 'Only warnings and errors on stderr.'
 complete -c wsis -n '__wsis_in eval' -s v -l verbose -d 'Debug logs and full tracebacks on stderr.'
 complete -c wsis -n '__wsis_in eval' -s h -l help -d 'Show this message and exit.'
@@ -311,6 +314,7 @@ complete -c wsis -n '__wsis_in show' -l no-boxes -d 'Do not draw boxes around ma
 complete -c wsis -n '__wsis_in show' -l no-labels -d 'Do not write class, score and IoU tags.'
 complete -c wsis -n '__wsis_in show' -l max-tags -r -f -d 'Write tags only on panels with at most this many instances.'
 complete -c wsis -n '__wsis_in show' -l title -r -f -d 'Title of the report pages.'
+complete -c wsis -n '__wsis_in show' -l format -r -f -a 'auto png jpg' -d 'Full views as png (crisp mask edges) or jpg (photos, several times smaller); auto: jpg where the...'
 complete -c wsis -n '__wsis_in show' -l force -d 'Replace REPORT if it exists and is not empty.'
 complete -c wsis -n '__wsis_in show' -s q -l quiet -d 'Only warnings and errors on stderr.'
 complete -c wsis -n '__wsis_in show' -s v -l verbose -d 'Debug logs and full tracebacks on stderr.'

@@ -26,6 +26,14 @@ def test_demo_out_keeps_every_file(tmp_path):
     assert (out / "report.json").is_file() and (out / "data" / "gt.json").is_file()
     # students are trained by default: the upper bound and one on the path's labels, each with its run folder
     assert (out / "student-gt" / "model.pt").is_file() and (out / "student-box-filled" / "model.pt").is_file()
+    assert (out / "student-gt.json").is_file() and (out / "student-box-filled.json").is_file()  # their predictions
+    # report.html: the table and four images of every row beside the ground truth, all files present
+    import re
+
+    page = (out / "report.html").read_text()
+    assert page.count("<section") == 3 and "student ← ground truth" in page and "box-filled" in page
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(srcs) == 3 * 4 * 2 and all((out / s).is_file() for s in srcs)
 
 
 def test_unknown_student_loss_is_a_usage_error(tmp_path):

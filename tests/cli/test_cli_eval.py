@@ -212,3 +212,54 @@ def test_faster_backend_missing_exit_2(files):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "wsis[fast-eval]" in p.stderr
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory) -> Path:
+    """Five synthetic images; predictions: the ground truth without image 3's instances, as a results list."""
+    from wsis_cli.stages.synth.stage import SynthSettings
+    from wsis_cli.stages.synth.stage import run as synth
+
+    d = tmp_path_factory.mktemp("eval-report") / "d"
+    synth(SynthSettings(num_images=5, height=64, width=80, seed=2), d)
+    gt = json.loads((d / "gt.json").read_text())
+    results = [{k: v for k, v in a.items() if k != "id"} | {"score": 0.9}
+               for a in gt["annotations"] if a["image_id"] != 3]
+    (d / "results.json").write_text(json.dumps(results))
+    return d
+
+
+def test_report_draws_the_worst_images_from_stdin(synth_data, tmp_path):
+    d, out = synth_data, tmp_path / "worst"
+    p = wsis("eval", "-", "--gt", d / "gt.json", "-i", d / "images", "--report", out, "--report-limit", "3",
+             "--json", "-", stdin=(d / "results.json").read_text())
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["sources"]["predictions"] == "<stdin>"  # stdout: the JSON only
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["sort"] == "worst" and rep["sources"] == {"labels": "<stdin>", "gt": str(d / "gt.json")}
+    assert [im["id"] for im in rep["images"]][0] == 3 and rep["images"][0]["score"] == 0.0
+    assert len(rep["images"]) == 3 and [im["score"] for im in rep["images"][1:]] == [1.0, 1.0]
+    assert "<h1>wsis eval: the worst images of &lt;stdin&gt;</h1>" in (out / "index.html").read_text()
+    assert (out / "img" / "3.labels.png").is_file()
+    assert (out / "img" / "3.gt.png").is_file()
+
+
+def test_report_bad_input_is_one_line_and_writes_nothing(synth_data, tmp_path):
+    d = synth_data
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    out, js = tmp_path / "r", tmp_path / "e.json"
+    p = wsis("eval", d / "results.json", "--gt", d / "gt.json", "-i", empty, "--report", out, "--json", js, "-q")
+    assert p.returncode == 3
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "image file not found" in lines[0], p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["no-images"]  # no report, no partial folder, no JSON
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    p = wsis("eval", d / "results.json", "--gt", d / "gt.json", "-i", d / "images", "--report", out)
+    assert p.returncode == 3 and "not empty" in p.stderr and "COCO evaluation" not in p.stderr
+    assert [x.name for x in out.iterdir()] == ["keep.txt"]
+    p = wsis("eval", d / "results.json", "--gt", d / "gt.json", "--report", out, "--report-limit", "0")
+    assert p.returncode == 2 and "--report-limit" in p.stderr
+    p = wsis("eval", d / "results.json", "--gt", d / "gt.json", "--report", "-")
+    assert p.returncode == 2 and "--report writes a folder" in p.stderr and "COCO evaluation" not in p.stderr

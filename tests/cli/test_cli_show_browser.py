@@ -6,6 +6,9 @@ runs on a copy of each page beside it (same relative links) whose images are mad
 carries a small script that writes what it saw into the page; Chromium's ``--dump-dom`` returns it.
 Screenshots of the real pages are taken too (``WSIS_SCREENSHOTS=DIR`` keeps them to look at).
 
+``wsis demo --out DIR``'s ``report.html`` (the table and a few images of every row beside the ground truth,
+drawn by the same modules) gets the same checks and a screenshot.
+
 Needs Debian's ``chromium`` (``.ci/run`` installs it where apt is available); skipped with the reason
 otherwise.
 """
@@ -18,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -151,3 +155,33 @@ def test_screenshots_of_the_real_pages(report: Path, tmp_path: Path) -> None:
         if keep:
             Path(keep).mkdir(parents=True, exist_ok=True)
             shutil.copy(shot, Path(keep) / shot.name)
+
+
+@pytest.fixture(scope="module")
+def demo_page(tmp_path_factory) -> Path:
+    """A small real ``wsis demo --out``: the box-filled path and two one-epoch students (three rows)."""
+    out = tmp_path_factory.mktemp("demo-browser") / "demo"
+    res = subprocess.run([sys.executable, "-m", "wsis_cli", "demo", "-n", "4", "--size", "64x80", "--methods",
+                          "box-filled", "--student-epochs", "1", "--student-jobs", "1", "--out", str(out), "-q"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    return out / "report.html"
+
+
+def test_demo_report_loads_without_errors_and_every_image_loads(demo_page: Path, tmp_path: Path) -> None:
+    browser = _browser()
+    text = demo_page.read_text()
+    assert "http:" not in text and "https:" not in text  # nothing to fetch from a network
+    seen, console = _probe(browser, demo_page)
+    # three rows (box-filled, student <- ground truth, student <- box-filled) x four images x two panels
+    assert seen["images"] == text.count("<img") == 3 * 4 * 2, seen
+    assert seen["broken"] == [] and seen["errors"] == [] and console == [], (seen, console)
+    shot = tmp_path / "demo-report.png"
+    res = _chromium(browser, demo_page.as_uri(), f"--screenshot={shot}", "--window-size=1280,1400",
+                    "--virtual-time-budget=5000")
+    assert shot.is_file() and shot.stat().st_size > 10_000, f"no screenshot: {res.stderr[-2000:]}"
+    assert _console(res.stderr) == [], _console(res.stderr)
+    keep = os.environ.get("WSIS_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / shot.name)

@@ -160,3 +160,65 @@ def test_box_only_records_are_drawn_even_in_thumbnails() -> None:
     img = np.zeros((40, 40, 3), np.uint8)
     out = render(img, [Instance(None, [5, 5, 20, 20], (0, 255, 0))], (40, 40), boxes=False, labels=False)
     assert out[5, 10, 1] == 255 and out[15, 15].sum() == 0  # the outline, not a fill
+
+
+def test_full_views_are_jpeg_for_jpeg_sources_or_when_asked(data: Path, tmp_path: Path) -> None:
+    """--format auto: JPEG views where the image is a JPEG (photos), PNG otherwise; thumbnails stay PNG."""
+    import cv2
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    ds = json.loads((data / "gt.json").read_text())
+    for im in ds["images"]:
+        pixels = cv2.imread(str(data / "images" / im["file_name"]))
+        im["file_name"] = Path(im["file_name"]).stem + ".jpg"
+        cv2.imwrite(str(photos / im["file_name"]), pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    (tmp_path / "gt.json").write_text(json.dumps(ds))
+    job = ShowJob(labels=str(tmp_path / "gt.json"), out=str(tmp_path / "auto"), images=str(photos))
+    run(ShowSettings(limit=2), job)
+    views = sorted(p.name for p in (tmp_path / "auto" / "img").iterdir())
+    assert len(views) == 2 and all(v.endswith(".labels.jpg") for v in views)
+    assert all(p.suffix == ".png" for p in (tmp_path / "auto" / "thumb").iterdir())
+    first = (tmp_path / "auto" / "img" / views[0]).read_bytes()
+    assert first[:3] == b"\xff\xd8\xff"  # a JPEG, not a PNG under another name
+    assert f'src="../img/{views[0]}"' in (tmp_path / "auto" / "view" / views[0].split(".")[0]).with_suffix(
+        ".html").read_text()
+    run(ShowSettings(limit=2, image_format="png"), ShowJob(labels=str(tmp_path / "gt.json"),
+                                                           out=str(tmp_path / "png"), images=str(photos)))
+    assert all(p.suffix == ".png" for p in (tmp_path / "png" / "img").iterdir())
+    run(ShowSettings(limit=2), _job(data, tmp_path / "synth"))  # PNG sources: PNG views
+    assert all(p.suffix == ".png" for p in (tmp_path / "synth" / "img").iterdir())
+    run(ShowSettings(limit=2, image_format="jpg"), _job(data, tmp_path / "forced"))
+    assert all(p.suffix == ".jpg" for p in (tmp_path / "forced" / "img").iterdir())
+    with pytest.raises(UsageError, match="--format"):
+        ShowSettings(image_format="gif")  # type: ignore[arg-type]
+
+
+def test_gallery_page_draws_every_row_beside_the_ground_truth(data: Path, tmp_path: Path) -> None:
+    from wsis_cli.stages.show.gallery import GalleryRow, write_gallery
+
+    rows = [GalleryRow("damaged <dataset>", data / "pred.json", ("damaged <dataset>", "51.0", "80.0")),
+            GalleryRow("results & co", data / "results.json", ("results & co", "52.0", "81.0"), class_agnostic=True),
+            GalleryRow("never written", tmp_path / "missing.json", ("never written", "–", "–"))]
+    page = write_gallery(tmp_path / "report.html", "demo <t>", ["method", "mask AP", "AP50"], rows,
+                         data / "gt.json", data / "images", per_row=3)
+    text = page.read_text()
+    assert "<h1>demo &lt;t&gt;</h1>" in text and "damaged &lt;dataset&gt;" in text and "results &amp; co" in text
+    assert 'href="report/style.css"' in text and (tmp_path / "report" / "style.css").is_file()
+    assert "mask AP 51.0 · AP50 80.0" in text and "class-agnostic" in text
+    srcs = re.findall(r'<img src="([^"]+)"', text)
+    assert len(srcs) == 2 * 3 * 2  # two drawn rows x three images x (labels, ground truth)
+    assert all((tmp_path / s).is_file() for s in srcs)
+    assert all((tmp_path / h).is_file() for h in re.findall(r'<a href="(report/[^"]+)"', text))
+    assert '<a href="#row-1">' in text and '<a href="#row-3">' not in text  # nothing to draw: table line only
+    gt = coco.load_dataset(data / "gt.json")
+    first = sorted(im["id"] for im in gt.images)[:3]
+    assert re.findall(r"<figcaption[^>]*>#(\d+)", text) == [str(i) for i in first] * 2  # same images every row
+    # a bad label file: nothing new is written, the old page and assets stay as they were
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [], "annotations": 3, "categories": []}')
+    before = page.read_text()
+    with pytest.raises(BadInputError, match="bad.json"):
+        write_gallery(page, "t", ["method"], [GalleryRow("ok", data / "pred.json", ("ok",)),
+                                              GalleryRow("bad", bad, ("bad",))], data / "gt.json", data / "images")
+    assert page.read_text() == before and not list(tmp_path.glob("*partial*"))

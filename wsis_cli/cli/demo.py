@@ -19,7 +19,8 @@ def demo(
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", file_okay=False,
-                     help="Keep every intermediate file in this folder (default: a temporary folder, removed)."),
+                     help="Keep every intermediate file in this folder, and write report.html there: the table and a few "
+                          "images of every row beside the ground truth (default: a temporary folder, removed)."),
     ] = None,
     num_images: Annotated[int | None, typer.Option("--num-images", "-n", min=4, show_default=False,
                                                    help=f"Synthetic images (default: {_D.num_images}; {FULL_IMAGES} with "
@@ -55,7 +56,7 @@ def demo(
     Paths: boxes → box-filled floor and mal-label; image tags → cam → irnet; nothing → freemask; each also
     after refine-crf. Then a Mask R-CNN student is trained on each path's labels and on the ground truth
     (the upper bound; --no-students skips them). Prints one table on stderr: mask AP, AP50, AP75, box AP,
-    mean instance IoU and each student's retention of the upper bound. With [bold]--out DIR[/bold] the data, every stage's output and report.json stay.
+    mean instance IoU and each student's retention of the upper bound. With [bold]--out DIR[/bold] the data, every stage's output and report.json stay, and DIR/report.html shows the table and a few images of every row beside the ground truth.
     """
     setup(quiet, verbose)
     from wsis_cli.cli.synth import parse_size
@@ -90,6 +91,15 @@ def demo(
                                                  f"wsis demo: {settings.num_images} synthetic "
                                                  f"{settings.height}x{settings.width} images, {classes} classes"))
         if out is not None:
+            from wsis_cli.cli.tables import comparison_cells
             from wsis_cli.runtime.log import get_logger
+            from wsis_cli.stages.show.gallery import GalleryRow, write_gallery
 
-            get_logger("demo").info("demo: kept every file in %s (report.json has all the numbers)", folder)
+            header, cells = comparison_cells([(r.method, r.report) for r in rows])
+            page = write_gallery(folder / "report.html", f"wsis demo: {settings.num_images} synthetic "
+                                 f"{settings.height}x{settings.width} images, {classes} classes (×100)", header,
+                                 [GalleryRow(r.method, r.output, tuple(c), r.class_agnostic)
+                                  for r, c in zip(rows, cells, strict=True)],
+                                 folder / "data" / "gt.json", folder / "data" / "images")
+            get_logger("demo").info("demo: kept every file in %s (report.json has all the numbers); open %s",
+                                    folder, page)

@@ -2,10 +2,12 @@
 
 Thin layer: parse flags, load and validate the two files, call :func:`wsis_cli.stages.evaluate.stage.evaluate`,
 render the tables on stderr and write the JSON report (``--json -`` puts ONLY the JSON on stdout).
+``--report DIR`` also draws the worst images (``wsis show``'s report with the ground truth beside).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
@@ -46,13 +48,26 @@ def eval_cmd(
         str | None,
         typer.Option("--json", metavar="PATH|-", help="Write the full report as JSON (- for stdout, JSON only)."),
     ] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option("--report", metavar="DIR", file_okay=False,
+                     help="Also write the worst images as wsis show's HTML report (absent or empty folder): "
+                          "predictions beside the ground truth, worst mean IoU first."),
+    ] = None,
+    report_limit: Annotated[
+        int, typer.Option("--report-limit", min=1, metavar="N", help="Images in the --report.")
+    ] = 50,
+    images: common.ImagesDir = None,
     quiet: common.Quiet = False,
     verbose: common.Verbose = False,
 ) -> None:
-    """Evaluate predictions against a ground truth: COCO AP/AR (masks and boxes) and mean mask IoU."""
+    """Evaluate predictions against a ground truth: COCO AP/AR (masks and boxes) and mean mask IoU.
+
+    With [bold]--report DIR -i IMAGES[/bold] the worst images are drawn too (wsis show --gt's report).
+    """
     common.setup(quiet, verbose)
     from wsis_cli.io import stdio
-    from wsis_cli.io.atomic import check_output_path
+    from wsis_cli.io.atomic import check_output_dir, check_output_path
     from wsis_cli.io.coco import load_dataset, load_predictions
     from wsis_cli.runtime.errors import UsageError
     from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate, require_faster
@@ -61,6 +76,10 @@ def eval_cmd(
         raise UsageError("PRED and --gt cannot both read stdin")
     if json_out is not None and json_out != stdio.STDIO:
         check_output_path(json_out)  # fail before the work, not after it
+    if report_dir is not None:
+        if str(report_dir) == stdio.STDIO:
+            raise UsageError("--report writes a folder; - (stdout) is not possible")
+        check_output_dir(report_dir)  # fail before the work, not after it
     if backend == "faster":
         require_faster()
     settings = EvalSettings(
@@ -77,5 +96,14 @@ def eval_cmd(
         from wsis_cli.cli.tables import render_eval
 
         render_eval(report)
+    if report_dir is not None:  # before --json: a bad image stops the command with nothing written
+        from wsis_cli.runtime.progress import make_progress
+        from wsis_cli.stages.show import ShowJob, ShowSettings
+        from wsis_cli.stages.show.stage import run_against_gt
+
+        title = f"wsis eval: the worst images of {stdio.display_name(pred)}"
+        run_against_gt(ShowSettings(sort="worst", limit=report_limit, class_agnostic=class_agnostic, title=title),
+                       ShowJob(labels=pred, out=str(report_dir), images=str(images) if images else None, gt=gt),
+                       gt_ds, predictions, make_progress(quiet))
     if json_out is not None:
         stdio.write_json(report.to_json(), json_out, indent=2)

@@ -72,6 +72,11 @@ def show(
         int, typer.Option("--max-tags", min=0, help="Write tags only on panels with at most this many instances.")
     ] = 40,
     title: Annotated[str | None, typer.Option("--title", help="Title of the report pages.")] = None,
+    image_format: Annotated[
+        Literal["auto", "png", "jpg"],
+        typer.Option("--format", help="Full views as png (crisp mask edges) or jpg (photos, several times "
+                                      "smaller); auto: jpg where the image itself is a JPEG, else png."),
+    ] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Replace REPORT if it exists and is not empty.")] = False,
     quiet: common.Quiet = False,
     verbose: common.Verbose = False,
@@ -91,7 +96,7 @@ def show(
         sort=sort, limit=limit, ids=parse_ids(ids) if ids is not None else None, page_size=page_size,
         thumb_side=thumb_side, min_side=min_side, max_side=max_side, score_threshold=score_threshold,
         match_iou=match_iou, class_agnostic=class_agnostic, alpha=alpha, boxes=not no_boxes,
-        labels=not no_labels, max_tags=max_tags, title=title,
+        labels=not no_labels, max_tags=max_tags, title=title, image_format=image_format,
     )
     job = ShowJob(labels=labels, out=str(out), images=str(images) if images else None, gt=gt, compare=compare,
                   shard=shard, force=force)

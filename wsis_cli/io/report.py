@@ -1,4 +1,4 @@
-"""Writing a report folder (``wsis show``): PNGs, pages and a JSON summary, appearing whole or not at all.
+"""Writing a report folder (``wsis show``): PNG or JPEG images, pages and a JSON summary, appearing whole or not at all.
 
 Everything is written into a sibling ``<REPORT>.partial-XXXX`` folder that replaces ``REPORT`` only when
 the last file is written (:func:`wsis_cli.io.atomic.atomic_dir`); a bad record or image met half-way
@@ -42,6 +42,20 @@ class ReportWriter:
         if not ok:
             raise OSError(f"cannot encode {rel} as PNG")
         self._bytes(rel, buf.tobytes())
+
+    def jpeg(self, rel: str, rgb: np.ndarray, quality: int = 90) -> None:
+        """Write an ``(H, W, 3)`` uint8 RGB array as JPEG (photos: a fraction of a PNG's size)."""
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise OSError(f"cannot encode {rel} as JPEG")
+        self._bytes(rel, buf.tobytes())
+
+    def image(self, rel: str, rgb: np.ndarray) -> None:
+        """Write ``rgb`` as PNG or JPEG, by the extension of ``rel``."""
+        if rel.lower().endswith((".jpg", ".jpeg")):
+            self.jpeg(rel, rgb)
+        else:
+            self.png(rel, rgb)
 
     def text(self, rel: str, text: str) -> None:
         self._bytes(rel, text.encode("utf-8"))

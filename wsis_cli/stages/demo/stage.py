@@ -91,8 +91,9 @@ class Method:
 class DemoRow:
     method: str
     supervision: str
-    output: Path
+    output: Path  # the labels or the student's predictions (COCO JSON)
     report: EvalReport
+    class_agnostic: bool = False
 
 
 def _box_filled(data: DemoData, work: Path) -> coco.Dataset:
@@ -220,8 +221,8 @@ def run(settings: DemoSettings, out_dir: Path) -> list[DemoRow]:
     students: list[tuple[str, str, bool, Job]] = []  # (key, row name, class-agnostic, training job)
     epochs = _student_epochs(settings)
 
-    def add(name: str, supervision: str, output: Path, report: EvalReport) -> None:
-        rows.append(DemoRow(name, supervision, output, report))
+    def add(name: str, supervision: str, output: Path, report: EvalReport, agnostic: bool) -> None:
+        rows.append(DemoRow(name, supervision, output, report, agnostic))
         log.info("demo: %s: mask AP %.3f, mean IoU %.3f", name, report.mask_ap or 0.0, report.mean_iou or 0.0)
 
     jobs = settings.student_jobs if settings.students else 0
@@ -245,13 +246,15 @@ def run(settings: DemoSettings, out_dir: Path) -> list[DemoRow]:
                 output = out_dir / f"{method.key}.json"
                 coco.write_dataset(labelled, output)
                 add(method.name, method.supervision, output,
-                    _score(data, labelled.annotations, method.class_agnostic, sources={"pred": str(output)}))
+                    _score(data, labelled.annotations, method.class_agnostic, sources={"pred": str(output)}),
+                    method.class_agnostic)
                 best = labelled
                 if settings.refine and method.refine and labelled.annotations:
                     refined_path = out_dir / f"{method.key}.crf.json"
                     best = clock.run(f"{method.key} refine-crf", _refine, labelled, data, output, refined_path)
                     add(f"{method.name} + refine-crf", method.supervision, refined_path,
-                        _score(data, best.annotations, method.class_agnostic, sources={"pred": str(refined_path)}))
+                        _score(data, best.annotations, method.class_agnostic, sources={"pred": str(refined_path)}),
+                        method.class_agnostic)
                 if settings.students and best.annotations:
                     student(method.key, method.name if best is labelled else f"{method.name} + refine-crf", best,
                             method.class_agnostic)
@@ -262,8 +265,9 @@ def run(settings: DemoSettings, out_dir: Path) -> list[DemoRow]:
                 report = _score(data, preds, agnostic, reference_ap=upper_ap if key != "gt" else None)
                 if key == "gt":  # retention needs a bound above zero
                     upper_ap = report.mask_ap if report.mask_ap and report.mask_ap > 0 else None
-                add(f"student ← {name}", "full masks" if key == "gt" else "as above", out_dir / f"student-{key}",
-                    report)
+                predictions = out_dir / f"student-{key}.json"  # beside its run folder student-{key}/
+                write_json(preds, predictions)
+                add(f"student ← {name}", "full masks" if key == "gt" else "as above", predictions, report, agnostic)
     finally:
         torch.set_num_threads(threads)
     timing = clock.summary()

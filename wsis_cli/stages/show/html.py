@@ -52,6 +52,16 @@ class Entry:
     panels: tuple[Panel, ...] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class Section:
+    """One label set on a gallery page: its anchor, name, a line of numbers and its images."""
+
+    anchor: str
+    title: str
+    caption: str
+    entries: tuple[Entry, ...]
+
+
 def index_name(page: int) -> str:
     """File name of index page ``page`` (1-based)."""
     return "index.html" if page == 1 else f"index-{page}.html"
@@ -114,6 +124,42 @@ def index_page(title: str, summary: Sequence[str], legend: str, entries: Sequenc
                    f"<span class=\"meta\">#{e.image_id}{score} &middot; {counts}</span></a>\n")
     out.append("</main>\n")
     out.append(_pager(page, pages))
+    out.append("</body>\n</html>\n")
+    return "".join(out)
+
+
+def gallery_page(title: str, summary: Sequence[str], header: Sequence[str], rows: Sequence[Sequence[str]],
+                 sections: Sequence[Section], legend: str, root: str) -> str:
+    """A table of numbers (one row per label set, linked to its section) and a few images of every set.
+
+    ``root`` is the asset folder's path relative to the page (``"report/"``); panel paths include it.
+    """
+    out = [_head(title, root)]
+    out.append(f"<body class=\"gallery\">\n<header>\n<h1>{escape(title)}</h1>\n")
+    out.extend(f"<p class=\"summary\">{escape(line)}</p>\n" for line in summary)
+    out.append("</header>\n<table class=\"metrics\">\n<tr>")
+    out.extend(f"<th>{escape(h)}</th>" for h in header)
+    out.append("</tr>\n")
+    for sec, cells in zip(sections, rows, strict=True):
+        first = f"<a href=\"#{escape(sec.anchor)}\">{escape(cells[0])}</a>" if sec.entries else escape(cells[0])
+        out.append(f"<tr><td>{first}</td>" + "".join(f"<td>{escape(c)}</td>" for c in cells[1:]) + "</tr>\n")
+    out.append("</table>\n")
+    if legend:
+        out.append(f"<p class=\"legend\">{escape(legend)}</p>\n")
+    for sec in sections:
+        out.append(f"<section id=\"{escape(sec.anchor)}\">\n<h2>{escape(sec.title)}</h2>\n"
+                   f"<p class=\"summary\">{escape(sec.caption)}</p>\n<div class=\"pairs\">\n")
+        for e in sec.entries:
+            score = f" &middot; {escape(e.score_text)}" if e.score_text else ""
+            out.append(f"<figure class=\"pair\"><figcaption title=\"{escape(e.file_name)}\">#{e.image_id}{score}"
+                       "</figcaption><span class=\"thumbs\">")
+            for p in e.panels:
+                th, tw = p.thumb_size
+                tip = escape(f"{p.title} ({p.caption})")
+                out.append(f"<a href=\"{escape(p.image)}\"><img src=\"{escape(p.thumb)}\" width=\"{tw}\" "
+                           f"height=\"{th}\" alt=\"{escape(p.title)}\" title=\"{tip}\"></a>")
+            out.append("</span></figure>\n")
+        out.append("</div>\n</section>\n")
     out.append("</body>\n</html>\n")
     return "".join(out)
 
@@ -203,4 +249,13 @@ td, th { padding: 1px 8px 1px 0; text-align: right; }
 td:nth-child(3), th:nth-child(3) { text-align: left; }
 td i { display: inline-block; width: 10px; height: 10px; border-radius: 2px; }
 summary { cursor: pointer; color: var(--muted); margin-top: 4px; }
+table.metrics { font-size: 13px; margin: 8px 0; }
+table.metrics td, table.metrics th { padding: 2px 12px 2px 0; text-align: right; border-bottom: 1px solid var(--line); }
+table.metrics td:first-child, table.metrics th:first-child { text-align: left; }
+section h2 { font-size: 16px; margin: 18px 0 2px; }
+.pairs { display: flex; flex-wrap: wrap; gap: 10px; }
+.pair { flex: 0 1 auto; max-width: none; background: var(--card); border: 1px solid var(--line); border-radius: 6px;
+  padding: 4px 6px; }
+.pair figcaption { font-size: 12px; color: var(--muted); margin-bottom: 2px; }
+.pair .thumbs img { flex: none; display: block; }
 """

@@ -13,6 +13,9 @@ from wsis_cli.runtime.errors import UsageError
 
 SortKey = Literal["auto", "id", "file", "worst", "best", "instances"]
 SORT_KEYS: tuple[str, ...] = ("auto", "id", "file", "worst", "best", "instances")
+ImageFormat = Literal["auto", "png", "jpg"]
+IMAGE_FORMATS: tuple[str, ...] = ("auto", "png", "jpg")
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,9 @@ class ShowSettings:
     which a prediction counts as finding a reference instance (it then takes that instance's colour).
     Tags (class, score, IoU) are written only on panels of at most ``max_tags`` instances: on crowded images
     (nuclei, cells) they would hide what they label; the view page's table still lists every instance.
+    ``image_format`` is the full views' file type: ``png`` keeps mask edges crisp, ``jpg`` makes views of
+    photos several times smaller, ``auto`` picks ``jpg`` for an image whose own file is a JPEG and ``png``
+    otherwise. Thumbnails stay PNG.
     """
 
     sort: SortKey = "auto"
@@ -44,6 +50,7 @@ class ShowSettings:
     labels: bool = True
     max_tags: int = 40
     title: str | None = None
+    image_format: ImageFormat = "auto"
 
     def __post_init__(self) -> None:
         if self.sort not in SORT_KEYS:
@@ -64,6 +71,14 @@ class ShowSettings:
             raise UsageError(f"--max-tags must be at least 0, got {self.max_tags}")
         if not 0.0 <= self.alpha <= 1.0:
             raise UsageError(f"--alpha must be within 0..1, got {self.alpha}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
+
+    def view_suffix(self, file_name: str) -> str:
+        """``"png"`` or ``"jpg"``: the file type of the full view of the image stored as ``file_name``."""
+        if self.image_format != "auto":
+            return self.image_format
+        return "jpg" if file_name.lower().endswith(JPEG_SUFFIXES) else "png"
 
     def resolved_sort(self, has_reference: bool) -> str:
         if self.sort != "auto":

@@ -205,8 +205,24 @@ def _fmt(v: float | None, digits: int = 2) -> str:
 def run(settings: ShowSettings, job: ShowJob, progress: Progress | None = None) -> ShowSummary:
     """Write the report folder ``job.out`` (whole or not at all) and return what it holds."""
     t0 = time.perf_counter()
-    progress = progress or NullProgress()
     base, sets = _load(settings, job)
+    return _write(settings, job, base, sets, progress, t0)
+
+
+def run_against_gt(settings: ShowSettings, job: ShowJob, gt: coco.Dataset, labels: Sequence[Mapping[str, Any]],
+                   progress: Progress | None = None) -> ShowSummary:
+    """:func:`run` on label records already loaded and checked against ``gt`` (``wsis eval --report``: PRED
+    is read once, even from stdin). ``job.labels`` and ``job.gt`` only name the two sets on the pages."""
+    t0 = time.perf_counter()
+    ids = {im["id"] for im in gt.images}
+    sets = [_LabelSet("labels", "labels", display_name(job.labels), _by_image(labels, ids, settings.score_threshold)),
+            _LabelSet("gt", "ground truth", display_name(job.gt or gt.source), _by_image(gt.annotations, ids, 0.0))]
+    return _write(settings, job, gt, sets, progress, t0)
+
+
+def _write(settings: ShowSettings, job: ShowJob, base: coco.Dataset, sets: list[_LabelSet],
+           progress: Progress | None, t0: float) -> ShowSummary:
+    progress = progress or NullProgress()
     ref = _reference(sets)
     sort = settings.resolved_sort(bool(ref))
     images = _select(settings, job, base)
@@ -316,8 +332,9 @@ def _draw(s: _Scored, sets: Sequence[_LabelSet], ref: Mapping[str, str], names: 
         view = render(pixels, instances, view_hw, alpha=settings.alpha, boxes=settings.boxes,
                       labels=settings.labels and len(instances) <= settings.max_tags)
         thumb = render(pixels, instances, thumb_hw, alpha=settings.alpha, boxes=False, labels=False)
-        img_rel, thumb_rel = f"img/{im['id']}.{x.key}.png", f"thumb/{im['id']}.{x.key}.png"
-        writer.png(img_rel, view)
+        img_rel = f"img/{im['id']}.{x.key}.{settings.view_suffix(im['file_name'])}"
+        thumb_rel = f"thumb/{im['id']}.{x.key}.png"
+        writer.image(img_rel, view)
         writer.png(thumb_rel, thumb)
         valid = [v for v, a in zip(best, anns, strict=True) if not a.get("iscrowd", 0)] if best is not None else []
         mean = float(np.mean(valid)) if len(valid) else None
