@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(e), int(e.exit_code))
     except KeyboardInterrupt:
         _fail("interrupted", int(ExitCode.INTERRUPTED))
-    except Terminated:
-        _fail("terminated (SIGTERM); finished work is kept, rerun with --resume", int(ExitCode.TERMINATED))
+    except Terminated as e:
+        by = str(e.args[0]) if e.args else "SIGTERM"  # train-student also stops on SIGUSR1
+        _fail(f"terminated ({by}); finished work is kept, rerun with --resume", int(ExitCode.TERMINATED))
     except BrokenPipeError:
         # the reader of our stdout went away (e.g. `| head`): not worth a traceback
         devnull = os.open(os.devnull, os.O_WRONLY)
