@@ -156,6 +156,10 @@ def train(settings: StudentSettings, ds: Dataset, images_root: str | None, run: 
     box_masks = settings.mask_loss == "projection"
     instances = collect_instances(ds, category_ids, box_masks=box_masks)
     n_inst = sum(len(v) for v in instances.values())
+    if n_inst == 0:  # images alone teach only background: a model that never detects anything
+        raise BadInputError(ds.source, None, f"no instance to train on ({len(ds.annotations)} annotation(s) on "
+                            f"{len(ds.images)} image(s), none usable): train-student needs masks"
+                            + (" or boxes" if box_masks else ""))
     frozen_bn = backbone_state is not None
     torch.manual_seed(settings.seed)
     weights = ProjectionLossWeights(pairwise_warmup=settings.pairwise_warmup)
