@@ -415,3 +415,43 @@ def test_a_corrupt_checkpoint_is_one_line_without_torch_advice(student_data: Pat
     assert "weights_only" not in line and "trust" not in line
     want = "is damaged or incomplete" if content == "truncated" else "is not a PyTorch checkpoint file"
     assert want in line
+
+
+# ------------------------------------------------------------- HDF5 outputs: --resume checks its inputs too
+
+
+def _score_maps(crf_data: Path, path: Path, seed: int) -> Path:
+    import numpy as np
+
+    from wsis_cli.io.h5 import H5Writer
+
+    ds = json.loads((crf_data / "in.json").read_text())
+    with H5Writer(path, "cam", {}, {}) as w:
+        for im in ds["images"]:
+            cams = np.random.default_rng([seed, im["id"]]).random((2, 12, 16)).astype(np.float32)
+            w.put(im["id"], {"cams": cams}, attrs={"height": im["height"], "width": im["width"],
+                                                   "file_name": im["file_name"]},
+                  dataset_attrs={"cams": {"stride": 4, "category_ids": [1, 2]}})
+    return path
+
+
+def test_hdf5_resume_refuses_an_input_rewritten_in_place(crf_data: Path, tmp_path: Path) -> None:
+    import shutil
+    import time
+
+    images = tmp_path / "imgs"
+    shutil.copytree(crf_data / "images", images)
+    maps = _score_maps(crf_data, tmp_path / "cams.h5", 0)
+    last = json.loads((crf_data / "in.json").read_text())["images"][-1]["file_name"]
+    (images / last).rename(tmp_path / "held")
+    out = tmp_path / "ref.h5"
+    r = wsis("refine-crf", maps, "-i", images, "-o", out, "-q", "--device", "cpu")
+    assert r.returncode == 3 and (tmp_path / "ref.h5.partial").exists(), r.stderr
+    (tmp_path / "held").rename(images / last)
+    time.sleep(0.01)
+    _score_maps(crf_data, maps, 1)  # same path, other maps
+    r = wsis("refine-crf", maps, "-i", images, "-o", out, "--resume", "--device", "cpu")
+    assert r.returncode == 3
+    line = one_error_line(r)
+    assert str(maps) in line and "changed since the interrupted run" in line
+    assert not out.exists()
