@@ -321,3 +321,137 @@ def test_closed_stdout_is_one_clear_line(tmp_path: Path) -> None:
     assert r.returncode == 1
     line = one_error_line(r)
     assert "standard output is closed" in line and "AttributeError" not in line
+
+
+# ---------------------------------------------------- 10 and 12. train-student: stops, empty labels, bad checkpoints
+
+
+@pytest.fixture(scope="module")
+def student_data(tmp_path_factory) -> Path:
+    from wsis_cli.stages.synth import stage as synth
+
+    root = tmp_path_factory.mktemp("faults-student") / "d"
+    synth.run(synth.SynthSettings(num_images=2, height=48, width=48, classes=1, min_instances=1, max_instances=2,
+                                  seed=6), root)
+    return root
+
+
+TINY_STUDENT = ["--arch", "resnet18-fpn", "--weights", "none", "--min-size", "48", "--max-size", "48",
+                "--rois-per-image", "8", "--mask-head-channels", "8", "--fpn-channels", "16", "--box-head-dim", "16",
+                "--batch-size", "1", "--workers", "0", "--device", "cpu"]
+
+
+def test_sigusr1_stop_is_reported_as_sigusr1_and_saved_once(student_data: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "wsis_cli", "train-student", str(student_data / "gt.json"), "-i",
+                          str(student_data / "images"), "-o", str(run), "--epochs", "1000", *TINY_STUDENT],
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stderr is not None
+    seen = []
+    for line in p.stderr:  # the set-up line comes just before the loop that handles SIGUSR1
+        seen.append(line)
+        if "train-student: resnet18-fpn" in line:
+            break
+    time.sleep(2)
+    p.send_signal(signal.SIGUSR1)
+    err = "".join(seen) + p.stderr.read()
+    assert p.wait(120) == 143, err
+    assert err.strip().splitlines()[-1].startswith("wsis: error: terminated (SIGUSR1); "), err
+    assert err.count("checkpoint saved") == 1 and (run / "last.pt").exists()
+
+
+def test_train_student_refuses_labels_without_instances(student_data: Path, tmp_path: Path) -> None:
+    labels = json.loads((student_data / "gt.json").read_text())
+    labels["annotations"] = []
+    src = tmp_path / "empty.json"
+    src.write_text(json.dumps(labels))
+    run = tmp_path / "runs" / "student"
+    r = wsis("train-student", src, "-i", student_data / "images", "-o", run, "--epochs", "1", *TINY_STUDENT)
+    assert r.returncode == 3, r.stderr
+    assert f"{src}: no instance to train on (0 annotation(s) on 2 image(s)" in one_error_line(r)
+    assert not (tmp_path / "runs").exists(), "a run that failed on its input leaves no folder"
+
+
+def test_a_learning_stage_failing_on_its_input_leaves_no_run_folder(student_data: Path, tmp_path: Path) -> None:
+    labels = json.loads((student_data / "gt.json").read_text())
+    for a in labels["annotations"]:
+        del a["segmentation"]  # boxes only: the standard mask loss cannot learn from them
+    src = tmp_path / "boxes.json"
+    src.write_text(json.dumps(labels))
+    run = tmp_path / "run"
+    r = wsis("train-student", src, "-i", student_data / "images", "-o", run, "--epochs", "1", *TINY_STUDENT)
+    assert r.returncode == 3 and "has no segmentation" in one_error_line(r)
+    assert not run.exists()
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")  # a folder the user made is left as it was
+    r = wsis("train-student", src, "-i", student_data / "images", "-o", run, "--epochs", "1", *TINY_STUDENT)
+    assert r.returncode == 3
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("content", ["truncated", "text", "pickle"])
+def test_a_corrupt_checkpoint_is_one_line_without_torch_advice(student_data: Path, tmp_path: Path,
+                                                               content: str) -> None:
+    import pickle
+
+    import torch
+
+    bad = tmp_path / "model.pt"
+    if content == "truncated":
+        torch.save({"model": {"w": torch.zeros(1000)}}, bad)
+        bad.write_bytes(bad.read_bytes()[:500])
+    elif content == "text":
+        bad.write_text("not a checkpoint\n")
+    else:
+        bad.write_bytes(pickle.dumps({"model": 1}, protocol=4))
+    r = wsis("train-student", student_data / "gt.json", "-i", student_data / "images", "--checkpoint", bad,
+             "-o", tmp_path / "preds.json")
+    assert r.returncode == 3
+    line = one_error_line(r)
+    assert line.startswith(f"wsis: error: {bad}: ")
+    assert "weights_only" not in line and "trust" not in line
+    want = "is damaged or incomplete" if content == "truncated" else "is not a PyTorch checkpoint file"
+    assert want in line
+
+
+# ------------------------------------------------------------- HDF5 outputs: --resume checks its inputs too
+
+
+def _score_maps(crf_data: Path, path: Path, seed: int) -> Path:
+    import numpy as np
+
+    from wsis_cli.io.h5 import H5Writer
+
+    ds = json.loads((crf_data / "in.json").read_text())
+    with H5Writer(path, "cam", {}, {}) as w:
+        for im in ds["images"]:
+            cams = np.random.default_rng([seed, im["id"]]).random((2, 12, 16)).astype(np.float32)
+            w.put(im["id"], {"cams": cams}, attrs={"height": im["height"], "width": im["width"],
+                                                   "file_name": im["file_name"]},
+                  dataset_attrs={"cams": {"stride": 4, "category_ids": [1, 2]}})
+    return path
+
+
+def test_hdf5_resume_refuses_an_input_rewritten_in_place(crf_data: Path, tmp_path: Path) -> None:
+    import shutil
+    import time
+
+    images = tmp_path / "imgs"
+    shutil.copytree(crf_data / "images", images)
+    maps = _score_maps(crf_data, tmp_path / "cams.h5", 0)
+    last = json.loads((crf_data / "in.json").read_text())["images"][-1]["file_name"]
+    (images / last).rename(tmp_path / "held")
+    out = tmp_path / "ref.h5"
+    r = wsis("refine-crf", maps, "-i", images, "-o", out, "-q", "--device", "cpu")
+    assert r.returncode == 3 and (tmp_path / "ref.h5.partial").exists(), r.stderr
+    (tmp_path / "held").rename(images / last)
+    time.sleep(0.01)
+    _score_maps(crf_data, maps, 1)  # same path, other maps
+    r = wsis("refine-crf", maps, "-i", images, "-o", out, "--resume", "--device", "cpu")
+    assert r.returncode == 3
+    line = one_error_line(r)
+    assert str(maps) in line and "changed since the interrupted run" in line
+    assert not out.exists()

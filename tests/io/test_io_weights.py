@@ -29,7 +29,8 @@ def test_local_dino_style_checkpoint_with_namespace_loads(tmp_path):
     assert torch.equal(net.layer1[0].conv1.weight, ref.layer1[0].conv1.weight)
 
 
-@pytest.mark.parametrize(("content", "message"), [(b"", "cannot be read"), (b"garbage" * 10, "cannot be read")])
+@pytest.mark.parametrize(("content", "message"), [(b"", "is damaged or incomplete"),
+                                                   (b"garbage" * 10, "is not a PyTorch checkpoint file")])
 def test_corrupt_checkpoint_names_the_file(tmp_path, content, message):
     path = tmp_path / "bad.pth"
     path.write_bytes(content)

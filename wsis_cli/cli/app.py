@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     import signal
 
-    from wsis_cli.runtime.errors import ExitCode, Terminated, WsisError
+    from wsis_cli.runtime.errors import Terminated
 
     def _on_sigterm(signum: int, frame: object) -> None:
         _repeat_sigterm()
@@ -122,14 +122,29 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        _main(argv)
+    except SystemExit as e:
+        run_dir = sys.modules.get("wsis_cli.io.run_dir")  # only loaded (with torch) by a learning stage
+        if run_dir is not None:
+            if e.code not in (0, None):  # a learning stage that failed before training leaves no run folder
+                run_dir.discard_unused_runs()
+            run_dir.forget_runs()
+        raise
+
+
+def _main(argv: list[str] | None) -> None:
+    from wsis_cli.runtime.errors import ExitCode, Terminated, WsisError
+
+    try:
         app(args=argv, prog_name="wsis")
     except WsisError as e:
         _traceback_if_verbose()
         _fail(str(e), int(e.exit_code))
     except KeyboardInterrupt:
         _fail("interrupted", int(ExitCode.INTERRUPTED))
-    except Terminated:
-        _fail("terminated (SIGTERM); finished work is kept, rerun with --resume", int(ExitCode.TERMINATED))
+    except Terminated as e:
+        by = str(e.args[0]) if e.args else "SIGTERM"  # train-student also stops on SIGUSR1
+        _fail(f"terminated ({by}); finished work is kept, rerun with --resume", int(ExitCode.TERMINATED))
     except BrokenPipeError:
         # the reader of our stdout went away (e.g. `| head`): not worth a traceback
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -17,6 +17,7 @@ import numpy as np
 
 from wsis_cli import __version__
 from wsis_cli.io.atomic import check_output_path, finalize, partial_name
+from wsis_cli.io.fingerprint import check_unchanged, fingerprints
 from wsis_cli.io.h5_format import (
     CHUNK_BYTES,
     FORMAT_NAME,
@@ -115,6 +116,8 @@ class H5Writer:
         f.attrs["stage"] = self.stage
         f.attrs["settings"] = json.dumps(self.settings, sort_keys=True)
         f.attrs["inputs"] = json.dumps(self.inputs, sort_keys=True)
+        if self.keep_partial:  # a store that can be resumed: what --resume checks its inputs against
+            f.attrs["input_fingerprints"] = json.dumps(self._fingerprints(), sort_keys=True)
         f.attrs["complete"] = False
         f.create_group(IMAGES)
         f.create_group(INCOMPLETE)
@@ -148,6 +151,8 @@ class H5Writer:
             if diffs:
                 raise BadInputError(name, None, f"--resume needs the same inputs, but {'; '.join(diffs)} "
                                     "(file vs now)")
+            if "input_fingerprints" in f.attrs:  # older partials have none: nothing to compare
+                check_unchanged(json.loads(py_value(f.attrs["input_fingerprints"])), self._fingerprints(), name)
             if py_value(f.attrs.get("wsis_version")) != __version__:
                 log.warning("%s: written by wsis %s, resuming with %s", name, py_value(f.attrs.get("wsis_version")),
                             __version__)
@@ -161,6 +166,12 @@ class H5Writer:
         self.resumed = len(self._done)
         log.info("%s: resuming, %d images already written", name, self.resumed)
         return f
+
+    def _fingerprints(self) -> dict[str, dict[str, Any]]:
+        """Fingerprints of the inputs named by a path to a regular file (as the JSON-output stages keep:
+        content for JSON and checkpoints, size and modification time for HDF5 stores)."""
+        paths = {k: v for k, v in self.inputs.items() if isinstance(v, str) and v not in ("", "-")}
+        return fingerprints(paths)
 
     def close(self) -> None:
         """Mark the store complete, close it and atomically rename the partial onto ``path``."""

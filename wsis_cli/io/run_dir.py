@@ -79,14 +79,32 @@ class RunDir:
         elif (self.path / "last.pt").exists() or (self.path / "model.pt").exists():
             raise UsageError(f"--run {self.path}: already holds a run; add --resume to continue it, or choose "
                              "another --run folder")
+        new_dirs = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        before = {p.name for p in self.path.iterdir()} if self.path.is_dir() else set()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(f"--run {self.path}: cannot create the run folder ({e.strerror})") from None
+        self._created = (new_dirs, False, before)  # folders made, run.json written, what was there before
         if (is_main_process() if main is None else main) and not (resume and run_json.exists()):
             with atomic_write_text(run_json) as fh:
                 json.dump({"stage": stage, "wsis_version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                            "settings": self.settings}, fh, indent=1, sort_keys=True)
+            self._created = (new_dirs, True, before)
+        _OPENED.append(self)
+
+    def discard_unused(self) -> None:
+        """Undo the folder's creation if nothing but this run's ``run.json`` was written into it: a run that
+        failed on its input before training leaves no folder behind (one that trained keeps its checkpoint)."""
+        new_dirs, wrote_json, before = self._created
+        try:
+            added = {p.name for p in self.path.iterdir()} - before
+            if wrote_json and added == {"run.json"}:
+                (self.path / "run.json").unlink()
+            for folder in new_dirs:  # innermost first; stops at the first that holds anything
+                folder.rmdir()
+        except OSError:
+            pass
 
     def _check_resume(self, run_json: Path) -> None:
         if not run_json.exists():
@@ -147,6 +165,21 @@ class RunDir:
         """Append one JSON line to ``metrics.jsonl`` (flushed at once: it is read while a run goes on)."""
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
+
+
+_OPENED: list[RunDir] = []  # the run folders this process opened, in order
+
+
+def discard_unused_runs() -> None:
+    """:meth:`RunDir.discard_unused` for every run folder this process opened, the latest first (the CLI
+    calls it when a command fails)."""
+    while _OPENED:
+        _OPENED.pop().discard_unused()
+
+
+def forget_runs() -> None:
+    """Keep every run folder opened so far (the CLI calls it when a command succeeds)."""
+    _OPENED.clear()
 
 
 def read_model(path: str | os.PathLike, stage: str) -> dict[str, Any]:

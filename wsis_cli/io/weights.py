@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,11 +80,29 @@ def read_checkpoint_file(path: str | os.PathLike) -> Any:
         raise BadInputError(str(p), None, "not a file")
     try:
         # DINO/MoCo checkpoints carry their argparse namespace beside the weights
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error says what matters
             return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadInputError(str(p), None, f"cannot be read as a PyTorch checkpoint: {first}") from None
+        raise BadInputError(str(p), None, load_failure(e)) from None
+
+
+def load_failure(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line that asks nothing of the user that
+    wsis does not offer (torch's own message advises ``weights_only=False``, which wsis never uses: loading
+    a checkpoint must not run code from it)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    if "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found is None:
+            return "is not a PyTorch checkpoint file (torch.save of tensors and plain containers)"
+        return (f"holds an object of type {found.group(1)} besides tensors and plain containers; wsis loads "
+                "checkpoints without running code from them: save the weights alone (a state dict)")
+    if "PytorchStreamReader" in text or "central directory" in text or isinstance(e, EOFError):
+        return "is damaged or incomplete (not a whole PyTorch checkpoint): copy or save it again"
+    if isinstance(e, (KeyError, ValueError)) or "load key" in text or not text:
+        return "is not a PyTorch checkpoint file"
+    return f"cannot be read as a PyTorch checkpoint: {text.splitlines()[0]}"
 
 
 def _torchvision_weights(spec: str, arch: str) -> Any:

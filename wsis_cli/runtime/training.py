@@ -116,3 +116,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rank_rng_states(ctx: Any) -> list[dict[str, Any]]:
+    """Every rank's :func:`rng_state`, in rank order (a collective under DDP: every rank must call it).
+
+    Ranks draw different numbers (RoI sampling, dropout and augmentations depend on each rank's own
+    images), so a checkpoint of a data-parallel run must hold all of them for a resumed run to be exact.
+    """
+    return ctx.all_gather_object(rng_state())
+
+
+def set_rank_rng_state(ckpt: dict[str, Any], ctx: Any) -> None:
+    """Restore this rank's generators from a checkpoint written with :func:`rank_rng_states` (key
+    ``rng_ranks``; ``rng`` alone is rank 0's, as older checkpoints hold).
+
+    Resuming on another number of ranks cannot continue exactly (each rank's share of the batches changes):
+    it warns and gives rank r the state of saved rank ``r mod saved``.
+    """
+    states = ckpt.get("rng_ranks") or [ckpt["rng"]]
+    rank, world = int(getattr(ctx, "rank", 0)), int(getattr(ctx, "world_size", 1))
+    if len(states) != world and rank == 0:
+        from wsis_cli.runtime.log import get_logger
+
+        get_logger("run").warning("the checkpoint holds the random state of %d rank(s), this run has %d: it "
+                                  "continues, but not exactly as the interrupted run would have", len(states), world)
+    set_rng_state(states[rank % len(states)])

@@ -44,9 +44,9 @@ from wsis_cli.runtime.errors import BadInputError, ExitCode, Terminated
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.runtime.training import (
     check_finite,
-    rng_state,
+    rank_rng_states,
     set_lr,
-    set_rng_state,
+    set_rank_rng_state,
     unwrap_model,
     warmup_cosine,
 )
@@ -80,7 +80,7 @@ class StopSignals:
 
     def _handler(self, signum: int, frame: object) -> None:
         if self.requested is not None:
-            raise Terminated
+            raise Terminated(signal.Signals(signum).name)
         self.requested = signum
         log.warning("received %s: stopping after the current step to save a checkpoint", signal.Signals(signum).name)
 
@@ -156,6 +156,10 @@ def train(settings: StudentSettings, ds: Dataset, images_root: str | None, run: 
     box_masks = settings.mask_loss == "projection"
     instances = collect_instances(ds, category_ids, box_masks=box_masks)
     n_inst = sum(len(v) for v in instances.values())
+    if n_inst == 0:  # images alone teach only background: a model that never detects anything
+        raise BadInputError(ds.source, None, f"no instance to train on ({len(ds.annotations)} annotation(s) on "
+                            f"{len(ds.images)} image(s), none usable): train-student needs masks"
+                            + (" or boxes" if box_masks else ""))
     frozen_bn = backbone_state is not None
     torch.manual_seed(settings.seed)
     weights = ProjectionLossWeights(pairwise_warmup=settings.pairwise_warmup)
@@ -196,17 +200,18 @@ def train(settings: StudentSettings, ds: Dataset, images_root: str | None, run: 
         scaler.load_state_dict(ckpt["scaler"])
         start_epoch, skip_batches, step = int(ckpt["epoch"]), int(ckpt.get("batch", 0)), int(ckpt["step"])
         history = list(ckpt.get("history", []))
-        set_rng_state(ckpt["rng"])
+        set_rank_rng_state(ckpt, ctx)
     net = ctx.wrap(model)
 
     def checkpoint(epoch: int, batch: int, sums: Mapping[str, torch.Tensor] | None = None,
                    count: float = 0.0) -> None:
+        rngs = rank_rng_states(ctx)  # every rank's generators: each rank draws its own RoIs
+        partial = ctx.all_gather_object(({k: float(v) for k, v in (sums or {}).items()}, float(count)))
         if ctx.is_main:
             run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                  "scaler": scaler.state_dict(), "epoch": epoch, "batch": batch, "step": step,
-                                 "rng": rng_state(), "history": history, "category_ids": category_ids,
-                                 "partial_sums": {k: float(v) for k, v in (sums or {}).items()},
-                                 "partial_count": count})
+                                 "rng": rngs[0], "rng_ranks": rngs, "history": history, "category_ids": category_ids,
+                                 "partial_ranks": partial})
 
     with StopSignals() as stop:
         for epoch in range(start_epoch, settings.epochs):
@@ -217,8 +222,9 @@ def train(settings: StudentSettings, ds: Dataset, images_root: str | None, run: 
             sums: dict[str, torch.Tensor] = {}
             count = torch.zeros((), device=device)
             if first and ckpt is not None:  # the epoch's running loss sums, so its record stays exact
-                sums = {k: torch.tensor(v, device=device) for k, v in ckpt.get("partial_sums", {}).items()}
-                count += float(ckpt.get("partial_count", 0))
+                part_sums, part_count = _partial_share(ckpt, ctx)
+                sums = {k: torch.tensor(v, device=device) for k, v in part_sums.items()}
+                count += part_count
             net.train()
             optimizer.zero_grad(set_to_none=True)
             batches = _loader(data, indices[first * per_rank:], per_rank, settings.workers, device,
@@ -247,12 +253,12 @@ def train(settings: StudentSettings, ds: Dataset, images_root: str | None, run: 
                     step += 1
                     if _stop_agreed(stop, ctx, device):
                         checkpoint(epoch, first + b + 1, sums, float(count))
-                        # no rank exits before rank 0's checkpoint is on disk: `srun --kill-on-bad-exit`
-                        # kills the whole step as soon as one task exits 143
-                        ctx.barrier()
-                        log.warning("train-student: checkpoint saved in %s at epoch %d, batch %d (step %d); exit %d: "
-                                    "rerun with --resume", run.path, epoch + 1, first + b + 1, step, REQUEUE_EXIT)
-                        raise Terminated
+                        ctx.barrier()  # no rank exits (and gets the job killed) before rank 0 has written
+                        if ctx.is_main:
+                            log.warning("train-student: checkpoint saved in %s at epoch %d, batch %d (step %d); exit "
+                                        "%d: rerun with --resume", run.path, epoch + 1, first + b + 1, step,
+                                        REQUEUE_EXIT)
+                        raise Terminated(_signal_name(stop.requested))
             record = _epoch_record(sums, count, ctx, epoch, step, optimizer, time.perf_counter() - t0)
             if ctx.is_main and val_ds is not None:
                 record.update(validate(model, category_ids, val_ds, images_root, settings, device))
@@ -276,6 +282,26 @@ def model_extra(settings: StudentSettings, ds: Dataset, frozen_bn: bool, history
     spec = settings.spec(len(ds.categories), frozen_bn)
     return {"spec": spec.to_json(), "category_ids": [int(c["id"]) for c in ds.categories],
             "categories": ds.categories, "arch": settings.arch, "history": history}
+
+
+def _partial_share(ckpt: Mapping[str, Any], ctx: DistContext) -> tuple[dict[str, float], float]:
+    """This rank's running loss sums of the interrupted epoch. Each rank saved its own (the epoch's record
+    sums them over ranks); resumed on another number of ranks, rank 0 takes all of them."""
+    saved = ckpt.get("partial_ranks") or [(ckpt.get("partial_sums", {}), float(ckpt.get("partial_count", 0)))]
+    if len(saved) == ctx.world_size:
+        return dict(saved[ctx.rank][0]), float(saved[ctx.rank][1])
+    if ctx.rank:
+        return {}, 0.0
+    sums: dict[str, float] = {}
+    for part, _ in saved:
+        for k, v in part.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return sums, float(sum(n for _, n in saved))
+
+
+def _signal_name(signum: int | None) -> str:
+    """The signal a stop was requested by (another rank's when this one got none)."""
+    return signal.Signals(signum).name if signum is not None else "a signal to another rank"
 
 
 def _stop_agreed(stop: StopSignals, ctx: DistContext, device: torch.device) -> bool:
