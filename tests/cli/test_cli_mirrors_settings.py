@@ -49,7 +49,7 @@ def _cam() -> Mirror:
         "resize_long": (TrainSettings, "resize_long", lambda v: _pair(v, "--resize-long")),
         "crop": (TrainSettings, "crop", lambda v: v or None),
         "run": (CamJob, "run_dir", lambda v: v),
-    }, {"TrainSettings.poly_power",
+    }, {"TrainSettings.poly_power", "CamSettings.train",
         "CamJob.batch_size"})  # --batch-size fills TrainSettings.batch_size and the job's inference batch
 
 
@@ -85,7 +85,8 @@ def _mal() -> Mirror:
     from wsis_cli.cli.mal_label import mal_label
     from wsis_cli.stages.mal.settings import MalJob, MalSettings
 
-    return Mirror(mal_label, [MalSettings, MalJob], {"no_amp": (MalSettings, "amp", _negate)})
+    return Mirror(mal_label, [MalSettings, MalJob], {"no_amp": (MalSettings, "amp", _negate)},
+                  {"MalJob.boxes_data"})
 
 
 def _freemask() -> Mirror:

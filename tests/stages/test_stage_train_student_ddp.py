@@ -25,7 +25,7 @@ def _worker(rank: int, port: int, root: str, run: str, out: str) -> None:
     settings = stage.StudentSettings(arch="resnet18-fpn", weights="none", min_size=64, max_size=64, epochs=1,
                                      batch_size=2, lr=0.02, warmup_iters=1, rois_per_image=16, mask_head_channels=16,
                                      workers=0)
-    result = stage.run(settings, ds, str(Path(root) / "images"), run, ctx)
+    result = stage.train_rounds(settings, ds, str(Path(root) / "images"), run, ctx)
     torch.save({"state": result.model.state_dict(), "history": result.history}, f"{out}/{rank}.pt")
     ctx.shutdown()
 
