@@ -78,7 +78,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "d"
-        synth.run(synth.SynthSettings(num_images=args.images, seed=0), root)
+        synth.run(synth.SynthSettings(num_images=args.images, seed=0), synth.SynthJob(root))
         ds = coco.load_dataset(root / "boxes.json")
         ids = [im["id"] for im in ds.images]
         by_image = ds.annotations_by_image()
@@ -149,7 +149,7 @@ def quality(args: argparse.Namespace) -> None:
     rows: dict[str, list[tuple[float, ...]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "d"
-        synth.run(synth.SynthSettings(num_images=args.images, height=args.size, width=args.size, seed=0), root)
+        synth.run(synth.SynthSettings(num_images=args.images, height=args.size, width=args.size, seed=0), synth.SynthJob(root))
         gt = coco.load_dataset(root / "gt.json")
         print(f"{'config':<12}{'seed':>5}{'mIoU':>8}{'AP':>8}{'ref mIoU':>10}{'ref AP':>8}{'cpu s':>8}")
         for seed in seeds:

@@ -120,8 +120,19 @@ def _eval() -> Mirror:
     return Mirror(eval_cmd, [EvalSettings])
 
 
+def _synth() -> Mirror:
+    from wsis_cli.cli.synth import synth
+    from wsis_cli.stages.synth.settings import SynthSettings
+
+    # --height/--width (or --size) left out: the field's default
+    return Mirror(synth, [SynthSettings], {
+        "height": (SynthSettings, "height", lambda v: SynthSettings.height if v is None else v),
+        "width": (SynthSettings, "width", lambda v: SynthSettings.width if v is None else v),
+    })
+
+
 MIRRORS = {"cam": _cam, "irnet": _irnet, "refine-crf": _refine, "train-student": _student, "mal-label": _mal,
-           "freemask": _freemask, "eval": _eval}
+           "freemask": _freemask, "eval": _eval, "synth": _synth}
 
 
 @pytest.mark.parametrize("name", sorted(MIRRORS))

@@ -54,7 +54,7 @@ def localisation(cams_path, gt: coco.Dataset, threshold: float = 0.5) -> dict[st
 def test_cams_localise_synthetic_shapes(tmp_path):
     data = tmp_path / "d"
     synth.run(synth.SynthSettings(num_images=32, height=112, width=112, classes=2, min_instances=1,
-                                  max_instances=3, seed=0), data)
+                                  max_instances=3, seed=0), synth.SynthJob(data))
     job = CamJob(labels=str(data / "labels.json"), images=str(data / "images"), out=str(tmp_path / "cams.h5"),
                  device="cpu")
     summary = run(MAPS, job)

@@ -28,7 +28,7 @@ MAPS = CamSettings(scales=(1.0, 0.5), train=TRAIN)
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cam-run") / "d"
     synth.run(synth.SynthSettings(num_images=8, height=48, width=56, classes=2, min_instances=1, max_instances=2,
-                                  seed=2), root)
+                                  seed=2), synth.SynthJob(root))
     # one image without labels: it must get K = 0 maps
     labels = read_json(root / "labels.json")
     labels["annotations"] = [a for a in labels["annotations"] if a["image_id"] != 8]

@@ -49,7 +49,7 @@ def _miou(pred: np.ndarray, sem: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def maps(tmp_path_factory):
     root = tmp_path_factory.mktemp("maps")
-    synth.run(synth.SynthSettings(num_images=6, height=128, width=128, seed=5), root / "data")
+    synth.run(synth.SynthSettings(num_images=6, height=128, width=128, seed=5), synth.SynthJob(root / "data"))
     gt = coco.load_dataset(root / "data" / "gt.json")
     rng = np.random.default_rng(0)
     with H5Writer(root / "cams.h5", "cam", {"method": "test"}, {}) as w:

@@ -25,7 +25,7 @@ SIDE = 64
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Dataset]:
     root = tmp_path_factory.mktemp("student") / "synth"
     synth.run(synth.SynthSettings(num_images=4, height=SIDE, width=SIDE, classes=2, min_instances=1,
-                                  max_instances=3, seed=3), root)
+                                  max_instances=3, seed=3), synth.SynthJob(root))
     return root, load_dataset(root / "gt.json")
 
 

@@ -34,7 +34,7 @@ def _worker(rank: int, port: int, root: str, run: str, out: str) -> None:
 def test_two_ranks_train_in_sync(tmp_path: Path) -> None:
     root = tmp_path / "synth"
     synth.run(synth.SynthSettings(num_images=4, height=64, width=64, classes=1, min_instances=1, max_instances=2,
-                                  seed=4), root)
+                                  seed=4), synth.SynthJob(root))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

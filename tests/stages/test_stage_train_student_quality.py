@@ -18,7 +18,7 @@ from wsis_cli.stages.synth import stage as synth
 def test_student_trained_on_ground_truth_beats_an_untrained_one(tmp_path: Path) -> None:
     root = tmp_path / "synth"
     synth.run(synth.SynthSettings(num_images=8, height=64, width=64, classes=1, min_instances=1, max_instances=3,
-                                  seed=11), root)
+                                  seed=11), synth.SynthJob(root))
     ds = load_dataset(root / "gt.json")
     images = str(root / "images")
     # the from-scratch recipe measured for the demo (GroupNorm, 64-channel FPN, AdamW 1e-3)
