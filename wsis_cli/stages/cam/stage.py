@@ -2,7 +2,7 @@
 
 Trains the multi-label CAM classifier (:mod:`wsis_cli.stages.cam.train`) unless a ``--checkpoint`` is
 given, then writes, for every image of this shard, the maps of the classes its labels name into an HDF5
-store (layout in notes/foundation.md, "cams.h5")::
+store (the layout below; HDF5 conventions in :mod:`wsis_cli.io.h5_format`)::
 
     /images/<id>/cams   float16 (K, (H-1)//4+1, (W-1)//4+1), attrs stride=4, category_ids=[K], image_size=[H, W]
                         group attrs height, width; K = 0 for an image without labels
