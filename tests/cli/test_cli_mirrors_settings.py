@@ -91,11 +91,14 @@ def _mal() -> Mirror:
 
 def _freemask() -> Mirror:
     from wsis_cli.cli.freemask import _scales, freemask
-    from wsis_cli.stages.freemask.features import BackboneSpec
-    from wsis_cli.stages.freemask.masks import FreeMaskParams
-    from wsis_cli.stages.freemask.pretrain import PretrainSettings
-    from wsis_cli.stages.freemask.stage import FreeMaskJob, FreeMaskSettings
-    from wsis_cli.stages.freemask.tune import TuneSettings
+    from wsis_cli.stages.freemask.settings import (
+        BackboneSpec,
+        FreeMaskJob,
+        FreeMaskParams,
+        FreeMaskSettings,
+        PretrainSettings,
+        TuneSettings,
+    )
 
     same = lambda v: v  # noqa: E731
     return Mirror(freemask, [FreeMaskSettings, FreeMaskJob, BackboneSpec, FreeMaskParams, TuneSettings,

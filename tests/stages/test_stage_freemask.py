@@ -132,3 +132,14 @@ def test_resume_finishes_an_interrupted_run(tmp_path) -> None:
     assert resumed.annotations == fresh.annotations
     assert json.loads(out.read_text())["annotations"] == json.loads((tmp_path / "fresh.json").read_text())["annotations"]
     assert not partial.exists() and (tmp_path / "o.json.h5").exists()
+
+
+def test_settings_name_the_backbones_the_registry_builds():
+    # settings.py checks names without torch: its list must be the one the registry builds from
+    from wsis_cli.models.backbones import RESNETS, VITS
+    from wsis_cli.stages.freemask.settings import TORCHVISION_ARCHS, check_arch_name
+
+    assert TORCHVISION_ARCHS == RESNETS + VITS
+    assert check_arch_name("timm:anything") == "timm:anything"  # existence is the stage's check
+    with pytest.raises(ValueError, match="unknown backbone"):
+        check_arch_name("resnet17")
