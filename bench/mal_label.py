@@ -4,12 +4,12 @@ depend on the weights), on a synthetic set; and the share of the time the networ
 
     uv run python bench/mal_label.py --images 20 --configs demo,vit_tiny128 [--device cuda]
 
-Configurations: ``demo`` (ResNet-18 stem + stage 1, 48² crops: the CPU demo), ``demo_s4`` (session 4's: 64²
-crops, overlapping masks), ``vit_tiny128`` (vit_tiny,
-128² crops), ``vit_b_16`` (upstream: vit_b_16 at 512², best on a GPU).
+Configurations: ``demo`` (ResNet-18 stem + stage 1, 48² crops: the CPU demo), ``demo_64`` (the earlier 64²
+recipe: 64² crops, 16 epochs, threshold 0.6, overlapping masks), ``vit_tiny128`` (vit_tiny, 128² crops),
+``vit_b_16`` (upstream: vit_b_16 at 512², best on a GPU).
 
-Each configuration is labelled with the network channels-last (``cl``, the default since session 5) and
-contiguous (``nchw``), and ``--train-steps N`` also times N training forward/backward passes (student with
+Each configuration is labelled with the network channels-last (``cl``, the default) and contiguous
+(``nchw``), and ``--train-steps N`` also times N training forward/backward passes (student with
 gradient + teacher without, batch ``--train-batch``) in both memory formats, interleaved.
 
 ``--quality SEEDS`` (e.g. ``0,1,2``) instead trains each configuration with each training seed on ``--images``
@@ -17,20 +17,10 @@ synthetic images of ``--size`` (the quality test's set: 40 of 256) and prints me
 its labels, raw and after ``refine-crf``, with the CPU seconds of train + label, then the means per
 configuration and their ratios to the first configuration's (run them in the same process, the same load):
 
-    uv run python bench/mal_label.py --quality 0,1,2 --images 40 --size 256 --configs demo,demo_s4 --threads 1
-
-Session 5 (scratch runs of the same protocol, load 4-7): ``demo`` 0.850 / 0.692 raw, 0.926 / 0.849 refined;
-``demo_s4`` at session 4 (contiguous convolutions) 0.806 / 0.624 and 0.880 / 0.764, the same CPU within noise
-(0.99x and 1.07x in two interleaved runs). Here ``demo_s4`` trains channels-last too, so its CPU is lower than
-it was in session 4.
+    uv run python bench/mal_label.py --quality 0,1,2 --images 40 --size 256 --configs demo,demo_64 --threads 1
 
 Compare ``boxes/cpu s`` (one thread's CPU time) on a shared machine; wall-clock figures swing with the load.
-Session 5, one thread, load 5-6, ``--images 20 --configs demo,demo_s4 --threads 1 --train-steps 40``,
-two runs: the demo recipe labels 721 / 513 boxes per CPU second against 390 / 277 for session 4's (1.85x in both
-runs: 48² crops and channels-last); training forward/backward 14.9 / 16.5 ms per step of 4 against 34.2 / 33.1.
-Session 4, one thread, load 8-10: ``--images 20 --configs demo --threads 1`` labels 89 boxes at 332-384 boxes per
-CPU second (the network 64-74% of the wall time), the same before and after that session's recipe change
-(training only; the labelling network is unchanged). Session 3 had logged 248 boxes/s wall at load ~11.
+What these runs measured is in bench/NOTES.md ("mal-label throughput").
 """
 
 from __future__ import annotations
@@ -51,8 +41,8 @@ from wsis_cli.stages.synth import stage as synth
 
 CONFIGS = {
     "demo": DEMO_SETTINGS,
-    # session 4's demo recipe (64² crops, overlapping masks): "demo_s4 nchw" is how it labelled then
-    "demo_s4": replace(DEMO_SETTINGS, crop_size=64, epochs=16, threshold=0.6, exclusive=False),
+    # the earlier 64² demo recipe (overlapping masks): "demo_64 nchw" is how it labelled before channels-last
+    "demo_64": replace(DEMO_SETTINGS, crop_size=64, epochs=16, threshold=0.6, exclusive=False),
     "vit_tiny128": replace(DEMO_SETTINGS, encoder="vit_tiny", encoder_depth=0, crop_size=128, decoder_dim=64),
     "vit_b_16": replace(DEMO_SETTINGS, encoder="vit_b_16", encoder_depth=0, crop_size=512, decoder_dim=256),
 }
@@ -78,7 +68,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "d"
-        synth.run(synth.SynthSettings(num_images=args.images, seed=0), root)
+        synth.run(synth.SynthSettings(num_images=args.images, seed=0), synth.SynthJob(root))
         ds = coco.load_dataset(root / "boxes.json")
         ids = [im["id"] for im in ds.images]
         by_image = ds.annotations_by_image()
@@ -149,7 +139,7 @@ def quality(args: argparse.Namespace) -> None:
     rows: dict[str, list[tuple[float, ...]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "d"
-        synth.run(synth.SynthSettings(num_images=args.images, height=args.size, width=args.size, seed=0), root)
+        synth.run(synth.SynthSettings(num_images=args.images, height=args.size, width=args.size, seed=0), synth.SynthJob(root))
         gt = coco.load_dataset(root / "gt.json")
         print(f"{'config':<12}{'seed':>5}{'mIoU':>8}{'AP':>8}{'ref mIoU':>10}{'ref AP':>8}{'cpu s':>8}")
         for seed in seeds:

@@ -20,7 +20,7 @@ TINY = ["--arch", "resnet18", "--weights", "none", "--epochs", "1", "--batch-siz
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli-cam") / "d"
     synth.run(synth.SynthSettings(num_images=6, height=48, width=48, classes=2, min_instances=1, max_instances=2,
-                                  seed=4), root)
+                                  seed=4), synth.SynthJob(root))
     return root
 
 

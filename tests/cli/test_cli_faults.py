@@ -83,7 +83,7 @@ def crf_data(tmp_path_factory) -> Path:
     from wsis_cli.stages.synth import stage as synth
 
     root = tmp_path_factory.mktemp("faults-crf") / "d"
-    synth.run(synth.SynthSettings(num_images=3, height=48, width=64, seed=5), root)
+    synth.run(synth.SynthSettings(num_images=3, height=48, width=64, seed=5), synth.SynthJob(root))
     gt = coco.load_dataset(root / "gt.json")
     coco.write_dataset(degrade_dataset(gt, "dilate", radius=2), root / "in.json")
     coco.write_dataset(degrade_dataset(gt, "erode", radius=1), root / "other.json")
@@ -242,7 +242,7 @@ def test_cam_accepts_a_results_list_of_labels(tmp_path: Path) -> None:
 
     root = tmp_path / "d"
     synth.run(synth.SynthSettings(num_images=4, height=48, width=48, classes=2, min_instances=1, max_instances=2,
-                                  seed=4), root)
+                                  seed=4), synth.SynthJob(root))
     labels = json.loads((root / "labels.json").read_text())
     folder_id = {im["id"]: n for n, im in enumerate(sorted(labels["images"], key=lambda im: im["file_name"]), 1)}
     results = [{"image_id": folder_id[a["image_id"]], "category_id": a["category_id"]}

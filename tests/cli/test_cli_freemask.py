@@ -22,7 +22,7 @@ FAST = ["--arch", "resnet18", "--weights", "none", "--stage", "2", "--short-side
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli-freemask") / "d"
-    synth.run(synth.SynthSettings(num_images=4, height=48, width=48, seed=3), root)
+    synth.run(synth.SynthSettings(num_images=4, height=48, width=48, seed=3), synth.SynthJob(root))
     return root
 
 

@@ -29,7 +29,7 @@ def wsis(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli_irnet")
     synth.run(synth.SynthSettings(num_images=2, height=84, width=80, classes=2, min_instances=2, max_instances=3,
-                                  seed=5), root / "data")
+                                  seed=5), synth.SynthJob(root / "data"))
     write_fake_cams(root / "data" / "gt.json", root / "cams.h5")
     return root
 

@@ -24,7 +24,7 @@ TINY = ["--encoder", "vit_tiny", "--weights", "none", "--encoder-depth", "1", "-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli-mal") / "d"
-    synth.run(synth.SynthSettings(num_images=3, height=64, width=64, seed=2), root)
+    synth.run(synth.SynthSettings(num_images=3, height=64, width=64, seed=2), synth.SynthJob(root))
     return root
 
 # runs the CLI, then says on its last stderr line whether torch was imported

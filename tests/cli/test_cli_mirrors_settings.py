@@ -49,7 +49,7 @@ def _cam() -> Mirror:
         "resize_long": (TrainSettings, "resize_long", lambda v: _pair(v, "--resize-long")),
         "crop": (TrainSettings, "crop", lambda v: v or None),
         "run": (CamJob, "run_dir", lambda v: v),
-    }, {"TrainSettings.poly_power",
+    }, {"TrainSettings.poly_power", "CamSettings.train",
         "CamJob.batch_size"})  # --batch-size fills TrainSettings.batch_size and the job's inference batch
 
 
@@ -85,16 +85,20 @@ def _mal() -> Mirror:
     from wsis_cli.cli.mal_label import mal_label
     from wsis_cli.stages.mal.settings import MalJob, MalSettings
 
-    return Mirror(mal_label, [MalSettings, MalJob], {"no_amp": (MalSettings, "amp", _negate)})
+    return Mirror(mal_label, [MalSettings, MalJob], {"no_amp": (MalSettings, "amp", _negate)},
+                  {"MalJob.boxes_data"})
 
 
 def _freemask() -> Mirror:
     from wsis_cli.cli.freemask import _scales, freemask
-    from wsis_cli.stages.freemask.features import BackboneSpec
-    from wsis_cli.stages.freemask.masks import FreeMaskParams
-    from wsis_cli.stages.freemask.pretrain import PretrainSettings
-    from wsis_cli.stages.freemask.stage import FreeMaskJob, FreeMaskSettings
-    from wsis_cli.stages.freemask.tune import TuneSettings
+    from wsis_cli.stages.freemask.settings import (
+        BackboneSpec,
+        FreeMaskJob,
+        FreeMaskParams,
+        FreeMaskSettings,
+        PretrainSettings,
+        TuneSettings,
+    )
 
     same = lambda v: v  # noqa: E731
     return Mirror(freemask, [FreeMaskSettings, FreeMaskJob, BackboneSpec, FreeMaskParams, TuneSettings,
@@ -119,8 +123,19 @@ def _eval() -> Mirror:
     return Mirror(eval_cmd, [EvalSettings])
 
 
+def _synth() -> Mirror:
+    from wsis_cli.cli.synth import synth
+    from wsis_cli.stages.synth.settings import SynthSettings
+
+    # --height/--width (or --size) left out: the field's default
+    return Mirror(synth, [SynthSettings], {
+        "height": (SynthSettings, "height", lambda v: SynthSettings.height if v is None else v),
+        "width": (SynthSettings, "width", lambda v: SynthSettings.width if v is None else v),
+    })
+
+
 MIRRORS = {"cam": _cam, "irnet": _irnet, "refine-crf": _refine, "train-student": _student, "mal-label": _mal,
-           "freemask": _freemask, "eval": _eval}
+           "freemask": _freemask, "eval": _eval, "synth": _synth}
 
 
 @pytest.mark.parametrize("name", sorted(MIRRORS))

@@ -18,7 +18,7 @@ WSIS = [sys.executable, "-m", "wsis_cli"]
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli-refine") / "d"
-    synth.run(synth.SynthSettings(num_images=3, height=64, width=80, seed=5), root)
+    synth.run(synth.SynthSettings(num_images=3, height=64, width=80, seed=5), synth.SynthJob(root))
     bad = degrade_dataset(coco.load_dataset(root / "gt.json"), "dilate", radius=2)
     coco.write_dataset(bad, root / "bad.json")
     return root

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from wsis_cli.stages.synth.stage import SynthSettings
+from wsis_cli.stages.synth.stage import SynthJob, SynthSettings
 from wsis_cli.stages.synth.stage import run as synth
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("show-cli") / "d"
-    synth(SynthSettings(num_images=4, height=64, width=80, seed=1), d)
+    synth(SynthSettings(num_images=4, height=64, width=80, seed=1), SynthJob(d))
     return d
 
 

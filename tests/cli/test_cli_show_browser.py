@@ -31,7 +31,7 @@ from wsis_cli.io import coco
 from wsis_cli.stages.baselines.degrade import degrade_dataset
 from wsis_cli.stages.show import ShowJob, ShowSettings
 from wsis_cli.stages.show.stage import run
-from wsis_cli.stages.synth.stage import SynthSettings
+from wsis_cli.stages.synth.stage import SynthJob, SynthSettings
 from wsis_cli.stages.synth.stage import run as synth
 
 pytestmark = pytest.mark.browser
@@ -88,7 +88,7 @@ def _console(stderr: str) -> list[str]:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("show-browser")
-    synth(SynthSettings(num_images=6, height=96, width=128, seed=5), root / "d")
+    synth(SynthSettings(num_images=6, height=96, width=128, seed=5), SynthJob(root / "d"))
     gt = coco.load_dataset(root / "d" / "gt.json")
     noisy = degrade_dataset(gt, "erode", radius=1)
     coco.write_dataset(noisy.with_annotations([a for a in noisy.annotations if a["id"] % 3]), root / "pred.json")

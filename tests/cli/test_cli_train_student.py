@@ -26,7 +26,7 @@ def wsis(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli-student") / "synth"
     synth.run(synth.SynthSettings(num_images=2, height=64, width=64, classes=1, min_instances=1, max_instances=2,
-                                  seed=5), root)
+                                  seed=5), synth.SynthJob(root))
     return root
 
 

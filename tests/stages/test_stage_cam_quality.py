@@ -22,7 +22,7 @@ from wsis_cli.stages.synth import stage as synth
 
 TRAIN = cam_train.TrainSettings(arch="resnet18", weights="none", epochs=15, batch_size=8, lr=0.01,
                                 val_fraction=0.25, seed=0)
-MAPS = CamSettings()  # upstream's scales 1.0, 0.5, 1.5, 2.0 with flips
+MAPS = CamSettings(train=TRAIN)  # upstream's scales 1.0, 0.5, 1.5, 2.0 with flips
 
 
 def localisation(cams_path, gt: coco.Dataset, threshold: float = 0.5) -> dict[str, float]:
@@ -54,10 +54,10 @@ def localisation(cams_path, gt: coco.Dataset, threshold: float = 0.5) -> dict[st
 def test_cams_localise_synthetic_shapes(tmp_path):
     data = tmp_path / "d"
     synth.run(synth.SynthSettings(num_images=32, height=112, width=112, classes=2, min_instances=1,
-                                  max_instances=3, seed=0), data)
+                                  max_instances=3, seed=0), synth.SynthJob(data))
     job = CamJob(labels=str(data / "labels.json"), images=str(data / "images"), out=str(tmp_path / "cams.h5"),
                  device="cpu")
-    summary = run(MAPS, TRAIN, job)
+    summary = run(MAPS, job)
     gt = coco.load_dataset(data / "gt.json")
     q = localisation(tmp_path / "cams.h5", gt)
     print(f"cam quality: {q}, val mAP {summary.val_map}")

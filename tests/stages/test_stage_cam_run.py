@@ -21,14 +21,14 @@ from wsis_cli.stages.synth import stage as synth
 
 TRAIN = TrainSettings(arch="resnet18", weights="none", epochs=1, batch_size=4, crop=48, resize_long=(40, 56),
                       val_fraction=0.25, seed=1)
-MAPS = CamSettings(scales=(1.0, 0.5))
+MAPS = CamSettings(scales=(1.0, 0.5), train=TRAIN)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cam-run") / "d"
     synth.run(synth.SynthSettings(num_images=8, height=48, width=56, classes=2, min_instances=1, max_instances=2,
-                                  seed=2), root)
+                                  seed=2), synth.SynthJob(root))
     # one image without labels: it must get K = 0 maps
     labels = read_json(root / "labels.json")
     labels["annotations"] = [a for a in labels["annotations"] if a["image_id"] != 8]
@@ -44,7 +44,7 @@ def _job(data, out, **kw):
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("cam-out") / "cams.h5"
-    summary = cam_stage.run(MAPS, TRAIN, _job(data, out))
+    summary = cam_stage.run(MAPS, _job(data, out))
     return out, summary
 
 
@@ -88,7 +88,7 @@ def test_run_folder_and_model(trained):
 def test_predict_from_checkpoint_gradcam_and_shards(data, trained, tmp_path):
     out, _ = trained
     ckpt = str(out.parent / "cams.cam-run" / "model.pt")
-    s0 = cam_stage.run(replace(MAPS, method="gradcam"), TRAIN, _job(data, tmp_path / "g.h5", checkpoint=ckpt,
+    s0 = cam_stage.run(replace(MAPS, method="gradcam"), _job(data, tmp_path / "g.h5", checkpoint=ckpt,
                                                                       shard="0/2"))
     assert not s0.trained and s0.output.name == "g.shard-0-of-2.h5"
     with H5Reader(s0.output, "cam") as r:
@@ -96,14 +96,14 @@ def test_predict_from_checkpoint_gradcam_and_shards(data, trained, tmp_path):
         assert r.inputs["checkpoint"] == str((out.parent / "cams.cam-run" / "model.pt").resolve())
     # training under a plain --shard would train one model per shard: refused
     with pytest.raises(UsageError):
-        cam_stage.run(MAPS, TRAIN, _job(data, tmp_path / "x.h5", shard="1/2"))
+        cam_stage.run(MAPS, _job(data, tmp_path / "x.h5", shard="1/2"))
 
 
 def test_training_resume_is_exact(data, tmp_path, monkeypatch):
     from wsis_cli.io.run_dir import RunDir
 
     two = replace(TRAIN, epochs=2, val_fraction=0.0)
-    whole = cam_stage.run(MAPS, two, _job(data, tmp_path / "a.h5"))
+    whole = cam_stage.run(replace(MAPS, train=two), _job(data, tmp_path / "a.h5"))
     real = RunDir.save_checkpoint
 
     def killed_after_saving(self, state):  # a preemption right after the first epoch's checkpoint
@@ -112,9 +112,9 @@ def test_training_resume_is_exact(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(RunDir, "save_checkpoint", killed_after_saving)
     with pytest.raises(KeyboardInterrupt):
-        cam_stage.run(MAPS, two, _job(data, tmp_path / "b.h5"))
+        cam_stage.run(replace(MAPS, train=two), _job(data, tmp_path / "b.h5"))
     monkeypatch.setattr(RunDir, "save_checkpoint", real)
-    resumed = cam_stage.run(MAPS, two, _job(data, tmp_path / "b.h5", resume=True))
+    resumed = cam_stage.run(replace(MAPS, train=two), _job(data, tmp_path / "b.h5", resume=True))
     lines = (tmp_path / "b.cam-run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
     a = torch.load(whole.model, weights_only=False)["model"]
@@ -142,10 +142,10 @@ def test_interrupted_maps_resume(data, trained, tmp_path, monkeypatch):
 
     monkeypatch.setattr(cam_stage, "multiscale_maps", dying)
     with pytest.raises(KeyboardInterrupt):
-        cam_stage.run(MAPS, TRAIN, _job(data, target, checkpoint=ckpt))
+        cam_stage.run(MAPS, _job(data, target, checkpoint=ckpt))
     assert not target.exists() and target.with_name("r.h5.partial").exists()
     monkeypatch.setattr(cam_stage, "multiscale_maps", real)
-    summary = cam_stage.run(MAPS, TRAIN, _job(data, target, checkpoint=ckpt, resume=True))
+    summary = cam_stage.run(MAPS, _job(data, target, checkpoint=ckpt, resume=True))
     assert summary.images == 5  # the first batch of 3 was kept
     with H5Reader(target, "cam") as r, H5Reader(out, "cam") as ref:
         assert r.ids() == ref.ids()
@@ -158,15 +158,15 @@ def test_bad_inputs(data, trained, tmp_path):
     empty["annotations"] = []
     write_json(empty, tmp_path / "empty.json")
     with pytest.raises(BadInputError, match="no annotations"):
-        cam_stage.run(MAPS, TRAIN, replace(_job(data, tmp_path / "o.h5"), labels=str(tmp_path / "empty.json")))
+        cam_stage.run(MAPS, replace(_job(data, tmp_path / "o.h5"), labels=str(tmp_path / "empty.json")))
     missing = read_json(data / "labels.json")
     missing["images"][2]["file_name"] = "nope.png"
     write_json(missing, tmp_path / "missing.json")
     with pytest.raises(BadInputError, match="nope.png"):
-        cam_stage.run(MAPS, TRAIN, replace(_job(data, tmp_path / "o.h5"), labels=str(tmp_path / "missing.json")))
+        cam_stage.run(MAPS, replace(_job(data, tmp_path / "o.h5"), labels=str(tmp_path / "missing.json")))
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(BadInputError, match="corrupt.pt"):
-        cam_stage.run(MAPS, TRAIN, _job(data, tmp_path / "o.h5", checkpoint=str(tmp_path / "corrupt.pt")))
+        cam_stage.run(MAPS, _job(data, tmp_path / "o.h5", checkpoint=str(tmp_path / "corrupt.pt")))
     assert not (tmp_path / "o.h5").exists()
 
 
@@ -176,7 +176,7 @@ def test_non_finite_weights_are_refused(data, trained, tmp_path):
     obj["model"]["classifier.weight"][:] = float("nan")
     torch.save(obj, tmp_path / "nan.pt")
     with pytest.raises(BadInputError, match="non-finite"):
-        cam_stage.run(MAPS, TRAIN, _job(data, tmp_path / "n.h5", checkpoint=str(tmp_path / "nan.pt")))
+        cam_stage.run(MAPS, _job(data, tmp_path / "n.h5", checkpoint=str(tmp_path / "nan.pt")))
     assert not (tmp_path / "n.h5").exists()
 
 
@@ -184,4 +184,4 @@ def test_diverging_training_stops_with_one_line(data, tmp_path):
     from wsis_cli.runtime.errors import WsisError
 
     with pytest.raises(WsisError, match="diverged"):
-        cam_stage.run(MAPS, replace(TRAIN, lr=1e6, epochs=2), _job(data, tmp_path / "d.h5"))
+        cam_stage.run(replace(MAPS, train=replace(TRAIN, lr=1e6, epochs=2)), _job(data, tmp_path / "d.h5"))

@@ -93,7 +93,7 @@ def test_demo_entry_point_labels_every_image(tmp_path) -> None:
     from wsis_cli.stages.freemask.stage import demo_freemask
     from wsis_cli.stages.synth import stage as synth
 
-    synth.run(synth.SynthSettings(num_images=6, height=64, width=64, seed=2), tmp_path / "d")
+    synth.run(synth.SynthSettings(num_images=6, height=64, width=64, seed=2), synth.SynthJob(tmp_path / "d"))
     tags = coco.load_dataset(tmp_path / "d" / "labels.json")
     out = demo_freemask(tmp_path / "d" / "images", tmp_path / "work", tags)
     assert [im["file_name"] for im in out.images] == [im["file_name"] for im in tags.images]
@@ -110,7 +110,7 @@ def test_resume_finishes_an_interrupted_run(tmp_path) -> None:
     from wsis_cli.stages.freemask.stage import FreeMaskJob, FreeMaskSettings, run
     from wsis_cli.stages.synth import stage as synth
 
-    synth.run(synth.SynthSettings(num_images=4, height=48, width=48, seed=3), tmp_path / "d")
+    synth.run(synth.SynthSettings(num_images=4, height=48, width=48, seed=3), synth.SynthJob(tmp_path / "d"))
     imgs = tmp_path / "imgs"
     shutil.copytree(tmp_path / "d" / "images", imgs)
     settings = FreeMaskSettings(backbone=BackboneSpec(arch="resnet18", weights="none", stage=2, short_side=0),
@@ -132,3 +132,14 @@ def test_resume_finishes_an_interrupted_run(tmp_path) -> None:
     assert resumed.annotations == fresh.annotations
     assert json.loads(out.read_text())["annotations"] == json.loads((tmp_path / "fresh.json").read_text())["annotations"]
     assert not partial.exists() and (tmp_path / "o.json.h5").exists()
+
+
+def test_settings_name_the_backbones_the_registry_builds():
+    # settings.py checks names without torch: its list must be the one the registry builds from
+    from wsis_cli.models.backbones import RESNETS, VITS
+    from wsis_cli.stages.freemask.settings import TORCHVISION_ARCHS, check_arch_name
+
+    assert TORCHVISION_ARCHS == RESNETS + VITS
+    assert check_arch_name("timm:anything") == "timm:anything"  # existence is the stage's check
+    with pytest.raises(ValueError, match="unknown backbone"):
+        check_arch_name("resnet17")

@@ -85,7 +85,7 @@ def _free_mask(net, items) -> list[dict]:
 def test_free_mask_reaches_what_instance_features_allow(tmp_path) -> None:
     """With features that carry instance identity (GT instance indicators pooled to stride 4, plus noise),
     Free Mask must clearly beat the colour floor: this checks the algorithm, independent of training."""
-    synth.run(synth.SynthSettings(num_images=20, height=96, width=96, seed=0), tmp_path / "eval")
+    synth.run(synth.SynthSettings(num_images=20, height=96, width=96, seed=0), synth.SynthJob(tmp_path / "eval"))
     gt, items = _load(tmp_path / "eval")
     g = torch.Generator().manual_seed(0)
     anns: list[dict] = []
@@ -111,7 +111,7 @@ def test_free_mask_reaches_what_instance_features_allow(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_free_mask_beats_the_colour_floor_and_few_labels_are_measured(tmp_path) -> None:
-    synth.run(synth.SynthSettings(num_images=30, height=96, width=96, seed=0), tmp_path / "eval")
+    synth.run(synth.SynthSettings(num_images=30, height=96, width=96, seed=0), synth.SynthJob(tmp_path / "eval"))
     gt, items = _load(tmp_path / "eval")
 
     # self-supervised: the unlabelled images only (their masks and tags are never read)

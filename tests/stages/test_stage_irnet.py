@@ -24,7 +24,7 @@ FAST = IRNetSettings(weights="none", arch="resnet18", epochs=1, batch_size=4, wa
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("irnet")
     synth.run(synth.SynthSettings(num_images=4, height=88, width=92, classes=2, min_instances=2, max_instances=3,
-                                  seed=3), root / "data")
+                                  seed=3), synth.SynthJob(root / "data"))
     write_fake_cams(root / "data" / "gt.json", root / "cams.h5")
     return root
 

@@ -92,7 +92,7 @@ def _data(tmp_path: Path, touching: bool = True) -> tuple[coco.Dataset, dict]:
     """16 synthetic 128² images (2 classes, 2-5 instances) and their fake CAMs; with ``touching`` (the
     default) only images where same-class instances touch, from a pool of 40 (see the module docstring)."""
     synth.run(synth.SynthSettings(num_images=40 if touching else 16, height=128, width=128, classes=2,
-                                  min_instances=2, max_instances=5, seed=1), tmp_path / "data")
+                                  min_instances=2, max_instances=5, seed=1), synth.SynthJob(tmp_path / "data"))
     if touching:
         touching_subset(tmp_path / "data" / "gt.json", 16)
     maps = write_fake_cams(tmp_path / "data" / "gt.json", tmp_path / "cams.h5")

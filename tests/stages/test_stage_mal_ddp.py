@@ -65,7 +65,7 @@ class _TwoRankOrder(Sampler):
 @pytest.mark.slow
 def test_two_ranks_train_like_one_process_on_the_same_batches(tmp_path: Path, monkeypatch) -> None:
     root = tmp_path / "synth"
-    synth.run(synth.SynthSettings(num_images=4, height=64, width=64, seed=5), root)
+    synth.run(synth.SynthSettings(num_images=4, height=64, width=64, seed=5), synth.SynthJob(root))
     boxes = coco.load_dataset(root / "boxes.json")
     # an even number of boxes: DistributedSampler would otherwise repeat one to even the ranks out
     anns = boxes.annotations[: len(boxes.annotations) // 2 * 2]

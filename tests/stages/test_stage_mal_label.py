@@ -93,7 +93,7 @@ def test_ema_teacher_starts_as_the_student():
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     root = tmp_path_factory.mktemp("mal") / "d"
-    synth.run(synth.SynthSettings(num_images=4, height=64, width=64, seed=3), root)
+    synth.run(synth.SynthSettings(num_images=4, height=64, width=64, seed=3), synth.SynthJob(root))
     boxes = coco.load_dataset(root / "boxes.json")
     anns = [dict(a, score=0.25 + 0.01 * i) if i % 2 else dict(a) for i, a in enumerate(boxes.annotations)]
     coco.write_dataset(boxes.with_annotations(anns), root / "scored.json")
@@ -200,7 +200,7 @@ def test_quality_beats_box_filled_masks(tmp_path):
 
 def _check_quality(tmp_path):
     root = tmp_path / "syn"
-    synth.run(synth.SynthSettings(num_images=40, height=256, width=256, seed=0), root)
+    synth.run(synth.SynthSettings(num_images=40, height=256, width=256, seed=0), synth.SynthJob(root))
     boxes = coco.load_dataset(root / "boxes.json")
     gt = coco.load_dataset(root / "gt.json")
     labelled = demo_mal(root / "images", boxes, tmp_path / "work")

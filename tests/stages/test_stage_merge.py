@@ -13,14 +13,14 @@ from wsis_cli.io.h5 import H5Reader, H5Writer
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.sharding import Shard, shard_ids, with_shard_suffix
 from wsis_cli.stages.merge.stage import MergeSettings, run
-from wsis_cli.stages.synth.stage import SynthSettings
+from wsis_cli.stages.synth.stage import SynthJob, SynthSettings
 from wsis_cli.stages.synth.stage import run as synth
 
 
 @pytest.fixture(scope="module")
 def gt_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "data"
-    synth(SynthSettings(num_images=15, height=48, width=48, seed=3), out)
+    synth(SynthSettings(num_images=15, height=48, width=48, seed=3), SynthJob(out))
     return out / "gt.json"
 
 

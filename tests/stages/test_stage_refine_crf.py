@@ -17,7 +17,7 @@ from wsis_cli.stages.synth import stage as synth
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("refine") / "data"
-    synth.run(synth.SynthSettings(num_images=8, height=128, width=160, seed=11), root)
+    synth.run(synth.SynthSettings(num_images=8, height=128, width=160, seed=11), synth.SynthJob(root))
     return root, coco.load_dataset(root / "gt.json")
 
 

@@ -19,7 +19,7 @@ from wsis_cli.stages.show import html as pages
 from wsis_cli.stages.show.match import agreement, match, mean_iou_vs_reference
 from wsis_cli.stages.show.render import Instance, display_size, palette, render, thumb_size
 from wsis_cli.stages.show.stage import run
-from wsis_cli.stages.synth.stage import SynthSettings
+from wsis_cli.stages.synth.stage import SynthJob, SynthSettings
 from wsis_cli.stages.synth.stage import run as synth
 
 
@@ -27,7 +27,7 @@ from wsis_cli.stages.synth.stage import run as synth
 def data(tmp_path_factory) -> Path:
     """Six synthetic 96x96 images, their ground truth and damaged labels with one instance in four dropped."""
     d = tmp_path_factory.mktemp("show") / "d"
-    synth(SynthSettings(num_images=6, height=96, width=96, seed=3), d)
+    synth(SynthSettings(num_images=6, height=96, width=96, seed=3), SynthJob(d))
     gt = coco.load_dataset(d / "gt.json")
     noisy = degrade_dataset(gt, "dilate", radius=2)
     anns = [dict(a, score=0.5 + (a["id"] % 5) / 10) for a in noisy.annotations if a["id"] % 4]

@@ -11,7 +11,7 @@ import pytest
 from wsis_cli.io import coco, images, rle
 from wsis_cli.runtime.errors import BadInputError
 from wsis_cli.stages.synth import stage as synth
-from wsis_cli.stages.synth.stage import SynthSettings, generate_image, run
+from wsis_cli.stages.synth.stage import SynthJob, SynthSettings, generate_image, run
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -28,24 +28,24 @@ def sample() -> list[tuple[np.ndarray, list[tuple[int, np.ndarray]]]]:
 def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SynthSettings]:
     out = tmp_path_factory.mktemp("synth") / "data"
     s = SynthSettings(num_images=6, height=48, width=72, classes=3, seed=3)
-    run(s, out)
+    run(s, SynthJob(out))
     return out, s
 
 
 def test_same_settings_give_identical_bytes(tmp_path: Path) -> None:
     s = SynthSettings(num_images=4, height=40, width=56, seed=11)
-    run(s, tmp_path / "a")
-    run(s, tmp_path / "b")
+    run(s, SynthJob(tmp_path / "a"))
+    run(s, SynthJob(tmp_path / "b"))
     a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert set(a) == {"gt.json", "boxes.json", "labels.json"} | {f"images/{i:06d}.png" for i in range(1, 5)}
     assert a == b
-    run(SynthSettings(num_images=4, height=40, width=56, seed=12), tmp_path / "c")
+    run(SynthSettings(num_images=4, height=40, width=56, seed=12), SynthJob(tmp_path / "c"))
     assert _files(tmp_path / "c")["images/000001.png"] != a["images/000001.png"]
 
 
 def test_more_images_keep_the_first_ones(tmp_path: Path) -> None:
-    run(SynthSettings(num_images=3, height=40, width=40, seed=5), tmp_path / "short")
-    run(SynthSettings(num_images=5, height=40, width=40, seed=5), tmp_path / "long")
+    run(SynthSettings(num_images=3, height=40, width=40, seed=5), SynthJob(tmp_path / "short"))
+    run(SynthSettings(num_images=5, height=40, width=40, seed=5), SynthJob(tmp_path / "long"))
     short, long = _files(tmp_path / "short"), _files(tmp_path / "long")
     for i in range(1, 4):
         assert short[f"images/{i:06d}.png"] == long[f"images/{i:06d}.png"]
@@ -162,13 +162,13 @@ def test_bad_settings_are_refused() -> None:
 def test_output_folder_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     s = SynthSettings(num_images=2, height=32, width=32)
     (tmp_path / "empty").mkdir()
-    run(s, tmp_path / "empty")  # an empty folder is fine
+    run(s, SynthJob(tmp_path / "empty"))  # an empty folder is fine
     with pytest.raises(BadInputError, match="not empty"):
-        run(s, tmp_path / "empty")
-    run(SynthSettings(num_images=1, height=32, width=32, force=True), tmp_path / "empty")
+        run(s, SynthJob(tmp_path / "empty"))
+    run(SynthSettings(num_images=1, height=32, width=32, force=True), SynthJob(tmp_path / "empty"))
     assert sorted(p.name for p in (tmp_path / "empty" / "images").iterdir()) == ["000001.png"]
     with pytest.raises(BadInputError, match="does not exist"):
-        run(s, tmp_path / "missing" / "out")
+        run(s, SynthJob(tmp_path / "missing" / "out"))
 
     calls = []
 
@@ -180,5 +180,12 @@ def test_output_folder_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(synth, "generate_image", boom)
     with pytest.raises(RuntimeError):
-        run(s, tmp_path / "crash")
+        run(s, SynthJob(tmp_path / "crash"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"], "a failed run must leave nothing behind"
+
+
+def test_settings_know_the_shape_classes():
+    # settings.py stays free of OpenCV, so it spells out the class count the shapes module defines
+    from wsis_cli.stages.synth import settings, shapes
+
+    assert settings.MAX_CLASSES == shapes.MAX_CLASSES == len(shapes.CLASSES)

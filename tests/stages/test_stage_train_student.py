@@ -25,7 +25,7 @@ SIDE = 64
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Dataset]:
     root = tmp_path_factory.mktemp("student") / "synth"
     synth.run(synth.SynthSettings(num_images=4, height=SIDE, width=SIDE, classes=2, min_instances=1,
-                                  max_instances=3, seed=3), root)
+                                  max_instances=3, seed=3), synth.SynthJob(root))
     return root, load_dataset(root / "gt.json")
 
 
@@ -40,7 +40,7 @@ def tiny(**kw: object) -> stage.StudentSettings:
 def trained(data: tuple[Path, Dataset], tmp_path_factory: pytest.TempPathFactory) -> stage.TrainResult:
     root, ds = data
     run = tmp_path_factory.mktemp("runs") / "a"
-    return stage.run(tiny(), ds, str(root / "images"), run, DistContext())
+    return stage.train_rounds(tiny(), ds, str(root / "images"), run, DistContext())
 
 
 def test_loss_falls_and_predictions_load_in_eval(data: tuple[Path, Dataset], trained: stage.TrainResult) -> None:
@@ -73,13 +73,13 @@ def test_sigusr1_saves_and_resume_reproduces_the_uninterrupted_run(
 
     monkeypatch.setattr(stage, "set_loss_step", signal_at_step_5)
     with pytest.raises(Terminated):
-        stage.run(tiny(), ds, str(root / "images"), tmp_path / "b", DistContext())
+        stage.train_rounds(tiny(), ds, str(root / "images"), tmp_path / "b", DistContext())
     ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (1, 2, 6)
     assert ckpt["optimizer"]["state"], "momentum buffers are saved"
     assert not (tmp_path / "b" / "model.pt").exists()
     monkeypatch.setattr(stage, "set_loss_step", real)
-    resumed = stage.run(tiny(), ds, str(root / "images"), tmp_path / "b", DistContext(), resume=True)
+    resumed = stage.train_rounds(tiny(), ds, str(root / "images"), tmp_path / "b", DistContext(), resume=True)
     assert [h["step"] for h in resumed.history] == [h["step"] for h in trained.history]
     a, b = trained.model.state_dict(), resumed.model.state_dict()
     for k in a:
@@ -92,7 +92,7 @@ def test_a_used_run_folder_needs_resume(data: tuple[Path, Dataset], trained: sta
     from wsis_cli.runtime.errors import UsageError
 
     with pytest.raises(UsageError, match="--resume"):
-        stage.run(tiny(), ds, str(root / "images"), trained.model_path.parent, DistContext())
+        stage.train_rounds(tiny(), ds, str(root / "images"), trained.model_path.parent, DistContext())
 
 
 def test_data_skips_unusable_annotations_and_keeps_empty_images(data: tuple[Path, Dataset],
@@ -118,7 +118,7 @@ def test_data_skips_unusable_annotations_and_keeps_empty_images(data: tuple[Path
 
 def test_projection_loss_and_two_rounds_of_self_training(data: tuple[Path, Dataset], tmp_path: Path) -> None:
     root, ds = data
-    result = stage.run(tiny(mask_loss="projection", epochs=2, rounds=2, round_score=0.0, round_max=5,
+    result = stage.train_rounds(tiny(mask_loss="projection", epochs=2, rounds=2, round_score=0.0, round_max=5,
                             pairwise_warmup=2), ds, str(root / "images"), tmp_path / "st", DistContext())
     keys = set(result.history[0])
     assert {"loss_mask_max", "loss_mask_avg", "loss_mask_pairwise"} <= keys and "loss_mask" not in keys

@@ -31,7 +31,7 @@ def _worker(rank: int, port: int, root: str, run: str, out: str) -> None:
     settings = stage.StudentSettings(arch="resnet18-fpn", weights="none", min_size=64, max_size=64, epochs=1,
                                      batch_size=2, lr=0.02, warmup_iters=1, rois_per_image=16, mask_head_channels=16,
                                      workers=0)
-    result = stage.run(settings, ds, str(Path(root) / "images"), run, ctx)
+    result = stage.train_rounds(settings, ds, str(Path(root) / "images"), run, ctx)
     torch.save({"state": result.model.state_dict(), "history": result.history}, f"{out}/{rank}.pt")
     ctx.shutdown()
 
@@ -40,7 +40,7 @@ def _worker(rank: int, port: int, root: str, run: str, out: str) -> None:
 def test_two_ranks_train_in_sync(tmp_path: Path) -> None:
     root = tmp_path / "synth"
     synth.run(synth.SynthSettings(num_images=4, height=64, width=64, classes=1, min_instances=1, max_instances=2,
-                                  seed=4), root)
+                                  seed=4), synth.SynthJob(root))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

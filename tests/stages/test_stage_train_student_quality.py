@@ -18,7 +18,7 @@ from wsis_cli.stages.synth import stage as synth
 def test_student_trained_on_ground_truth_beats_an_untrained_one(tmp_path: Path) -> None:
     root = tmp_path / "synth"
     synth.run(synth.SynthSettings(num_images=8, height=64, width=64, classes=1, min_instances=1, max_instances=3,
-                                  seed=11), root)
+                                  seed=11), synth.SynthJob(root))
     ds = load_dataset(root / "gt.json")
     images = str(root / "images")
     # the from-scratch recipe measured for the demo (GroupNorm, 64-channel FPN, AdamW 1e-3)
@@ -37,9 +37,9 @@ def test_student_trained_on_ground_truth_beats_an_untrained_one(tmp_path: Path) 
         ap50 = (segm.stats["AP50"] or 0.0) if segm else 0.0
         return report.mask_ap or 0.0, ap50, report.mean_iou or 0.0
 
-    untrained = score(stage.run(stage.StudentSettings(**{**settings.__dict__, "epochs": 0}), ds, images,
+    untrained = score(stage.train_rounds(stage.StudentSettings(**{**settings.__dict__, "epochs": 0}), ds, images,
                                 tmp_path / "untrained", cpu))
-    trained_run = stage.run(settings, ds, images, tmp_path / "trained", cpu)
+    trained_run = stage.train_rounds(settings, ds, images, tmp_path / "trained", cpu)
     trained = score(trained_run)
     losses = [h["loss"] for h in trained_run.history]
     assert losses[-1] < 0.5 * losses[0], losses

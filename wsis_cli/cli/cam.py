@@ -127,14 +127,14 @@ def cam(
     from wsis_cli.stages.cam.settings import CamJob, CamSettings, TrainSettings
 
     try:
-        settings = CamSettings(method=method.value, scales=scale_values, flip=not no_flip,
-                               gradcam_stage=gradcam_stage)
         train = TrainSettings(arch=arch.value, weights=weights, last_stride=last_stride, train_early=train_early,
                               epochs=epochs, batch_size=batch_size, lr=lr, head_lr_mult=head_lr_mult,
                               momentum=momentum, weight_decay=weight_decay,
                               resize_long=resize_range, crop=crop or None,
                               val_fraction=val_fraction, val=str(val) if val else None, seed=seed, amp=not no_amp,
                               workers=workers)
+        settings = CamSettings(method=method.value, scales=scale_values, flip=not no_flip,
+                               gradcam_stage=gradcam_stage, train=train)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     job = CamJob(labels=labels, images=str(images) if images else None, out=str(out),
@@ -144,4 +144,4 @@ def cam(
     from wsis_cli.runtime.progress import make_progress
     from wsis_cli.stages.cam.stage import run as run_stage
 
-    run_stage(settings, train, job, make_progress(quiet))
+    run_stage(settings, job, make_progress(quiet))

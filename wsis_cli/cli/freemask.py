@@ -119,13 +119,14 @@ def freemask(
         from wsis_cli.io.atomic import check_output_path
 
         check_output_path(embeddings)
-    from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.freemask.features import BackboneSpec
-    from wsis_cli.stages.freemask.masks import FreeMaskParams
-    from wsis_cli.stages.freemask.pretrain import PretrainSettings
-    from wsis_cli.stages.freemask.stage import FreeMaskJob, FreeMaskSettings
-    from wsis_cli.stages.freemask.stage import run as run_stage
-    from wsis_cli.stages.freemask.tune import TuneSettings
+    from wsis_cli.stages.freemask.settings import (
+        BackboneSpec,
+        FreeMaskJob,
+        FreeMaskParams,
+        FreeMaskSettings,
+        PretrainSettings,
+        TuneSettings,
+    )
 
     try:
         settings = FreeMaskSettings(
@@ -147,4 +148,8 @@ def freemask(
                       run=str(run) if run else None, checkpoint=str(checkpoint) if checkpoint else None,
                       device=device, batch_size=batch_size, workers=workers, shard=shard, resume=resume,
                       amp=not no_amp)
+    # the network stack loads only once every flag is known to be valid
+    from wsis_cli.runtime.progress import make_progress
+    from wsis_cli.stages.freemask.stage import run as run_stage
+
     run_stage(settings, job, make_progress(quiet))

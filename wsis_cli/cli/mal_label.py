@@ -141,13 +141,13 @@ def mal_label(
         check_output_path(out)
     elif resume and checkpoint is not None:
         raise typer.BadParameter("--resume of the labelling needs a file output, not stdout", param_hint="--resume")
-    job = MalJob(boxes=boxes, images=str(images) if images else None, out=out, run=str(run) if run else None,
-                 checkpoint=str(checkpoint) if checkpoint else None, resume=resume, device=device,
-                 workers=workers, shard=shard)
     from wsis_cli.stages.mal.inputs import load_boxes
 
     dataset = load_boxes(boxes)  # a bad box fails here, before torch loads
+    job = MalJob(boxes=boxes, images=str(images) if images else None, out=out, run=str(run) if run else None,
+                 checkpoint=str(checkpoint) if checkpoint else None, resume=resume, device=device,
+                 workers=workers, shard=shard, boxes_data=dataset)
     from wsis_cli.runtime.progress import make_progress
     from wsis_cli.stages.mal.stage import run as run_stage
 
-    run_stage(settings, job, make_progress(quiet), dataset)
+    run_stage(settings, job, make_progress(quiet))

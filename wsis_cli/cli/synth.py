@@ -53,7 +53,9 @@ def synth(
     Writes OUT_DIR/images/*.png, gt.json (instance masks), boxes.json (boxes only) and labels.json (image-level labels); pass [bold]--images OUT_DIR/images[/bold] with them to the other subcommands.
     """
     setup(quiet, verbose)
-    h, w = 256, 256
+    from wsis_cli.stages.synth.settings import SynthJob, SynthSettings
+
+    h, w = SynthSettings.height, SynthSettings.width  # the fields' defaults
     if size is not None:
         if height is not None or width is not None:
             raise typer.BadParameter("give either --size or --height/--width, not both", param_hint="--size")
@@ -65,7 +67,6 @@ def synth(
                                  param_hint="--min-instances")
 
     from wsis_cli.io.atomic import check_output_dir
-    from wsis_cli.stages.synth.stage import SynthSettings, run
 
     try:
         settings = SynthSettings(num_images=num_images, height=h, width=w, classes=classes,
@@ -73,4 +74,6 @@ def synth(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     check_output_dir(out_dir, force=force)
-    run(settings, out_dir)
+    from wsis_cli.stages.synth.stage import run  # OpenCV and NumPy load once the flags are valid
+
+    run(settings, SynthJob(out_dir))

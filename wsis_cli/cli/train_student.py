@@ -114,12 +114,26 @@ def train_student(
     torchrun or srun. On SIGTERM or SIGUSR1 it saves a checkpoint and exits with 143: rerun with --resume.
     """
     setup(quiet, verbose)
+    if checkpoint is not None:
+        from wsis_cli.stages.student.settings import PredictJob
+
+        try:
+            job = PredictJob(source=labels, images=str(images) if images is not None else None, out=out,
+                             checkpoint=str(checkpoint), score_threshold=score_threshold, max_dets=max_dets,
+                             output_format=output_format, batch_size=batch_size, device=device, amp=not no_amp)
+        except ValueError:
+            raise typer.BadParameter("expected results or dataset", param_hint="--format") from None
+        if out != "-":
+            from wsis_cli.io.atomic import check_output_path
+
+            check_output_path(out)
+        from wsis_cli.runtime.progress import make_progress
+        from wsis_cli.stages.student.predict import run_predict
+
+        run_predict(job, make_progress(quiet))
+        return
     if output_format not in ("results", "dataset"):
         raise typer.BadParameter("expected results or dataset", param_hint="--format")
-    if checkpoint is not None:
-        _predict(labels, images, out, checkpoint, score_threshold, max_dets, output_format, batch_size, device,
-                 not no_amp, quiet)
-        return
     if out == "-":
         raise typer.BadParameter("training writes a run folder, not stdout", param_hint="--out")
     if Path(out).exists() and not Path(out).is_dir():
@@ -144,72 +158,8 @@ def train_student(
             round_score=round_score, round_max=round_max, round_max_width=round_max_width, seed=seed, amp=not no_amp, workers=workers)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    _train(settings, labels, images, Path(out), val, init_weights, resume, device)
+    from wsis_cli.stages.student.settings import StudentJob
+    from wsis_cli.stages.student.stage import run as run_stage
 
-
-def _train(settings: object, labels: str, images: Path | None, run_path: Path, val: Path | None,
-           init_weights: Path | None, resume: bool, device: str) -> None:
-    from wsis_cli.io.coco import load_dataset
-    from wsis_cli.io.run_dir import read_model
-    from wsis_cli.io.weights import load_weights
-    from wsis_cli.models.student import weights_arch
-    from wsis_cli.runtime.distributed import init_distributed
-    from wsis_cli.runtime.seeding import seed_everything
-    from wsis_cli.stages.student import stage
-    from wsis_cli.stages.student.data import check_images
-
-    assert isinstance(settings, stage.StudentSettings)
-    ds = load_dataset(labels)
-    val_ds = load_dataset(val) if val is not None else None
-    root = str(images) if images is not None else None
-    check_images(ds, root)
-    if val_ds is not None:
-        check_images(val_ds, root)
-    init_state = read_model(init_weights, stage.STAGE)["model"] if init_weights is not None else None
-    backbone = load_weights(settings.weights, weights_arch(settings.arch))
-    ctx = init_distributed(device)
-    try:
-        seed_everything(settings.seed)
-        result = stage.run(settings, ds, root, run_path, ctx, resume=resume, backbone_state=backbone,
-                           init_state=init_state, init_source=str(init_weights), val_ds=val_ds)
-    finally:
-        ctx.shutdown()
-    if ctx.is_main:
-        from wsis_cli.runtime.log import get_logger
-
-        get_logger("train-student").info("train-student: model written to %s", result.model_path)
-
-
-def _predict(source: str, images: Path | None, out: str, checkpoint: Path, score_threshold: float, max_dets: int,
-             output_format: str, batch_size: int, device: str, amp: bool, quiet: bool) -> None:
-    from wsis_cli.io.atomic import check_output_path
-    from wsis_cli.io.coco import Dataset, load_dataset, write_dataset
-    from wsis_cli.io.images import folder_images
-    from wsis_cli.io.run_dir import read_model
-    from wsis_cli.io.stdio import write_json
-    from wsis_cli.runtime.device import resolve_device
-    from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.student.data import check_images
-    from wsis_cli.stages.student.predict import load_student, predict, results_to_dataset_annotations
-    from wsis_cli.stages.student.settings import STAGE
-
-    if out != "-":
-        check_output_path(out)
-    if source != "-" and Path(source).is_dir():
-        records, root, name = folder_images(source), source, source
-    else:
-        ds = load_dataset(source)
-        records, root, name = ds.images, (str(images) if images is not None else None), ds.source
-        check_images(ds, root)
-    payload = read_model(checkpoint, STAGE)
-    model, _spec, category_ids = load_student(payload, str(checkpoint))
-    dev = resolve_device(device)
-    model.to(dev)
-    results = predict(model, category_ids, records, root, name, dev, score_threshold=score_threshold,
-                      max_dets=max_dets, batch_size=batch_size, amp=amp, progress=make_progress(quiet))
-    if output_format == "results":
-        write_json(results, out)
-        return
-    anns = results_to_dataset_annotations(results, score_threshold=score_threshold, max_per_image=max_dets)
-    write_dataset(Dataset(list(records), anns, list(payload.get("categories", [])),
-                          {"info": {"description": f"wsis train-student predictions of {checkpoint}"}}), out)
+    run_stage(settings, StudentJob(labels=labels, images=str(images) if images is not None else None, run=out,
+                                   resume=resume, device=device))

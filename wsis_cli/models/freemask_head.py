@@ -1,6 +1,6 @@
 """Few-label contrastive fine-tuning of the Free Mask backbone: mask pooling, projection, SimCLR loss.
 
-The weakly supervised FreeSOLO report (000_7d6398e558389a62.txt, §3.2) trains the backbone so that the
+The weakly supervised FreeSOLO report (K. Awoufack, "Weakly Supervised Instance Segmentation" (a FreeSOLO extension), §3.2) trains the backbone so that the
 embedding of a generated mask comes close to the embedding of the ground-truth instance it matches, with
 SimCLR's NT-Xent loss (cosine similarity, temperature 0.5). Embeddings are the backbone features
 averaged under each mask. Every embedding carries an instance label; embeddings with the same label

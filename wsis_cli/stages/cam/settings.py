@@ -6,7 +6,7 @@ network stack loads. A test checks that every ``wsis cam`` flag defaults to the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,55 @@ EPS = 1e-5  # upstream's guard in the per-class max normalisation
 
 
 @dataclass(frozen=True)
+class TrainSettings:
+    """How the classifier is trained (one field per ``wsis cam`` training flag)."""
+
+    arch: str = "resnet50"
+    weights: str = "DEFAULT"
+    last_stride: int = 1
+    train_early: bool = False  # also train stages 1-2 (upstream freezes them; useful from scratch)
+    epochs: int = 5
+    batch_size: int = 16  # global batch (split over DDP ranks)
+    lr: float = 0.01  # backbone; the classifier gets lr * head_lr_mult (see the module docstring)
+    head_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    resize_long: tuple[int, int] | None = None  # None: (0.64 L, 1.28 L) for the median long side L
+    crop: int | None = None  # None: L rounded up to a multiple of 16
+    val_fraction: float = 0.1
+    val: str | None = None  # a separate validation labels file (replaces the held-out fraction)
+    seed: int = 0
+    amp: bool = True
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.last_stride not in (1, 2):
+            raise ValueError(f"last stride must be 1 or 2, got {self.last_stride}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.resize_long is not None and not 0 < self.resize_long[0] <= self.resize_long[1]:
+            raise ValueError(f"--resize-long needs 0 < LO <= HI, got {self.resize_long}")
+        if self.crop is not None and self.crop < 16:
+            raise ValueError(f"--crop must be at least 16, got {self.crop}")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("need epochs >= 0, batch size >= 1, lr >= 0 and momentum in [0, 1)")
+
+
+@dataclass(frozen=True)
 class CamSettings:
-    """What shapes the maps (one field per ``wsis cam`` inference flag)."""
+    """What shapes the maps (one field per ``wsis cam`` inference flag) and how the classifier behind them
+    trains (``train``; ignored when the job names a ``checkpoint``)."""
 
     method: str = "cam"
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     flip: bool = True
     gradcam_stage: int = 4  # Grad-CAM target: last stage (4, = CAM up to scale for this net) or stage 3
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def maps_dict(self) -> dict[str, Any]:
+        """The map fields alone: what the HDF5 output records as its settings (training goes to run.json)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "train"}
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -61,39 +103,3 @@ class CamSummary:
     @property
     def seconds_per_image(self) -> float:
         return self.seconds / max(self.images, 1)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """How the classifier is trained (one field per ``wsis cam`` training flag)."""
-
-    arch: str = "resnet50"
-    weights: str = "DEFAULT"
-    last_stride: int = 1
-    train_early: bool = False  # also train stages 1-2 (upstream freezes them; useful from scratch)
-    epochs: int = 5
-    batch_size: int = 16  # global batch (split over DDP ranks)
-    lr: float = 0.01  # backbone; the classifier gets lr * head_lr_mult (see the module docstring)
-    head_lr_mult: float = 10.0
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
-    resize_long: tuple[int, int] | None = None  # None: (0.64 L, 1.28 L) for the median long side L
-    crop: int | None = None  # None: L rounded up to a multiple of 16
-    val_fraction: float = 0.1
-    val: str | None = None  # a separate validation labels file (replaces the held-out fraction)
-    seed: int = 0
-    amp: bool = True
-    workers: int = 0
-
-    def __post_init__(self) -> None:
-        if self.last_stride not in (1, 2):
-            raise ValueError(f"last stride must be 1 or 2, got {self.last_stride}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.resize_long is not None and not 0 < self.resize_long[0] <= self.resize_long[1]:
-            raise ValueError(f"--resize-long needs 0 < LO <= HI, got {self.resize_long}")
-        if self.crop is not None and self.crop < 16:
-            raise ValueError(f"--crop must be at least 16, got {self.crop}")
-        if self.epochs < 0 or self.batch_size < 1 or self.lr < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("need epochs >= 0, batch size >= 1, lr >= 0 and momentum in [0, 1)")

@@ -2,7 +2,7 @@
 
 Trains the multi-label CAM classifier (:mod:`wsis_cli.stages.cam.train`) unless a ``--checkpoint`` is
 given, then writes, for every image of this shard, the maps of the classes its labels name into an HDF5
-store (layout in notes/foundation.md, "cams.h5")::
+store (the layout below; HDF5 conventions in :mod:`wsis_cli.io.h5_format`)::
 
     /images/<id>/cams   float16 (K, (H-1)//4+1, (W-1)//4+1), attrs stride=4, category_ids=[K], image_size=[H, W]
                         group attrs height, width; K = 0 for an image without labels
@@ -104,8 +104,8 @@ def build_model(checkpoint: dict[str, Any], source: str) -> tuple[CamNet, list[i
     return model.eval(), [int(c) for c in cats]
 
 
-def run(settings: CamSettings, train: TrainSettings, job: CamJob, progress: Any = None) -> CamSummary:
-    """Train (or load) the classifier and write this shard's CAMs to ``job.out`` (or its shard name).
+def run(settings: CamSettings, job: CamJob, progress: Any = None) -> CamSummary:
+    """Train (``settings.train``) or load the classifier and write this shard's CAMs to ``job.out`` (or its shard name).
 
     Raises :class:`BadInputError` for labels without any annotation, missing image files, unreadable or
     mismatching checkpoints; :class:`UsageError` for training under a non-distributed ``--shard``.
@@ -123,6 +123,7 @@ def run(settings: CamSettings, train: TrainSettings, job: CamJob, progress: Any 
     from wsis_cli.stages.cam import train as cam_train
 
     progress = progress or NullProgress()
+    train = settings.train
     t_start = time.perf_counter()
     ds = load_labels(job.labels, job.images)  # a dataset, or a results list numbering --images
     if not ds.annotations:
@@ -172,7 +173,7 @@ def run(settings: CamSettings, train: TrainSettings, job: CamJob, progress: Any 
         col = {c: k for k, c in enumerate(category_ids)}
         labels = coco.label_sets(ds)
         index = ds.image_index
-        h5_settings = {**asdict(settings), "arch": arch, "last_stride": last_stride, "stride": STRIDE,
+        h5_settings = {**settings.maps_dict(), "arch": arch, "last_stride": last_stride, "stride": STRIDE,
                        "shard": str(shard), "output": str(out)}
         inputs = {"labels": os.path.abspath(job.labels) if job.labels != "-" else "-",
                   "images": os.path.abspath(job.images) if job.images else None, "checkpoint": str(model_path)}
@@ -233,12 +234,12 @@ def demo_cams(images_dir: Path, labels: coco.Dataset, work: Path) -> Path:
     half = long_side / 2  # train on half-size images: 4x cheaper, objects still tens of pixels wide
     train = TrainSettings(**DEMO_TRAIN, resize_long=(round(0.64 * half), round(1.28 * half)),
                           crop=int(-(-half // 16) * 16))
-    settings = CamSettings(scales=(0.5, 0.75))
+    settings = CamSettings(scales=(0.5, 0.75), train=train)
     out = work / "cams.h5"
     run_dir = work / "cam-run"
     job = CamJob(labels=str(labels_path), images=str(images_dir), out=str(out), run_dir=str(run_dir), device="cpu",
                  batch_size=8, resume=(run_dir / "run.json").exists())
-    run(settings, train, job)
+    run(settings, job)
     return out
 
 

@@ -209,7 +209,7 @@ def run(settings: DemoSettings, out_dir: Path) -> list[DemoRow]:
         num_images=settings.num_images, height=settings.height, width=settings.width,
         classes=settings.classes, seed=settings.seed, force=True,
     )
-    clock.run("synth", synth.run, synth_settings, data_dir)
+    clock.run("synth", synth.run, synth_settings, synth.SynthJob(data_dir))
     data = DemoData(
         root=data_dir,
         images=data_dir / "images",

@@ -9,7 +9,6 @@ are upsampled to the *original* image size.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,29 +22,7 @@ from wsis_cli.models import registry
 from wsis_cli.models.backbones import ResNetFeatures, normalize
 from wsis_cli.runtime.device import autocast
 from wsis_cli.stages.freemask.masks import FreeMaskParams, FreeMasks, free_masks
-
-MAX_TOP_K = 999  # annotation ids are image_id * 1000 + rank: unique across shards without coordination
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Which features Free Mask uses."""
-
-    arch: str = registry.DEFAULT_ARCH
-    weights: str = registry.DEFAULT_WEIGHTS  # imagenet (packaged), a hub name, a local checkpoint, or "none"
-    stage: int = 4  # stage 1..4 (strides 4..32) whose output are the features (ignored for ViTs)
-    last_stride: int = 2  # 2: FreeSOLO's C5 at stride 32; 1: stride 16
-    short_side: int = 512  # resize so the short side is this (0: keep the size)
-    max_size: int = 1333  # ... and the long side at most this
-
-    def __post_init__(self) -> None:
-        registry.check_arch(self.arch)
-        if not 1 <= self.stage <= 4:
-            raise ValueError(f"stage must be 1..4, got {self.stage}")
-        if self.last_stride not in (1, 2):
-            raise ValueError(f"last stride must be 1 or 2, got {self.last_stride}")
-        if self.short_side < 0 or self.max_size < 1:
-            raise ValueError("short side must be >= 0 and max size >= 1")
+from wsis_cli.stages.freemask.settings import MAX_TOP_K, BackboneSpec
 
 
 def build_backbone(spec: BackboneSpec, *, weights: str | None = None) -> nn.Module:

@@ -23,37 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wsis_cli.stages.freemask.settings import FreeMaskParams
 from wsis_kernels.score_maps import ScoreMapStats, score_map_stats, soft_masks
 
 __all__ = ["FreeMaskParams", "FreeMasks", "free_masks", "matrix_nms", "pyramid_queries", "query_embeddings",
            "upstream_box_stats"]
-
-
-@dataclass(frozen=True)
-class FreeMaskParams:
-    """The algorithm's knobs; defaults are FreeSOLO's."""
-
-    scales: tuple[float, ...] = (1.0, 0.5, 0.25)  # query pyramid
-    threshold: float = 0.5  # soft-mask value that becomes mask (feature resolution)
-    min_area: int = 1  # keep masks with more than this many feature pixels
-    sigma: float = 2.0  # Gaussian matrix NMS, decay exp(-sigma * iou**2)
-    top_k: int = 20
-    mask_threshold: float = 0.5  # on the soft masks upsampled to the image
-    min_score: float | None = 0.7  # decayed maskness filter (None: off)
-    min_center_y: float | None = 0.2  # drop masks whose centre lies in the top fraction of the image
-    max_width: float | None = 0.95  # drop masks at least this fraction of the image wide
-    embed_dim: int = 128  # query embedding length (channel-interpolated)
-    pre_nms: int = 100  # first prefix of the maskness ranking materialised for NMS (grown as needed)
-
-    def __post_init__(self) -> None:
-        if not self.scales or any(not 0 < s <= 1 for s in self.scales):
-            raise ValueError(f"scales must be in (0, 1], got {self.scales}")
-        if not 0 < self.threshold < 1 or not 0 < self.mask_threshold < 1:
-            raise ValueError("thresholds must be in (0, 1)")
-        if self.top_k < 1 or self.embed_dim < 1 or self.pre_nms < 1 or self.min_area < 0:
-            raise ValueError("top_k, embed_dim and pre_nms must be >= 1 and min_area >= 0")
-        if self.sigma <= 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma}")
 
 
 @dataclass

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +33,7 @@ from wsis_cli.runtime.log import get_logger
 from wsis_cli.runtime.training import check_finite, set_lr, warmup_cosine
 from wsis_cli.stages.freemask.features import BackboneSpec, patch_multiple, prepare
 from wsis_cli.stages.freemask.regions import region_proposals
+from wsis_cli.stages.freemask.settings import PretrainSettings
 from wsis_cli.stages.freemask.tune import (
     Sample,
     _batched_features,
@@ -45,42 +45,6 @@ from wsis_cli.stages.freemask.tune import (
 log = get_logger("freemask")
 
 __all__ = ["PretrainSettings", "build_pretrain_backbone", "pixel_region_loss", "pretrain", "region_samples"]
-
-
-@dataclass(frozen=True)
-class PretrainSettings:
-    """How the backbone is pre-trained without labels (one field per flag)."""
-
-    epochs: int = 20
-    lr: float = 3e-3
-    batch_size: int = 8  # images per step (two views each)
-    tau: float = 0.5
-    regions: int = 8  # k-means clusters per image (see region_proposals)
-    position_weight: float = 1.0
-    # pixel-to-region term; off by default: on the synthetic quality set, 14 epochs, Free Mask AP50 0.237 with
-    # weight 1 against 0.265 without (region contrast alone, plain DetCon)
-    pixel_weight: float = 0.0
-    region_weight: float = 1.0  # region-to-region term
-    warmup: float = 0.1  # fraction of the steps with a linear LR warm-up
-    short_side: int = 0  # images resized to this short side for pre-training (0: as Free Mask reads them)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 0 or self.lr <= 0 or self.tau <= 0 or self.batch_size < 1 or self.regions < 1:
-            raise ValueError("need epochs >= 0, lr > 0, tau > 0, batch size >= 1 and regions >= 1")
-        if self.pixel_weight < 0 or self.region_weight < 0 or self.pixel_weight + self.region_weight <= 0:
-            raise ValueError("loss weights must be >= 0 and not both 0")
-        if self.short_side < 0:
-            raise ValueError(f"short side must be >= 0, got {self.short_side}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def train_spec(self, spec: BackboneSpec) -> BackboneSpec:
-        """``spec`` with the pre-training input size (cheaper than Free Mask's when ``short_side`` is set)."""
-        return spec if self.short_side == 0 else replace(spec, short_side=self.short_side)
 
 
 def build_pretrain_backbone(spec: BackboneSpec) -> nn.Module:

@@ -10,7 +10,7 @@ Shards with ``--shard``; resumes with ``--resume`` (finished images in ``<out>.p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from wsis_cli.io import coco
 from wsis_cli.runtime.errors import BadInputError
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.stages.freemask.features import (
-    MAX_TOP_K,
     BackboneSpec,
     annotations_for,
     build_backbone,
@@ -30,50 +29,10 @@ from wsis_cli.stages.freemask.features import (
 )
 from wsis_cli.stages.freemask.masks import FreeMaskParams
 from wsis_cli.stages.freemask.pretrain import PretrainSettings
-from wsis_cli.stages.freemask.tune import Sample, TuneSettings, fine_tune, make_sample
+from wsis_cli.stages.freemask.settings import STAGE, FreeMaskJob, FreeMaskSettings
+from wsis_cli.stages.freemask.tune import Sample, fine_tune, make_sample
 
 log = get_logger("freemask")
-STAGE = "freemask"
-
-
-@dataclass(frozen=True)
-class FreeMaskSettings:
-    """Everything that shapes the output of ``wsis freemask`` (one field per flag)."""
-
-    backbone: BackboneSpec = field(default_factory=BackboneSpec)
-    params: FreeMaskParams = field(default_factory=FreeMaskParams)
-    tune: TuneSettings = field(default_factory=TuneSettings)
-    pretrain: PretrainSettings | None = None  # self-supervised pre-training on the inputs first (--pretrain)
-    category: str = "object"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.params.top_k > MAX_TOP_K:
-            raise ValueError(f"top-k must be at most {MAX_TOP_K}, got {self.params.top_k}")
-        if not self.category.strip():
-            raise ValueError("category name must not be empty")
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class FreeMaskJob:
-    """Where ``run`` reads and writes and how it executes (does not change the result)."""
-
-    inputs: str  # a folder of images, or a COCO file listing images (with ``images``)
-    out: str  # COCO dataset ("-" for stdout)
-    images: str | None = None
-    labeled: str | None = None  # COCO dataset with masks for a few images
-    embeddings: str | None = None  # HDF5 sidecar
-    run: str | None = None  # run folder of the fine-tuning (default beside the output)
-    checkpoint: str | None = None  # a fine-tuned backbone (model.pt of a freemask run): no training
-    device: str = "auto"
-    batch_size: int = 8
-    workers: int = 0
-    shard: str | None = None
-    resume: bool = False
-    amp: bool = True
 
 
 def input_images(job: FreeMaskJob) -> tuple[list[dict[str, Any]], str | None, str]:
@@ -222,11 +181,17 @@ def prepare_backbone(settings: FreeMaskSettings, job: FreeMaskJob, records: list
 def run(settings: FreeMaskSettings, job: FreeMaskJob, progress: Any = None) -> coco.Dataset:
     """Label every input image of this shard with Free Mask and write ``job.out`` (and the sidecar)."""
     from wsis_cli.io.checkpoint import ImageCheckpoint
+    from wsis_cli.models.registry import check_arch
     from wsis_cli.runtime.device import resolve_device
+    from wsis_cli.runtime.errors import UsageError
     from wsis_cli.runtime.progress import NullProgress
     from wsis_cli.runtime.seeding import seed_everything
     from wsis_cli.runtime.sharding import resolve_shard, shard_ids
 
+    try:
+        check_arch(settings.backbone.arch)  # a timm name exists (settings.py checked its form only)
+    except ValueError as e:
+        raise UsageError(f"--arch: {e}") from None
     progress = progress or NullProgress()
     seed_everything(settings.seed)
     records, root, source = input_images(job)

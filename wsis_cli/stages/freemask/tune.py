@@ -1,6 +1,6 @@
 """``freemask --labeled``: fine-tune the Free Mask backbone on a few ground-truth masks (contrastive).
 
-Following the weakly supervised FreeSOLO report (000_7d6398e558389a62.txt): Free Mask first runs on the
+Following the weakly supervised FreeSOLO report (K. Awoufack, "Weakly Supervised Instance Segmentation" (a FreeSOLO extension)): Free Mask first runs on the
 labelled images; each generated mask is matched to the ground-truth instance it overlaps best (IoU);
 the backbone is then trained with SimCLR's NT-Xent loss (cosine similarity, tau = 0.5) on embeddings
 pooled from its features under each mask, where a ground-truth instance, the generated masks matched to
@@ -26,30 +26,9 @@ from wsis_cli.models.freemask_head import ProjectionHead, mask_pool, nt_xent
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.runtime.training import rng_state, set_rng_state
 from wsis_cli.stages.freemask.features import BackboneSpec, features_of, patch_multiple, prepare
+from wsis_cli.stages.freemask.settings import TuneSettings
 
 log = get_logger("freemask")
-
-
-@dataclass(frozen=True)
-class TuneSettings:
-    """How the backbone is fine-tuned (one field per flag)."""
-
-    epochs: int = 10
-    lr: float = 0.005  # the report's value (SGD, momentum 0.9)
-    tau: float = 0.5
-    match_iou: float = 0.5  # a generated mask is a view of the GT instance it overlaps at least this much
-    batch_size: int = 8  # images per step (two views each)
-    head: int = 0  # projection-head width (0: the loss acts on the backbone features themselves)
-    optimizer: str = "sgd"  # sgd (the report's) or adamw (training from scratch)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
-        if self.epochs < 0 or self.lr <= 0 or self.tau <= 0 or self.batch_size < 1 or self.head < 0:
-            raise ValueError("need epochs >= 0, lr > 0, tau > 0, batch size >= 1 and head >= 0")
-        if not 0 < self.match_iou <= 1:
-            raise ValueError(f"match IoU must be in (0, 1], got {self.match_iou}")
 
 
 @dataclass

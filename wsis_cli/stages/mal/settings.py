@@ -12,7 +12,8 @@ the CLI mirrors them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 # the encoders build_model knows; the ViT patch size is the number ending the name (vit_tiny/vit_small: 16)
 VIT_ENCODERS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14", "vit_tiny", "vit_small")
@@ -187,3 +188,6 @@ class MalJob:
     device: str = "auto"
     workers: int = 0
     shard: str | None = None
+    # ``boxes`` already read and checked by wsis_cli.stages.mal.inputs.load_boxes (the command line reads
+    # them before torch loads, and stdin cannot be read twice); None: run reads ``boxes`` itself
+    boxes_data: Any = field(default=None, compare=False, repr=False)

@@ -174,11 +174,11 @@ def _train(ds: coco.Dataset, settings: MalSettings, job: MalJob, ctx: Any, progr
     return teacher if settings.predict_with == "teacher" else student
 
 
-def run(settings: MalSettings, job: MalJob, progress: Any = None, boxes: coco.Dataset | None = None) -> MalSummary:
+def run(settings: MalSettings, job: MalJob, progress: Any = None) -> MalSummary:
     """Train (or load ``job.checkpoint``), then label every box of this shard's images into ``job.out``.
 
-    ``boxes``: ``job.boxes`` already read by :func:`wsis_cli.stages.mal.inputs.load_boxes` (the command
-    line checks them before torch loads); read here when ``None``. With ``job.resume`` both the training run (its ``last.pt``) and the labelling pass (``<out>.partial``)
+    ``job.boxes_data``: ``job.boxes`` already read by :func:`wsis_cli.stages.mal.inputs.load_boxes` (the
+    command line checks them before torch loads); read here when ``None``. With ``job.resume`` both the training run (its ``last.pt``) and the labelling pass (``<out>.partial``)
     continue where they stopped.
     """
     from wsis_cli.io.checkpoint import ImageCheckpoint
@@ -189,7 +189,7 @@ def run(settings: MalSettings, job: MalJob, progress: Any = None, boxes: coco.Da
 
     progress = progress or NullProgress()
     summary = MalSummary()
-    ds = boxes if boxes is not None else load_boxes(job.boxes)
+    ds = job.boxes_data if job.boxes_data is not None else load_boxes(job.boxes)
     seed_everything(settings.seed)
     ctx = init_distributed(job.device)
     try:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsis_cli.stages.refine.settings import MapJob, MapSettings, RefineSettings
+from wsis_cli.stages.refine.settings import MapJob, MapSettings, MapStats, RefineSettings
 from wsis_kernels.crf import crf_labels, mean_field_crf
 
 
@@ -64,8 +64,9 @@ def _records(reader: Any, dataset: Any) -> dict[int, dict[str, Any]]:
     return out
 
 
-def run(settings: MapSettings, job: MapJob, progress: Any = None) -> int:
-    """Refine every image's maps in ``job.maps`` (this shard's) into ``job.out``; returns images written."""
+def run(settings: MapSettings, job: MapJob, progress: Any = None) -> MapStats:
+    """Refine every image's maps in ``job.maps`` (this shard's) into ``job.out``; returns how many images
+    the output holds."""
     from wsis_cli.io import coco
     from wsis_cli.io.h5 import H5Reader, H5Writer
     from wsis_cli.io.images import load_image_for
@@ -115,4 +116,4 @@ def run(settings: MapSettings, job: MapJob, progress: Any = None) -> int:
                        dtypes={"cams": np.float16})
             progress.advance(1)
         progress.finish()
-    return len(ids)
+    return MapStats(len(ids))

@@ -77,6 +77,11 @@ class RefineStats:
     skipped: int = 0  # no segmentation or an empty input mask: passed through unchanged
 
 
+@dataclass
+class MapStats:
+    images: int = 0  # images of this shard in the output (resumed ones included)
+
+
 @dataclass(frozen=True)
 class RefineJob:
     """Where ``run`` reads and writes, and how it executes (does not change the result)."""

@@ -8,6 +8,7 @@ and a detection whose mask comes out empty is dropped.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from wsis_cli.runtime.device import autocast
 from wsis_cli.runtime.errors import BadInputError
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.runtime.progress import NullProgress, Progress
+from wsis_cli.stages.student.settings import STAGE, PredictJob
 
 log = get_logger("train-student")
 
@@ -121,3 +123,44 @@ def results_to_dataset_annotations(results: Sequence[Mapping[str, Any]], *, scor
                          "segmentation": r["segmentation"], "area": float(rle_utils.area(r["segmentation"])),
                          "bbox": rle_utils.to_bbox(r["segmentation"]), "iscrowd": 0, "score": float(r["score"])})
     return anns
+
+
+@dataclass
+class PredictSummary:
+    output: str
+    images: int
+    results: int  # detections written (results) or annotations (dataset)
+
+
+def run_predict(job: PredictJob, progress: Progress | None = None) -> PredictSummary:
+    """``train-student --checkpoint``: predict on ``job.source`` (a dataset or a folder of images) and write
+    a COCO results list or, with ``output_format="dataset"``, a dataset trainable as labels."""
+    from pathlib import Path
+
+    from wsis_cli.io.coco import Dataset, load_dataset, write_dataset
+    from wsis_cli.io.images import folder_images
+    from wsis_cli.io.run_dir import read_model
+    from wsis_cli.io.stdio import write_json
+    from wsis_cli.runtime.device import resolve_device
+    from wsis_cli.stages.student.data import check_images
+
+    if job.source != "-" and Path(job.source).is_dir():
+        records, root, name = folder_images(job.source), job.source, job.source
+    else:
+        ds = load_dataset(job.source)
+        records, root, name = ds.images, job.images, ds.source
+        check_images(ds, root)
+    payload = read_model(job.checkpoint, STAGE)
+    model, _spec, category_ids = load_student(payload, job.checkpoint)
+    dev = resolve_device(job.device)
+    model.to(dev)
+    results = predict(model, category_ids, records, root, name, dev, score_threshold=job.score_threshold,
+                      max_dets=job.max_dets, batch_size=job.batch_size, amp=job.amp, progress=progress)
+    if job.output_format == "results":
+        write_json(results, job.out)
+        return PredictSummary(job.out, len(records), len(results))
+    anns = results_to_dataset_annotations(results, score_threshold=job.score_threshold, max_per_image=job.max_dets)
+    write_dataset(Dataset(list(records), anns, list(payload.get("categories", [])),
+                          {"info": {"description": f"wsis train-student predictions of {job.checkpoint}"}}), job.out)
+    return PredictSummary(job.out, len(records), len(anns))
+

@@ -83,3 +83,35 @@ class StudentSettings:
                            frozen_bn=frozen_bn, mask_loss=self.mask_loss, rois_per_image=self.rois_per_image,
                            mask_head_channels=self.mask_head_channels, group_norm=self.group_norm,
                            fpn_channels=self.fpn_channels, box_head_dim=self.box_head_dim, proposals=self.proposals)
+
+
+@dataclass(frozen=True)
+class StudentJob:
+    """Where a training ``run`` reads and writes and how it executes (does not change the model)."""
+
+    labels: str  # COCO dataset with masks
+    images: str | None
+    run: str  # the run folder
+    resume: bool = False
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """Where a prediction (``--checkpoint``) reads and writes and how it executes."""
+
+    source: str  # a COCO dataset, a folder of images, or "-"
+    images: str | None
+    out: str  # "-" for stdout
+    checkpoint: str
+    score_threshold: float = 0.05
+    max_dets: int = 100
+    output_format: str = "results"  # "results" (a COCO results list) or "dataset"
+    batch_size: int = 4
+    device: str = "auto"
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        if self.output_format not in ("results", "dataset"):
+            raise ValueError(f"--format: expected results or dataset, got {self.output_format!r}")
+

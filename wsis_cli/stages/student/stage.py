@@ -52,7 +52,7 @@ from wsis_cli.runtime.training import (
 )
 from wsis_cli.stages.student.data import StudentData, collate, collect_instances, loader_worker_init
 from wsis_cli.stages.student.predict import predict
-from wsis_cli.stages.student.settings import STAGE, StudentSettings
+from wsis_cli.stages.student.settings import STAGE, StudentJob, StudentSettings
 
 log = get_logger("train-student")
 
@@ -336,10 +336,45 @@ def validate(model: nn.Module, category_ids: list[int], val_ds: Dataset, images_
             "val_mean_iou": report.mean_iou, "val_predictions": len(preds)}
 
 
-def run(settings: StudentSettings, ds: Dataset, images_root: str | None, run_path: str | Path, ctx: DistContext, *,
-        resume: bool = False, backbone_state: Any | None = None,
-        init_state: Mapping[str, torch.Tensor] | None = None, init_source: str = "--init-weights",
-        val_ds: Dataset | None = None) -> TrainResult:
+def run(settings: StudentSettings, job: StudentJob, progress: Any = None) -> TrainResult:
+    """Train on ``job.labels`` in the run folder ``job.run``: read and check the data (and ``settings.val``),
+    load the backbone and ``settings.init_weights``, join the DDP group, then :func:`train_rounds`.
+
+    ``progress`` is accepted for the stage contract; training logs per-epoch lines instead.
+    """
+    from wsis_cli.io.coco import load_dataset
+    from wsis_cli.io.run_dir import read_model
+    from wsis_cli.io.weights import load_weights
+    from wsis_cli.models.student import weights_arch
+    from wsis_cli.runtime.distributed import init_distributed
+    from wsis_cli.runtime.seeding import seed_everything
+    from wsis_cli.stages.student.data import check_images
+
+    del progress
+    ds = load_dataset(job.labels)
+    val_ds = load_dataset(settings.val) if settings.val is not None else None
+    check_images(ds, job.images)
+    if val_ds is not None:
+        check_images(val_ds, job.images)
+    init = settings.init_weights
+    init_state = read_model(init, STAGE)["model"] if init is not None else None
+    backbone = load_weights(settings.weights, weights_arch(settings.arch))
+    ctx = init_distributed(job.device)
+    try:
+        seed_everything(settings.seed)
+        result = train_rounds(settings, ds, job.images, job.run, ctx, resume=job.resume, backbone_state=backbone,
+                              init_state=init_state, init_source=str(init), val_ds=val_ds)
+    finally:
+        ctx.shutdown()
+    if ctx.is_main:
+        log.info("train-student: model written to %s", result.model_path)
+    return result
+
+
+def train_rounds(settings: StudentSettings, ds: Dataset, images_root: str | None, run_path: str | Path,
+                 ctx: DistContext, *, resume: bool = False, backbone_state: Any | None = None,
+                 init_state: Mapping[str, torch.Tensor] | None = None, init_source: str = "--init-weights",
+                 val_ds: Dataset | None = None) -> TrainResult:
     """Train (``settings.rounds`` rounds of self-training) with ``run_path`` as the run folder.
 
     One round trains in ``run_path`` itself; several keep ``run_path/round-r`` folders (round r > 1 also
@@ -426,7 +461,7 @@ def demo_student(images_dir: Path, labels: Dataset, work: Path, *, epochs: int =
     if ctx.device.type == "cpu":
         torch.set_num_threads(1)
     try:
-        result = run(settings, labels, str(images_dir), work, ctx)
+        result = train_rounds(settings, labels, str(images_dir), work, ctx)
         return predict(result.model, result.category_ids, labels.images, str(images_dir), labels.source,
                        ctx.device, score_threshold=settings.score_threshold, max_dets=settings.max_dets,
                        amp=settings.amp)

@@ -16,18 +16,24 @@ and ``OUT/labels.json`` (image-level labels), all atomically as one folder.
 from __future__ import annotations
 
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
 from wsis_cli.runtime.log import get_logger
+from wsis_cli.stages.synth.settings import (  # noqa: F401  (re-exported: the stage's public names)
+    MAX_INSTANCES,
+    MAX_SIDE,
+    MIN_SIDE,
+    SynthJob,
+    SynthSettings,
+    SynthSummary,
+)
 from wsis_cli.stages.synth.shapes import (
     CLASSES,
-    MAX_CLASSES,
     Polygons,
     background,
     instance_colours,
@@ -37,8 +43,6 @@ from wsis_cli.stages.synth.shapes import (
 
 log = get_logger("synth")
 
-MIN_SIDE, MAX_SIDE = 16, 8192
-MAX_INSTANCES = 64
 # Stream salt: the same --seed in another stage must not replay the synth stream.
 _SALT = 0x5A17_0001
 
@@ -58,50 +62,6 @@ MIN_INSIDE_FRAC = 0.35  # most of an instance lies inside the image
 ATTEMPTS_PER_INSTANCE = 25
 EDGE_SIGMA = 0.6  # anti-aliasing of the drawn edges, pixels
 NOISE_SIGMA = 0.012  # sensor noise, in 0..1 intensity
-
-
-@dataclass(frozen=True)
-class SynthSettings:
-    """Settings of ``wsis synth``, one field per command-line option.
-
-    ``min_instances`` is a target: an image gets fewer only when no more fit legibly (tiny images with
-    many instances). ``force`` only matters to :func:`run` (replace a non-empty ``out_dir``).
-    """
-
-    num_images: int = 100
-    height: int = 256
-    width: int = 256
-    classes: int = 3
-    min_instances: int = 2
-    max_instances: int = 6
-    seed: int = 0
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        if self.num_images < 1:
-            raise ValueError(f"num_images must be at least 1, got {self.num_images}")
-        for name in ("height", "width"):
-            v = getattr(self, name)
-            if not MIN_SIDE <= v <= MAX_SIDE:
-                raise ValueError(f"{name} must be within {MIN_SIDE}..{MAX_SIDE}, got {v}")
-        if not 1 <= self.classes <= MAX_CLASSES:
-            raise ValueError(f"classes must be within 1..{MAX_CLASSES}, got {self.classes}")
-        if not 0 <= self.min_instances <= self.max_instances <= MAX_INSTANCES:
-            raise ValueError(
-                f"need 0 <= min_instances <= max_instances <= {MAX_INSTANCES}, "
-                f"got {self.min_instances}..{self.max_instances}"
-            )
-
-
-@dataclass(frozen=True)
-class SynthSummary:
-    """What :func:`run` wrote."""
-
-    out_dir: str
-    num_images: int
-    num_instances: int
-    per_class: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
 
 
 def category_records(classes: int) -> list[dict[str, Any]]:
@@ -282,11 +242,16 @@ def generate_image(settings: SynthSettings, index: int) -> tuple[np.ndarray, lis
 # ------------------------------------------------------------------------------------------------- run
 
 
-def run(settings: SynthSettings, out_dir: str | os.PathLike) -> SynthSummary:
-    """Generate the dataset and write it as the folder ``out_dir`` (atomically, as a whole)."""
+def run(settings: SynthSettings, job: SynthJob, progress: Any = None) -> SynthSummary:
+    """Generate the dataset and write it as the folder ``job.out_dir`` (atomically, as a whole).
+
+    ``progress`` is accepted for the stage contract; generation logs a line every tenth of the images.
+    """
     from wsis_cli import __version__
     from wsis_cli.io import atomic, coco, images, rle
 
+    del progress
+    out_dir = job.out_dir
     t0 = time.perf_counter()
     cats = category_records(settings.classes)
     image_recs: list[dict[str, Any]] = []
