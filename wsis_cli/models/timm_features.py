@@ -131,14 +131,23 @@ class TimmFeatures(nn.Module):
             kwargs["output_stride"] = output_stride
         try:
             self.net = timm.create_model(name, **kwargs)
-        except (RuntimeError, TypeError, AssertionError) as e:
+            reductions = list(self.net.feature_info.reduction())
+            token_levels = len(set(reductions)) == 1 and len(reductions) > 1  # a ViT's blocks, one stride
+            if token_levels:
+                stages = 1  # its last block's patch tokens
+            elif stages is not None and stages < len(reductions):
+                # build only the levels used: later blocks would hold parameters without gradients
+                self.net = timm.create_model(name, out_indices=tuple(range(stages)), **kwargs)
+        except (RuntimeError, TypeError, AssertionError, ValueError) as e:
             raise ValueError(f"timm model {name!r} cannot give dense features here: {e}") from None
+        self.token_levels = token_levels
         levels = len(self.net.feature_info.channels())
         self.num_stages = levels if stages is None else max(1, min(stages, levels))
         if state is not None:
             load_into(self.net, state, source, strict=strict)
-        self.channels = list(self.net.feature_info.channels())[: self.num_stages]
-        self.strides = list(self.net.feature_info.reduction())[: self.num_stages]
+        pick = slice(-1, None) if token_levels else slice(0, self.num_stages)
+        self.channels = list(self.net.feature_info.channels())[pick]
+        self.strides = list(self.net.feature_info.reduction())[pick]
         self.arch = arch
         cfg = getattr(self.net, "pretrained_cfg", None) or {}
         mean = torch.tensor(cfg.get("mean", IMAGENET_MEAN), dtype=torch.float32)
@@ -158,7 +167,8 @@ class TimmFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = x * self.in_scale.to(x.dtype) + self.in_shift.to(x.dtype)
-        return list(self.net(x))[: self.num_stages]
+        out = list(self.net(x))
+        return out[-1:] if self.token_levels else out[: self.num_stages]
 
 
 def classifier_state(state: Any, arch: str) -> nn.Module:
