@@ -42,3 +42,33 @@ def test_irnet_on_timm_backbone():
     assert edge.shape == (1, 1, 16, 18) and disp.shape == (1, 2, 16, 18)
     with pytest.raises(ValueError, match="strides 2, 4, 8, 16, 16"):
         IRNet(build(ARCH, None, output_stride=32))
+
+
+def test_student_on_timm_backbone_trains_one_step_with_packaged_weights():
+    from wsis_cli.io.weights import load_weights
+    from wsis_cli.models.student import StudentSpec, build_student
+
+    spec = StudentSpec(arch=ARCH, num_classes=2, min_size=64, max_size=64, frozen_bn=True)
+    model, report = build_student(spec, load_weights("imagenet", ARCH), source="imagenet")
+    assert report is not None and report.matched == report.total  # every backbone tensor from the package
+    frozen = [n for n, p in model.backbone.body.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith(("net.conv_stem", "net.bn1", "net.blocks.0.", "net.blocks.1.")) for n in frozen)
+    model.train()
+    images = [torch.rand(3, 64, 64)]
+    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    masks[0, 10:40, 12:44] = 1
+    targets = [{"boxes": torch.tensor([[12.0, 10.0, 44.0, 40.0]]), "labels": torch.tensor([1]), "masks": masks}]
+    losses = model(images, targets)
+    total = sum(losses.values())
+    total.backward()
+    assert torch.isfinite(total)
+
+
+def test_mal_encoder_on_timm_backbone():
+    from wsis_cli.stages.mal.settings import ModelSpec, encoder_stride
+    from wsis_cli.stages.mal.train import build_model
+
+    assert encoder_stride(ARCH) == 16 and encoder_stride(ARCH, depth=2) == 8
+    spec = ModelSpec(encoder=ARCH, crop_size=64)
+    net = build_model(spec, "none")
+    assert net.encoder.stride == 16

@@ -23,6 +23,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from wsis_cli.models import registry
 from wsis_cli.models.backbones import ResNetFeatures, normalize
+from wsis_cli.models.timm_features import parameters_through
 
 __all__ = ["CamNet", "calibrate_frozen_bn", "normalize"]
 
@@ -91,17 +92,7 @@ class CamNet(nn.Module):
         b = self.backbone
         if self.is_resnet:
             return [p for m in (b.stem, b.layer1, b.layer2) for p in m.parameters()]
-        info = b.net.feature_info
-        level = next(i for i, s in enumerate(info.reduction()) if s >= 8)
-        last = info.module_name(level)
-        early, seen = [], False
-        for name, p in b.net.named_parameters():
-            inside = name.startswith(last + ".")
-            if seen and not inside:
-                break
-            seen = seen or inside
-            early.append(p)
-        return early
+        return parameters_through(b.net, 8)
 
     # ------------------------------------------------------------------ features
 

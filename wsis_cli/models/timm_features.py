@@ -103,13 +103,31 @@ def _rename_for(net: nn.Module):
     return rename
 
 
-def load_into(net: nn.Module, state: Any, source: str, *, strict: bool) -> None:
+def parameters_through(net: nn.Module, stride: int) -> list[nn.Parameter]:
+    """The parameters of a timm feature model up to and including its first level at ``stride`` (or
+    coarser): the early layers that upstream recipes freeze. Registration order is execution order in
+    these sequential CNNs."""
+    info = net.feature_info
+    level = next(i for i, s in enumerate(info.reduction()) if s >= stride)
+    last = info.module_name(level)
+    early, seen = [], False
+    for name, p in net.named_parameters():
+        inside = name.startswith(last + ".")
+        if seen and not inside:
+            break
+        seen = seen or inside
+        early.append(p)
+    return early
+
+
+def load_into(net: nn.Module, state: Any, source: str, *, strict: bool) -> Any:
     """Load a raw checkpoint into a timm feature model; ``strict`` requires every tensor matched (the
     packaged ImageNet weights), otherwise at least half (other checkpoints, as for ResNets)."""
     matched, report = match_state_dict(state, net, source=source, rename=_rename_for(net),
                                        min_fraction=1.0 if strict else 0.5)
     net.load_state_dict(matched, strict=False)
     log.info("%s: loaded %d/%d tensors (prefix %r)", source, report.matched, report.total, report.prefix)
+    return report
 
 
 class TimmFeatures(nn.Module):
