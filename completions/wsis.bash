@@ -64,7 +64,7 @@ __wsis_node__cam() {
         -i|--images) __wsis_dirs 0; return ;;
         --run) __wsis_dirs 0; return ;;
         --checkpoint) __wsis_files 0; return ;;
-        --arch) __wsis_words 'resnet18 resnet34 resnet50 resnet101 resnet152'; return ;;
+        --arch) :; return ;;
         --weights) :; return ;;
         --last-stride) :; return ;;
         --epochs) :; return ;;

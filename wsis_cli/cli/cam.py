@@ -24,19 +24,13 @@ from wsis_cli.cli.common import (
     Verbose,
     Weights,
     Workers,
+    check_backbone,
     setup,
 )
+from wsis_cli.models.backbone_names import DEFAULT_ARCH, DEFAULT_WEIGHTS
 
 _TRAIN = "Training (ignored with --checkpoint)"
 _MAPS = "Maps"
-
-
-class Arch(str, Enum):
-    resnet18 = "resnet18"
-    resnet34 = "resnet34"
-    resnet50 = "resnet50"
-    resnet101 = "resnet101"
-    resnet152 = "resnet152"
 
 
 class Method(str, Enum):
@@ -71,8 +65,9 @@ def cam(
     run: RunOpt = None,
     checkpoint: CheckpointOpt = None,
     resume: Resume = False,
-    arch: Annotated[Arch, typer.Option(help="Classifier backbone.", rich_help_panel=_TRAIN)] = Arch.resnet50,
-    weights: Weights = "DEFAULT",
+    arch: Annotated[str, typer.Option(help="Classifier backbone: resnet18..152 or timm:NAME (a CNN).",
+                                      rich_help_panel=_TRAIN)] = DEFAULT_ARCH,
+    weights: Weights = DEFAULT_WEIGHTS,
     last_stride: Annotated[int, typer.Option(min=1, max=2, help="Stride of the last stage: 1 = output stride 16 "
                                              "(IRNet), 2 = 32.", rich_help_panel=_TRAIN)] = 1,
     train_early: Annotated[bool, typer.Option("--train-early", help="Also train stages 1-2 (upstream freezes them; "
@@ -127,7 +122,7 @@ def cam(
     from wsis_cli.stages.cam.settings import CamJob, CamSettings, TrainSettings
 
     try:
-        train = TrainSettings(arch=arch.value, weights=weights, last_stride=last_stride, train_early=train_early,
+        train = TrainSettings(arch=arch, weights=weights, last_stride=last_stride, train_early=train_early,
                               epochs=epochs, batch_size=batch_size, lr=lr, head_lr_mult=head_lr_mult,
                               momentum=momentum, weight_decay=weight_decay,
                               resize_long=resize_range, crop=crop or None,
@@ -137,6 +132,8 @@ def cam(
                                gradcam_stage=gradcam_stage, train=train)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    if checkpoint is None:
+        check_backbone(arch)
     job = CamJob(labels=labels, images=str(images) if images else None, out=str(out),
                  run_dir=str(run) if run else None, checkpoint=str(checkpoint) if checkpoint else None,
                  resume=resume, device=device, batch_size=batch_size, shard=shard)

@@ -67,3 +67,14 @@ def setup(quiet: bool = False, verbose: bool = False) -> None:
 
 
 STATE: dict[str, bool] = {"verbose": False, "quiet": False}
+
+
+def check_backbone(arch: str, flag: str = "--arch") -> None:
+    """A backbone name that cannot be built is a usage error (timm names get close suggestions); this
+    loads torch and timm, so call it after the cheap checks."""
+    from wsis_cli.models.registry import check_arch
+
+    try:
+        check_arch(arch)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint=flag) from None

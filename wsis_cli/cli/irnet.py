@@ -23,6 +23,7 @@ from wsis_cli.cli.common import (
     Workers,
     setup,
 )
+from wsis_cli.models.backbone_names import DEFAULT_ARCH
 
 _MINE = "Relation mining"
 _TRAIN = "Training"
@@ -41,7 +42,8 @@ def irnet(
         "--weights", metavar="cam|NAME|PATH|none", rich_help_panel=_TRAIN,
         help="Frozen backbone: cam (the CAM classifier's, via cams.h5), a torchvision weights name, a "
         "checkpoint file or none.")] = "cam",
-    arch: Annotated[str, typer.Option(help="ResNet when --weights is not cam.", rich_help_panel=_TRAIN)] = "resnet50",
+    arch: Annotated[str, typer.Option(help="Backbone when --weights is not cam: resnet18..152 or timm:NAME.",
+                                      rich_help_panel=_TRAIN)] = DEFAULT_ARCH,
     scale: Annotated[int, typer.Option(
         help="Upsample images by this (1, 2 or 4) before the backbone, so the branches work at stride 4/scale: "
         "for small objects (a few stride-4 cells across); costs about scale² the compute.",

@@ -22,6 +22,7 @@ from wsis_cli.cli.common import (
     Workers,
     setup,
 )
+from wsis_cli.models.backbone_names import DEFAULT_ARCH, DEFAULT_WEIGHTS
 
 _MODEL = "Model"
 _OPT = "Optimisation"
@@ -38,9 +39,9 @@ def train_student(
         "--out", "-o", help="Training: the run folder (run.json, last.pt, metrics.jsonl, model.pt). With "
         "--checkpoint: the COCO results file (- for stdout).")] = ...,  # type: ignore[assignment]
     checkpoint: CheckpointOpt = None,
-    arch: Annotated[str, typer.Option(help="resnet50-fpn, resnet18-fpn or mobilenet-v3-fpn.",
-                                      rich_help_panel=_MODEL)] = "resnet50-fpn",
-    weights: Weights = "DEFAULT",
+    arch: Annotated[str, typer.Option(help="timm:NAME (a CNN under an FPN), resnet50-fpn, resnet18-fpn or "
+                                      "mobilenet-v3-fpn.", rich_help_panel=_MODEL)] = DEFAULT_ARCH,
+    weights: Weights = DEFAULT_WEIGHTS,
     init_weights: Annotated[Path | None, typer.Option(
         "--init-weights", metavar="PATH", dir_okay=False, rich_help_panel=_MODEL,
         help="Start from the weights of a train-student model.pt (weights only; --resume continues a run).")] = None,

@@ -23,8 +23,8 @@ from wsis_cli.runtime.log import get_logger
 
 log = get_logger("backbones")
 
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-VITS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14", "vit_tiny", "vit_small")
+from wsis_cli.models.backbone_names import RESNETS, VITS  # noqa: E402
+
 # compact ViTs torchvision lacks (DeiT-tiny/small shapes), for laptops and tests
 _SMALL_VITS = {"vit_tiny": (16, 12, 3, 192, 768), "vit_small": (16, 12, 6, 384, 1536)}
 

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from wsis_cli.models import registry
 from wsis_cli.models.backbones import ResNetFeatures, normalize
+from wsis_cli.models.timm_features import parameters_through
 
 __all__ = ["CamNet", "calibrate_frozen_bn", "normalize"]
 
@@ -41,7 +43,10 @@ def calibrate_frozen_bn(module: nn.Module, x: torch.Tensor) -> int:
         m.running_mean.copy_(t.mean(dim=(0, 2, 3)))
         m.running_var.copy_(t.var(dim=(0, 2, 3), unbiased=False))
 
-    hooks = [m.register_forward_pre_hook(pre) for m in module.modules() if isinstance(m, FrozenBatchNorm2d)]
+    from timm.layers import FrozenBatchNormAct2d
+
+    frozen = (FrozenBatchNorm2d, FrozenBatchNormAct2d)  # torchvision's and timm's (with its activation)
+    hooks = [m.register_forward_pre_hook(pre) for m in module.modules() if isinstance(m, frozen)]
     try:
         module(x)
     finally:
@@ -53,7 +58,7 @@ def calibrate_frozen_bn(module: nn.Module, x: torch.Tensor) -> int:
 class CamNet(nn.Module):
     """ResNet features + GAP + 1x1 conv classifier without bias.
 
-    ``arch``: resnet18/34/50/101/152. ``state``: a raw backbone state dict (torchvision, self-supervised,
+    ``arch``: any backbone name of :mod:`wsis_cli.models.registry` (resnet18..152, ``timm:NAME``). ``state``: a raw backbone state dict (torchvision, self-supervised,
     ...) or ``None`` for random initialisation; ``source`` names it in messages. ``train_early`` lets
     stages 1-2 learn too (upstream freezes them, which suits pretrained weights; from scratch they would
     stay random). ``last_stride``: 1 (output stride 16, IRNet) or 2.
@@ -61,28 +66,40 @@ class CamNet(nn.Module):
     """
 
     def __init__(self, arch: str = "resnet50", num_classes: int = 1, state: dict | None = None,
-                 last_stride: int = 1, *, source: str = "weights", train_early: bool = False) -> None:
+                 last_stride: int = 1, *, source: str = "weights", train_early: bool = False,
+                 strict: bool = False) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.arch = arch
         self.num_classes = num_classes
         self.last_stride = last_stride
-        self.backbone = ResNetFeatures(arch, state, last_stride=last_stride, frozen_bn=True, source=source)
+        self.backbone = registry.build(arch, state, source=source, output_stride=16 if last_stride == 1 else 32,
+                                       frozen_bn=True, strict=strict)
+        self.is_resnet = isinstance(self.backbone, ResNetFeatures)
         self.channels = self.backbone.channels[-1]
         self.classifier = nn.Conv2d(self.channels, num_classes, 1, bias=False)
         # Upstream initialises the new head with Xavier-uniform; it trains ~10x faster than the backbone.
         nn.init.xavier_uniform_(self.classifier.weight)
         self.train_early = train_early
         if not train_early:
-            for module in (self.backbone.stem, self.backbone.layer1, self.backbone.layer2):
-                for p in module.parameters():
-                    p.requires_grad_(False)
+            for p in self._early_parameters():
+                p.requires_grad_(False)
+
+    def _early_parameters(self) -> list[nn.Parameter]:
+        """The parameters up to the stride-8 features (a ResNet's stem and stages 1-2), which upstream
+        freezes: for other families, every parameter registered before the stride-8 level's output."""
+        b = self.backbone
+        if self.is_resnet:
+            return [p for m in (b.stem, b.layer1, b.layer2) for p in m.parameters()]
+        return parameters_through(b.net, 8)
 
     # ------------------------------------------------------------------ features
 
     def stage3(self, x: torch.Tensor) -> torch.Tensor:
         """Layer-3 features ``(B, C3, H/16, W/16)``; stages 1-2 run without autograd (IRNet detaches them)."""
+        if not self.is_resnet:
+            raise ValueError(f"stage-3 features need a ResNet, not {self.arch}")
         b = self.backbone
         if self.train_early:
             return b.layer3(b.layer2(b.layer1(b.stem(x))))
@@ -92,7 +109,9 @@ class CamNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Last-stage features ``(B, C, h, w)``: stride 16 with ``last_stride=1``, else 32."""
-        return self.backbone.layer4(self.stage3(x))
+        if self.is_resnet:
+            return self.backbone.layer4(self.stage3(x))
+        return self.backbone(x)[-1]
 
     def head(self, feats: torch.Tensor) -> torch.Tensor:
         """Class logits ``(B, K)`` from last-stage features (GAP then the 1x1 classifier)."""
@@ -121,6 +140,13 @@ class CamNet(nn.Module):
         """
         if stage not in (3, 4):
             raise ValueError(f"Grad-CAM stage must be 3 or 4, got {stage}")
+        if not self.is_resnet:
+            if stage == 3:
+                raise ValueError(f"Grad-CAM at stage 3 needs a ResNet, not {self.arch}")
+            with torch.enable_grad():
+                target = self.features(x).detach().requires_grad_(True)
+                logits = self.head(target)
+                return self._gradcam_maps(logits, target, classes, x)
         with torch.enable_grad():
             f3 = self.stage3(x)
             if stage == 3:
@@ -129,6 +155,11 @@ class CamNet(nn.Module):
             else:
                 target = self.backbone.layer4(f3).detach().requires_grad_(True)
                 logits = self.head(target)
+            return self._gradcam_maps(logits, target, classes, x)
+
+    @staticmethod
+    def _gradcam_maps(logits: torch.Tensor, target: torch.Tensor, classes: list[int], x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
             maps = []
             for i, c in enumerate(classes):
                 # images are independent, so the gradient of the batch sum is each image's own gradient

@@ -80,7 +80,7 @@ class DisplacementBranch(nn.Module):
 
 
 class IRNet(nn.Module):
-    """A frozen :class:`ResNetFeatures` plus :class:`EdgeBranch` and :class:`DisplacementBranch`.
+    """A frozen backbone (a :class:`ResNetFeatures` or another CNN of the registry) plus :class:`EdgeBranch` and :class:`DisplacementBranch`.
 
     ``forward(x)`` takes ``(B, 3, H, W)`` normalised images and returns ``(edge_logits (B,1,h,w),
     displacement (B,2,h,w))`` with ``h = ceil(H/4)``; the displacement has the mean shift subtracted
@@ -89,7 +89,7 @@ class IRNet(nn.Module):
     upsampled by ``scale`` first, so ``h = ceil(scale·H/4)`` (see the module docstring).
     """
 
-    def __init__(self, backbone: ResNetFeatures, scale: int = 1) -> None:
+    def __init__(self, backbone: nn.Module, scale: int = 1) -> None:
         super().__init__()
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale}")
@@ -97,9 +97,19 @@ class IRNet(nn.Module):
         self.backbone = backbone
         for p in self.backbone.parameters():
             p.requires_grad_(False)
-        channels = [backbone.stem[0].out_channels, *backbone.channels]
+        self.is_resnet = isinstance(backbone, ResNetFeatures)
+        if self.is_resnet:
+            channels = [backbone.stem[0].out_channels, *backbone.channels]
+        else:
+            # other CNNs give five levels at strides 2, 4, 8, 16, 16 (output stride 16): the first is
+            # pooled to stride 4, where a ResNet's stem output lies
+            channels = list(backbone.channels)
+            if list(backbone.strides) != [2, 4, 8, 16, 16]:
+                raise ValueError(f"IRNet needs five feature levels at strides 2, 4, 8, 16, 16 (output stride 16); "
+                                 f"{getattr(backbone, 'arch', 'this backbone')} gives {backbone.strides}")
         if len(channels) != 5:
-            raise ValueError("IRNet needs a ResNet with all four stages")
+            raise ValueError("IRNet needs a backbone with all four stages")
+        self.level_channels = channels  # of the five levels the branches read (strides 4, 4, 8, 16, 16)
         self.edge = EdgeBranch(channels)
         self.displacement = DisplacementBranch(channels)
         self.register_buffer("mean_shift", torch.zeros(2))
@@ -114,11 +124,15 @@ class IRNet(nn.Module):
             b = self.backbone
             if self.scale > 1:
                 x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-            x1 = b.stem(x)
-            x2 = b.layer1(x1)
-            x3 = b.layer2(x2)
-            x4 = b.layer3(x3)
-            x5 = b.layer4(x4)
+            if self.is_resnet:
+                x1 = b.stem(x)
+                x2 = b.layer1(x1)
+                x3 = b.layer2(x2)
+                x4 = b.layer3(x3)
+                x5 = b.layer4(x4)
+            else:
+                x1, x2, x3, x4, x5 = b(x)
+                x1 = F.avg_pool2d(x1, 2, ceil_mode=True)
         return [t.detach() for t in (x1, x2, x3, x4, x5)]
 
     def forward(self, x: Tensor | None = None, feats: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:

@@ -13,6 +13,7 @@ anchors keep the same size relative to the resized image (``min_size=128`` gives
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,9 +29,12 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, project_masks_on_boxes
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d, roi_align
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
+from wsis_cli.io.weights import PACKAGED_NAME
+from wsis_cli.models.backbone_names import TIMM_PREFIX
 from wsis_cli.models.student_losses import ProjectionLossWeights, projection_mask_loss
+from wsis_cli.models.timm_features import TimmFeatures, load_into, parameters_through
 from wsis_cli.models.weights import MatchReport, match_state_dict
 
 # CLI name -> (torchvision backbone family, torchvision model name used for --weights)
@@ -43,8 +47,9 @@ MASK_LOSSES = ("standard", "projection")
 
 
 def weights_arch(arch: str) -> str:
-    """The torchvision classification model whose weights initialise ``arch``'s backbone."""
-    return ARCHES[arch][1]
+    """The torchvision classification model whose weights initialise ``arch``'s backbone (a timm
+    backbone's own name)."""
+    return arch if arch.startswith(TIMM_PREFIX) else ARCHES[arch][1]
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class StudentSpec:
     proposals: int = 1000  # RPN proposals kept after NMS at inference (twice as many while training)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHES:
+        if self.arch not in ARCHES and not self.arch.startswith(TIMM_PREFIX):
             raise ValueError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHES)}")
         if self.mask_loss not in MASK_LOSSES:
             raise ValueError(f"mask loss must be one of {', '.join(MASK_LOSSES)}, got {self.mask_loss!r}")
@@ -189,11 +194,35 @@ def _resnet_fpn(spec: StudentSpec, name: str) -> BackboneWithFPN:
                            norm_layer=group_norm if spec.group_norm else None)
 
 
+class TimmFPN(nn.Module):
+    """A timm CNN's levels at strides 4-32 under torchvision's FPN (what ``BackboneWithFPN`` does for a
+    ResNet). Pretrained (``frozen_bn``): frozen BatchNorm and the layers up to stride 4 frozen."""
+
+    def __init__(self, spec: StudentSpec) -> None:
+        super().__init__()
+        self.body = TimmFeatures(spec.arch, None, stages=5, frozen_bn=spec.frozen_bn)
+        if self.body.strides[-4:] != [4, 8, 16, 32]:
+            raise ValueError(f"{spec.arch}: the student needs feature levels at strides 4, 8, 16, 32, "
+                             f"got {self.body.strides}")
+        if spec.frozen_bn:
+            for p in parameters_through(self.body.net, 4):
+                p.requires_grad_(False)
+        self.fpn = FeaturePyramidNetwork(self.body.channels[-4:], spec.fpn_channels, extra_blocks=LastLevelMaxPool(),
+                                         norm_layer=group_norm if spec.group_norm else None)
+        self.out_channels = spec.fpn_channels
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        levels = self.body(x)[-4:]
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(levels)))
+
+
 def _backbone(spec: StudentSpec) -> tuple[nn.Module, AnchorGenerator]:
-    family, name = ARCHES[spec.arch]
     s = anchor_scale(spec.min_size)
     sizes = [max(4, round(a * s)) for a in (32, 64, 128, 256, 512)]
     ratios = (0.5, 1.0, 2.0)
+    if spec.arch.startswith(TIMM_PREFIX):
+        return TimmFPN(spec), AnchorGenerator(tuple((a,) for a in sizes), (ratios,) * len(sizes))
+    family, name = ARCHES[spec.arch]
     if family == "resnet":
         backbone: nn.Module = _resnet_fpn(spec, name)
         anchors = AnchorGenerator(tuple((a,) for a in sizes), (ratios,) * len(sizes))
@@ -226,7 +255,9 @@ def build_student(spec: StudentSpec, backbone_state: Any | None = None, *, sourc
     """
     backbone, anchors = _backbone(spec)
     report = None
-    if backbone_state is not None:
+    if backbone_state is not None and isinstance(backbone, TimmFPN):
+        report = load_into(backbone.body.net, backbone_state, source, strict=source == PACKAGED_NAME)
+    elif backbone_state is not None:
         state, report = match_state_dict(backbone_state, backbone.body, source=source)
         backbone.body.load_state_dict(state, strict=False)
     c = spec.mask_head_channels

@@ -103,13 +103,31 @@ def _rename_for(net: nn.Module):
     return rename
 
 
-def load_into(net: nn.Module, state: Any, source: str, *, strict: bool) -> None:
+def parameters_through(net: nn.Module, stride: int) -> list[nn.Parameter]:
+    """The parameters of a timm feature model up to and including its first level at ``stride`` (or
+    coarser): the early layers that upstream recipes freeze. Registration order is execution order in
+    these sequential CNNs."""
+    info = net.feature_info
+    level = next(i for i, s in enumerate(info.reduction()) if s >= stride)
+    last = info.module_name(level)
+    early, seen = [], False
+    for name, p in net.named_parameters():
+        inside = name.startswith(last + ".")
+        if seen and not inside:
+            break
+        seen = seen or inside
+        early.append(p)
+    return early
+
+
+def load_into(net: nn.Module, state: Any, source: str, *, strict: bool) -> Any:
     """Load a raw checkpoint into a timm feature model; ``strict`` requires every tensor matched (the
     packaged ImageNet weights), otherwise at least half (other checkpoints, as for ResNets)."""
     matched, report = match_state_dict(state, net, source=source, rename=_rename_for(net),
                                        min_fraction=1.0 if strict else 0.5)
     net.load_state_dict(matched, strict=False)
     log.info("%s: loaded %d/%d tensors (prefix %r)", source, report.matched, report.total, report.prefix)
+    return report
 
 
 class TimmFeatures(nn.Module):
@@ -131,14 +149,23 @@ class TimmFeatures(nn.Module):
             kwargs["output_stride"] = output_stride
         try:
             self.net = timm.create_model(name, **kwargs)
-        except (RuntimeError, TypeError, AssertionError) as e:
+            reductions = list(self.net.feature_info.reduction())
+            token_levels = len(set(reductions)) == 1 and len(reductions) > 1  # a ViT's blocks, one stride
+            if token_levels:
+                stages = 1  # its last block's patch tokens
+            elif stages is not None and stages < len(reductions):
+                # build only the levels used: later blocks would hold parameters without gradients
+                self.net = timm.create_model(name, out_indices=tuple(range(stages)), **kwargs)
+        except (RuntimeError, TypeError, AssertionError, ValueError) as e:
             raise ValueError(f"timm model {name!r} cannot give dense features here: {e}") from None
+        self.token_levels = token_levels
         levels = len(self.net.feature_info.channels())
         self.num_stages = levels if stages is None else max(1, min(stages, levels))
         if state is not None:
             load_into(self.net, state, source, strict=strict)
-        self.channels = list(self.net.feature_info.channels())[: self.num_stages]
-        self.strides = list(self.net.feature_info.reduction())[: self.num_stages]
+        pick = slice(-1, None) if token_levels else slice(0, self.num_stages)
+        self.channels = list(self.net.feature_info.channels())[pick]
+        self.strides = list(self.net.feature_info.reduction())[pick]
         self.arch = arch
         cfg = getattr(self.net, "pretrained_cfg", None) or {}
         mean = torch.tensor(cfg.get("mean", IMAGENET_MEAN), dtype=torch.float32)
@@ -158,7 +185,8 @@ class TimmFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = x * self.in_scale.to(x.dtype) + self.in_shift.to(x.dtype)
-        return list(self.net(x))[: self.num_stages]
+        out = list(self.net(x))
+        return out[-1:] if self.token_levels else out[: self.num_stages]
 
 
 def classifier_state(state: Any, arch: str) -> nn.Module:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from wsis_cli.models.backbone_names import DEFAULT_ARCH, DEFAULT_WEIGHTS, check_cnn_name
+
 STRIDE = 4
 METHODS = ("cam", "gradcam")
 EPS = 1e-5  # upstream's guard in the per-class max normalisation
@@ -19,8 +21,8 @@ EPS = 1e-5  # upstream's guard in the per-class max normalisation
 class TrainSettings:
     """How the classifier is trained (one field per ``wsis cam`` training flag)."""
 
-    arch: str = "resnet50"
-    weights: str = "DEFAULT"
+    arch: str = DEFAULT_ARCH  # resnet18..152 or timm:NAME (a CNN)
+    weights: str = DEFAULT_WEIGHTS  # imagenet (packaged), a hub name, a checkpoint file, or none
     last_stride: int = 1
     train_early: bool = False  # also train stages 1-2 (upstream freezes them; useful from scratch)
     epochs: int = 5
@@ -39,6 +41,7 @@ class TrainSettings:
     workers: int = 0
 
     def __post_init__(self) -> None:
+        check_cnn_name(self.arch)
         if self.last_stride not in (1, 2):
             raise ValueError(f"last stride must be 1 or 2, got {self.last_stride}")
         if not 0.0 <= self.val_fraction < 1.0:

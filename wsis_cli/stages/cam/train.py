@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from wsis_cli.io import coco
 from wsis_cli.io.images import image_path, load_image_for
 from wsis_cli.io.run_dir import RunDir
+from wsis_cli.io.weights import PACKAGED_NAME
 from wsis_cli.models.backbones import IMAGENET_MEAN, IMAGENET_STD, normalize
 from wsis_cli.models.cam_net import CamNet, calibrate_frozen_bn
 from wsis_cli.runtime.device import autocast, grad_scaler
@@ -216,7 +217,7 @@ def train(settings: TrainSettings, ds: coco.Dataset, images_root: str | None, ru
 
     torch.manual_seed(settings.seed)
     model = CamNet(settings.arch, len(category_ids), state, settings.last_stride, source=settings.weights,
-                   train_early=settings.train_early).to(device)
+                   train_early=settings.train_early, strict=settings.weights == PACKAGED_NAME).to(device)
     data = CamTrainData([index[i] for i in train_ids], targets_for(train_ids, labels, category_ids), images_root,
                         ds.source, resize_long, crop, settings.seed)
     per_rank = max(1, math.ceil(settings.batch_size / ctx.world_size))

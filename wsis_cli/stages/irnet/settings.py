@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from wsis_cli.models.backbone_names import DEFAULT_ARCH
+
 STAGE = "irnet"
 FROM_CAM = "cam"  # --weights value meaning "the CAM classifier's backbone" (the default)
 IDS_PER_IMAGE = 100_000  # annotation id = image_id * IDS_PER_IMAGE + k: unique across shards
@@ -19,7 +21,7 @@ class IRNetSettings:
     """Settings of ``wsis irnet`` that shape the result (one field per flag)."""
 
     weights: str = FROM_CAM  # "cam" | torchvision weights name | checkpoint file | "none"
-    arch: str = "resnet50"  # used unless the backbone comes from the CAM classifier
+    arch: str = DEFAULT_ARCH  # used unless the backbone comes from the CAM classifier
     scale: int = 1  # images upsampled by this before the backbone (1, 2 or 4): see models.irnet_heads
     fg_threshold: float = 0.30
     bg_threshold: float = 0.05

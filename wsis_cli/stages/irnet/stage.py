@@ -97,7 +97,7 @@ def _loader(inputs: Inputs, images: str | None, image_id: int) -> Any:
 
 def build_backbone(settings: IRNetSettings, cams_reader: Any) -> Any:
     """The frozen backbone: the CAM classifier's (``weights="cam"``) or one built from ``settings.weights``."""
-    from wsis_cli.models.backbones import ResNetFeatures
+    from wsis_cli.models import registry
 
     if settings.weights == FROM_CAM:
         from wsis_cli.io.run_dir import read_model
@@ -109,20 +109,20 @@ def build_backbone(settings: IRNetSettings, cams_reader: Any) -> Any:
         obj = read_model(path, "cam")
         arch = obj.get("settings", {}).get("arch", "resnet50")
         # same weights, but always IRNet's strides (2, 2, 2, 1): a stride change needs no new weights
-        return ResNetFeatures(arch, obj["model"], last_stride=1, source=str(path))
-    from wsis_cli.stages.backbone import build_resnet
+        return registry.build(arch, obj["model"], output_stride=16, source=str(path))
+    from wsis_cli.stages.backbone import build_backbone as build
 
-    return build_resnet(settings.arch, settings.weights, last_stride=1)
+    return build(settings.arch, settings.weights, output_stride=16)
 
 
 def load_irnet(path: str) -> Any:
     """Rebuild a trained IRNet from a ``model.pt`` of stage ``irnet`` (``--checkpoint``)."""
     from wsis_cli.io.run_dir import read_model
-    from wsis_cli.models.backbones import ResNetFeatures
+    from wsis_cli.models import registry
     from wsis_cli.models.irnet_heads import IRNet
 
     obj = read_model(path, STAGE)
-    model = IRNet(ResNetFeatures(obj.get("arch", "resnet50"), None, last_stride=1), scale=int(obj.get("scale", 1)))
+    model = IRNet(registry.build(obj.get("arch", "resnet50"), None, output_stride=16), scale=int(obj.get("scale", 1)))
     try:
         model.load_state_dict(obj["model"])
     except RuntimeError as e:

@@ -165,7 +165,7 @@ class FeatureCache:
         if any(x.labels.shape[0] * cell > dataset.crop[0] or x.labels.shape[1] * cell > dataset.crop[1] for x in s):
             return False
         ch, cw = dataset.crop[0] * model.scale, dataset.crop[1] * model.scale
-        channels = [model.backbone.stem[0].out_channels, *model.backbone.channels]
+        channels = model.level_channels
         strides = [4, 4, 8, 16, 16]
         per = sum(c * math.ceil(ch / st) * math.ceil(cw / st) for c, st in zip(channels, strides, strict=True))
         return 2 * 4 * per * len(s) <= max_bytes

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from wsis_cli.models.backbone_names import TIMM_PREFIX
+
 # the encoders build_model knows; the ViT patch size is the number ending the name (vit_tiny/vit_small: 16)
 VIT_ENCODERS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14", "vit_tiny", "vit_small")
 RESNET_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -37,7 +39,8 @@ def encoder_stride(encoder: str, depth: int = 0, patch: int = 0, conv_stem: bool
 
     Raises ``ValueError`` for an unknown encoder or options it does not take.
     """
-    if encoder in RESNET_ENCODERS:
+    if encoder in RESNET_ENCODERS or (encoder.startswith(TIMM_PREFIX) and len(encoder) > len(TIMM_PREFIX)):
+        # timm CNNs are built at output stride 16 with a ResNet's strides per stage
         if patch or conv_stem:
             raise ValueError("--patch and --conv-stem apply to ViT encoders only")
         if depth > len(RESNET_STRIDES):

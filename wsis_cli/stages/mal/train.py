@@ -42,18 +42,16 @@ LR_PER_SAMPLE = 1.5e-6  # upstream: lr = 1.5e-6 x GPUs x batch per GPU
 
 def build_model(spec: ModelSpec, weights: str = "none") -> MalNet:
     """The MAL network with the encoder's ``weights`` (a name, a file or ``none``; decoders start random)."""
-    from wsis_cli.models.backbones import RESNETS, VITS
-    from wsis_cli.stages.backbone import build_resnet, build_vit
+    from wsis_cli.models.backbones import VITS
+    from wsis_cli.stages.backbone import build_backbone
 
     depth = spec.encoder_depth
     if spec.encoder in VITS:
-        backbone = build_vit(spec.encoder, weights)
-    elif spec.encoder in RESNETS:
-        # last stage at stride 16 without dilation (IRNet's strides); encoder_depth = stages kept
-        backbone = build_resnet(spec.encoder, weights, last_stride=1, frozen_bn=spec.frozen_bn, stages=depth or 4)
-        depth = 0
+        backbone = build_backbone(spec.encoder, weights)
     else:
-        raise ValueError(f"unknown encoder {spec.encoder!r}")
+        # CNNs (ResNets, timm:NAME): output stride 16; encoder_depth = stages kept
+        backbone = build_backbone(spec.encoder, weights, output_stride=16, frozen_bn=spec.frozen_bn, stages=depth or 4)
+        depth = 0
     return MalNet(MalEncoder(backbone, depth, spec.patch, spec.conv_stem), spec.crop_size, spec.decoder_dim, spec.scale_buckets)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from wsis_cli.models.backbone_names import DEFAULT_ARCH, DEFAULT_WEIGHTS
+
 if TYPE_CHECKING:
     from wsis_cli.models.student import StudentSpec
 
@@ -21,8 +23,8 @@ DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4}
 class StudentSettings:
     """Settings of ``wsis train-student`` training, one field per flag (see the CLI for their help)."""
 
-    arch: str = "resnet50-fpn"
-    weights: str = "DEFAULT"
+    arch: str = DEFAULT_ARCH  # timm:NAME (any CNN with strides 4-32), resnet50-fpn, resnet18-fpn, mobilenet-v3-fpn
+    weights: str = DEFAULT_WEIGHTS
     init_weights: str | None = None
     mask_loss: str = "standard"
     min_size: int = 800
