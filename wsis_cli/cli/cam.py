@@ -74,7 +74,7 @@ def cam(
                                               "helps from scratch).", rich_help_panel=_TRAIN)] = False,
     epochs: Epochs = 5,
     batch_size: BatchSize = 16,
-    lr: LearningRate = 0.01,
+    lr: LearningRate = 0.002,
     head_lr_mult: Annotated[float, typer.Option(min=0.0, help="Classifier LR = lr x this.",
                                                 rich_help_panel=_TRAIN)] = 10.0,
     momentum: Annotated[float, typer.Option(min=0.0, max=0.999, help="SGD momentum.", rich_help_panel=_TRAIN)] = 0.9,

@@ -27,7 +27,9 @@ class TrainSettings:
     train_early: bool = False  # also train stages 1-2 (upstream freezes them; useful from scratch)
     epochs: int = 5
     batch_size: int = 16  # global batch (split over DDP ranks)
-    lr: float = 0.01  # backbone; the classifier gets lr * head_lr_mult (see the module docstring)
+    # backbone; the classifier gets lr * head_lr_mult. Upstream's 0.01 (ResNet-50) makes the default
+    # EfficientNet-Lite0 diverge (README, wsis cam)
+    lr: float = 0.002
     head_lr_mult: float = 10.0
     momentum: float = 0.9
     weight_decay: float = 1e-4
