@@ -58,7 +58,7 @@ def read_json(path: str | os.PathLike) -> Any:
     except PermissionError:
         raise BadInputError(name, None, "permission denied") from None
     text = text.removeprefix("\ufeff")
-    if not text.strip():
+    if not text or text.isspace():  # (not strip(): that copies the whole text)
         raise BadInputError(name, None, "empty file, expected JSON")
     try:
         with gc_paused():

@@ -246,7 +246,7 @@ def _join_records(shards: list[Path], parts: Sequence[list[dict[str, Any]]], sec
         tagged.sort(key=lambda t: t[:3])
         return [{**r, "id": n} for n, (*_, r) in enumerate(tagged, start=1)]
     out = list(chain.from_iterable(parts))
-    if len({r.get("id") for r in out}) == len(out):  # ids unique: nothing to name
+    if len(set(map(itemgetter("id"), out))) == len(out):  # ids unique: nothing to name (all have one here)
         return sorted(out, key=itemgetter("id"))
     owner: dict[Any, Path] = {}
     out = []
