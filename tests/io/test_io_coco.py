@@ -341,6 +341,37 @@ def test_many_valid_rles_pass(tmp_path: Path) -> None:
     assert len(coco.load_dataset(write(tmp_path, obj)).annotations) == 303
 
 
+def test_valid_records_take_the_whole_list_pass() -> None:
+    """Valid files are checked column-wise (fast); the per-record checks only run to name a bad record."""
+    obj = make_dataset()
+    sizes = {im["id"]: (im["height"], im["width"]) for im in obj["images"]}
+    rles: list[Any] = []
+    assert coco._images_pass(obj["images"])
+    assert coco._records_pass("f", "annotations", obj["annotations"], sizes, {1, 3}, rles, with_ids=True)
+    assert [r for r, _ in rles] == ["annotations[0] (id 10)"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"bbox": [True, 0, 1, 1]},
+        {"bbox": [0, 0, 1, 2**60]},
+        {"area": 10**400},
+        {"score": False},
+        {"image_id": 1.0},
+        {"bbox": (0, 0, 1, 1)},
+    ],
+)
+def test_whole_list_pass_leaves_odd_values_to_the_per_record_checks(tmp_path: Path, change: dict[str, Any]) -> None:
+    obj = mutate(lambda d: d["annotations"][2].update(change))
+    sizes = {im["id"]: (im["height"], im["width"]) for im in obj["images"]}
+    assert not coco._records_pass("f", "annotations", obj["annotations"], sizes, {1, 3}, [], with_ids=True)
+    if "area" in change:  # legal (an int has no float overflow to fear), taken by the per-record checks
+        assert coco.load_dataset(write(tmp_path, obj)).annotations[2]["area"] == 10**400
+    elif "image_id" not in change and not isinstance(change.get("bbox"), tuple):  # those are not JSON
+        bad_dataset(tmp_path, obj, record="annotations[2] (id 12)", contains="")
+
+
 # --------------------------------------------------------------------------- results and predictions
 
 

@@ -161,6 +161,15 @@ def test_counts_totals_of_valid_masks() -> None:
     assert rle.counts_totals([]).shape == (0,)
 
 
+def test_counts_totals_in_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Masks are checked a batch at a time (bounded memory); corrupt ones in between keep their place."""
+    good = {"size": [4, 5], "counts": "5220003"}
+    rles = [good if i % 3 else {"size": [4, 5], "counts": "522000g"} for i in range(23)]
+    whole = rle.counts_totals(rles).tolist()
+    monkeypatch.setattr(rle, "COUNTS_BATCH", 4)
+    assert rle.counts_totals(rles).tolist() == whole == [20 if i % 3 else -1 for i in range(23)]
+
+
 def test_counts_totals_flags_corrupt_strings() -> None:
     s = [4, 5]
     cases = {

@@ -18,6 +18,7 @@ from wsis_cli.io import rle
 from wsis_cli.io.coco import Dataset
 from wsis_cli.stages.evaluate import stage as eval_stage
 from wsis_cli.stages.evaluate.chunked import evaluate_chunked
+from wsis_cli.stages.evaluate.mean_iou import mean_instance_iou
 from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate
 
 CATS = [{"id": 2, "name": "a"}, {"id": 7, "name": "b"}, {"id": 3, "name": "c"}]
@@ -109,6 +110,19 @@ def test_arrays_equal_pycocotools(seed, iou_type, max_dets, agnostic, form, chun
     np.testing.assert_array_equal(got.recall, want_r)
     np.testing.assert_array_equal(got.precision, want_p)
     assert (want_p > 0).any()  # the case is not degenerate
+
+
+@pytest.mark.parametrize(("seed", "iou_type", "max_dets", "agnostic", "form", "chunk"),
+                         [c for c in CASES if c[1] == "segm"])
+def test_mean_iou_from_the_chunked_pass_equals_mean_instance_iou(seed, iou_type, max_dets, agnostic, form, chunk):
+    """Same floats as the separate pass, per category too; maxDets does not drop predictions from it."""
+    gt, preds = random_case(seed, dense=max_dets < 100)
+    if form == "masks+box":
+        preds = [{**p, "bbox": rle.to_bbox(p["segmentation"])} if k % 2 == 0 else p for k, p in enumerate(preds)]
+    got = evaluate_chunked(gt, preds, iou_type, max_dets, class_agnostic=agnostic, chunk_images=chunk).mean_iou
+    assert got == mean_instance_iou(gt, preds, class_agnostic=agnostic)
+    assert got is not None and 0 < got.mean_iou < 1
+    assert evaluate_chunked(gt, preds, "bbox", max_dets, class_agnostic=agnostic).mean_iou is None
 
 
 def test_ground_truth_id_zero_counts_as_no_match_like_pycocotools():

@@ -15,10 +15,13 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import Any
 
+import numpy as np
+
 from wsis_cli.io import rle as rle_utils
-from wsis_cli.io.stdio import display_name, read_json, write_json
+from wsis_cli.io.stdio import display_name, gc_paused, read_json, write_json
 from wsis_cli.runtime.errors import BadInputError
 
 # Boxes may overshoot the image by this many pixels (float rounding in other tools) before we refuse them.
@@ -88,7 +91,8 @@ def is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+    # an int is always finite (math.isfinite would overflow on one past float range)
+    return isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and math.isfinite(v)
 
 
 def _rec(section: str, i: int, r: Any) -> str:
@@ -157,13 +161,20 @@ def label_sets(records: Dataset | Iterable[Mapping[str, Any]]) -> dict[int, set[
 
 
 def validate_dataset(obj: Any, name: str) -> Dataset:
+    with gc_paused():  # the checks build a few containers per record (see gc_paused)
+        return _validate_dataset(obj, name)
+
+
+def _validate_dataset(obj: Any, name: str) -> Dataset:
     if not isinstance(obj, Mapping) or not {"images", "annotations"} <= obj.keys():
         raise BadInputError(name, None, "neither a COCO dataset (images/annotations/categories) nor a results list")
     for key in ("images", "annotations", "categories"):
         if not isinstance(obj.get(key), list):
             raise BadInputError(name, None, f"'{key}' must be a list")
-    images = [_check_image(name, i, im) for i, im in enumerate(obj["images"])]
-    _unique(name, "images", images)
+    images = obj["images"]
+    if not _images_pass(images):  # the per-record checks below name the first bad record
+        images = [_check_image(name, i, im) for i, im in enumerate(images)]
+        _unique(name, "images", images)
     categories = obj["categories"]
     for i, c in enumerate(categories):
         if not isinstance(c, Mapping) or not is_int(c.get("id")):
@@ -175,13 +186,17 @@ def validate_dataset(obj: Any, name: str) -> Dataset:
     cats = {c["id"] for c in categories}
     anns = obj["annotations"]
     rles: list[tuple[str, Mapping[str, Any]]] = []
-    for i, a in enumerate(anns):
-        rec = _rec("annotations", i, a)
-        if not isinstance(a, Mapping) or not is_int(a.get("id")):
-            raise BadInputError(name, rec, "annotation needs an integer 'id'")
-        _check_record(name, rec, a, sizes, cats, rles)
-    _check_rle_counts(name, rles)
-    _unique(name, "annotations", anns)
+    if _records_pass(name, "annotations", anns, sizes, cats, rles, with_ids=True):
+        _check_rle_counts(name, rles)
+    else:  # one record at a time, in file order: the first failing check is the one reported
+        rles.clear()
+        for i, a in enumerate(anns):
+            rec = _rec("annotations", i, a)
+            if not isinstance(a, Mapping) or not is_int(a.get("id")):
+                raise BadInputError(name, rec, "annotation needs an integer 'id'")
+            _check_record(name, rec, a, sizes, cats, rles)
+        _check_rle_counts(name, rles)
+        _unique(name, "annotations", anns)
     extra = {k: v for k, v in obj.items() if k not in ("images", "annotations", "categories")}
     return Dataset(list(images), list(anns), list(categories), extra, name)
 
@@ -202,11 +217,15 @@ def validate_results(
         sizes = {im["id"]: (im["height"], im["width"]) for im in gt.images}
     cats = None if gt is None or class_agnostic else set(gt.category_ids)
     rles: list[tuple[str, Mapping[str, Any]]] = []
-    for i, r in enumerate(obj):
-        rec = _rec(section, i, r)
-        if not isinstance(r, Mapping):
-            raise BadInputError(name, rec, "record must be a JSON object")
-        _check_record(name, rec, r, sizes, cats, rles)
+    with gc_paused():
+        passed = _records_pass(name, section, obj, sizes, cats, rles)
+    if not passed:
+        rles.clear()
+        for i, r in enumerate(obj):
+            rec = _rec(section, i, r)
+            if not isinstance(r, Mapping):
+                raise BadInputError(name, rec, "record must be a JSON object")
+            _check_record(name, rec, r, sizes, cats, rles)
     _check_rle_counts(name, rles)
     return obj
 
@@ -229,6 +248,136 @@ def _unique(name: str, section: str, records: list[Mapping[str, Any]]) -> None:
         if r["id"] in seen:
             raise BadInputError(name, _rec(section, i, r), f"duplicate id (first at {section}[{seen[r['id']]}])")
         seen[r["id"]] = i
+
+
+# Whole-list passes. Checking 860k annotations one field at a time took longer than parsing the file, so
+# every check of _check_image / _check_record (+ the id checks) is first made over whole columns: the
+# types of all values at once (``set(map(type, ...))``), numbers as arrays. JSON gives plain dicts, lists,
+# ints and floats, and anything else (a bool, a subclass, an int past 2^53, a missing key) makes the pass
+# answer False without raising; the caller then runs the per-record checks, which report the first bad
+# record with its own message. So a pass accepts only what the per-record checks accept.
+
+_EXACT_INT = 2**53  # float64 holds every integer below this, so array sums and comparisons equal Python's
+
+
+def _types(values: Iterable[Any]) -> set[type]:
+    return set(map(type, values))
+
+
+def _images_pass(images: list[Any]) -> bool:
+    """True when every image record passes :func:`_check_image` and the ids are unique."""
+    if not images:
+        return True
+    if _types(images) != {dict}:
+        return False
+    ids = [im.get("id") for im in images]
+    names = [im.get("file_name") for im in images]
+    dims = [im.get(k) for im in images for k in ("width", "height")]
+    return (_types(ids) == {int} and _types(names) == {str} and "" not in names and _types(dims) == {int}
+            and min(dims) > 0 and len(set(ids)) == len(ids))
+
+
+_ABSENT = object()
+
+
+def _column(recs: list[dict[str, Any]], key: str, *, absent: bool = False) -> list[Any]:
+    """``r.get(key)`` of every record, looped in C; with ``absent``, only the records that have the key."""
+    if not absent:
+        return list(map(dict.get, recs, repeat(key)))
+    vals = list(map(dict.get, recs, repeat(key), repeat(_ABSENT)))
+    missing = vals.count(_ABSENT)
+    if missing == len(vals):
+        return []
+    return [v for v in vals if v is not _ABSENT] if missing else vals
+
+
+def _numbers_pass(values: list[Any]) -> np.ndarray | None:
+    """``values`` as float64 when every one passes :func:`_is_num` exactly as Python compares it, else None."""
+    if not _types(values) <= {int, float}:
+        return None
+    try:
+        arr = np.array(values, dtype=np.float64)
+    except OverflowError:  # an int beyond float range
+        return None
+    if not np.isfinite(arr).all() or (arr.size and np.abs(arr).max() >= _EXACT_INT):
+        return None
+    return arr
+
+
+def _records_pass(
+    name: str,
+    section: str,
+    recs: list[Any],
+    sizes: dict[int, tuple[int, int]] | None,
+    cats: set[int] | None,
+    rles: list[tuple[str, Mapping[str, Any]]],
+    *,
+    with_ids: bool = False,
+) -> bool:
+    """True when every record passes :func:`_check_record` (and, ``with_ids``, has a unique integer id).
+
+    Compressed RLE masks go to ``rles`` as the per-record checks would put them there.
+    """
+    if not recs:
+        return True
+    if _types(recs) != {dict}:
+        return False
+    if with_ids:
+        ids = _column(recs, "id")
+        if _types(ids) != {int} or len(set(ids)) != len(ids):
+            return False
+    image_ids, cat_ids = _column(recs, "image_id"), _column(recs, "category_id")
+    if _types(image_ids) != {int} or _types(cat_ids) != {int}:
+        return False
+    if sizes is not None and not all(map(sizes.__contains__, image_ids)):
+        return False
+    if cats is not None and not all(map(cats.__contains__, cat_ids)):
+        return False
+    for key in ("score", "area"):
+        arr = _numbers_pass(_column(recs, key, absent=True))
+        if arr is None or (key == "area" and (arr < 0).any()):
+            return False
+    boxes = _column(recs, "bbox")
+    if None in boxes:
+        keep = [i for i, b in enumerate(boxes) if b is not None]
+        boxes = [boxes[i] for i in keep]
+        box_images = [image_ids[i] for i in keep]
+    else:
+        box_images = image_ids
+    if boxes and not _boxes_pass(boxes, box_images, sizes):
+        return False
+    segs = _column(recs, "segmentation")
+    if segs.count(None) < len(segs):
+        for i, seg in enumerate(segs):
+            if seg is None:
+                continue
+            rec = _rec(section, i, recs[i])
+            try:
+                _check_segmentation(name, rec, seg, None if sizes is None else sizes[image_ids[i]])
+            except BadInputError:
+                return False
+            if isinstance(seg, Mapping) and isinstance(seg["counts"], str):
+                rles.append((rec, seg))
+    return True
+
+
+def _boxes_pass(boxes: list[Any], image_ids: list[int], sizes: dict[int, tuple[int, int]] | None) -> bool:
+    """True when every box passes :func:`_check_bbox` against its image's size."""
+    if _types(boxes) != {list} or set(map(len, boxes)) != {4}:
+        return False
+    flat = _numbers_pass(list(chain.from_iterable(boxes)))
+    if flat is None:
+        return False
+    x, y, w, h = flat.reshape(-1, 4).T
+    if not ((w > 0) & (h > 0)).all():
+        return False
+    if sizes is None:
+        return True
+    row = dict(zip(sizes, range(len(sizes)), strict=True))
+    hw = np.array(list(sizes.values()), dtype=np.float64).reshape(-1, 2)[
+        np.fromiter(map(row.__getitem__, image_ids), np.int64, len(image_ids))]
+    tol = BOX_TOLERANCE_PX
+    return not ((x < -tol) | (y < -tol) | (x + w > hw[:, 1] + tol) | (y + h > hw[:, 0] + tol)).any()
 
 
 def _check_record(

@@ -33,6 +33,7 @@ import numpy as np
 from wsis_cli.io import rle as rle_utils
 from wsis_cli.io.coco import Dataset
 from wsis_cli.runtime.errors import BadInputError
+from wsis_cli.stages.evaluate.mean_iou import MeanIoU, mean_iou_from_best
 
 # pycocotools' Params.setDetParams, verbatim values
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -51,6 +52,7 @@ class Accumulated:
     cat_ids: list[int]
     iou_thrs: np.ndarray
     area_labels: tuple[str, ...]
+    mean_iou: MeanIoU | None = None  # segm only: mean instance mask IoU from the same IoU matrices
 
 
 @dataclass
@@ -81,7 +83,9 @@ def evaluate_chunked(
     """COCOeval's precision/recall for ``iou_type`` ("segm" or "bbox") with ``maxDets = [1, 10, max_dets]``.
 
     ``predictions`` is a validated results list (records without ``score`` count 1.0); nothing is copied
-    or mutated. Memory beyond the inputs: O(#detections) small records and one chunk's geometry.
+    or mutated. Memory beyond the inputs: O(#detections) small records and one chunk's geometry. For
+    "segm" the mean instance mask IoU (:func:`.mean_iou.mean_instance_iou`, every prediction, no maxDets
+    cut) comes from the same per-image IoU matrices, for one float per ground truth more.
     """
     if iou_type not in ("segm", "bbox"):
         raise ValueError(f"iou_type must be segm or bbox, got {iou_type!r}")
@@ -102,6 +106,7 @@ def evaluate_chunked(
 
     npig = np.zeros((K, A), dtype=np.int64)
     parts: list[_Records] = []
+    best = np.zeros(len(gt.annotations)) if iou_type == "segm" else None  # best IoU per GT, 0: nothing overlaps
     for i0 in range(0, len(image_ids), chunk_images):
         i1 = min(i0 + chunk_images, len(image_ids))
         gs, ge = np.searchsorted(g_sorted, [i0, i1])
@@ -109,7 +114,7 @@ def evaluate_chunked(
         gts = [gt.annotations[i] for i in g_order[gs:ge].tolist()]
         dts = [predictions[i] for i in d_order[ds:de].tolist()]
         rec, counts = _chunk(gt.source, gts, g_order[gs:ge], dts, image_ids, img_of, sizes, cat_of,
-                             class_agnostic, iou_type, box_form, max_dets)
+                             class_agnostic, iou_type, box_form, max_dets, best)
         npig += counts
         parts.append(rec)
     if parts:
@@ -120,7 +125,8 @@ def evaluate_chunked(
         records = _Records(np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0),
                            np.zeros((0, nbytes), np.uint8), np.zeros((0, nbytes), np.uint8))
     precision, recall = _accumulate(records, npig, [1, 10, max_dets], K)
-    return Accumulated(precision, recall, cat_ids, IOU_THRS.copy(), AREA_LABELS)
+    mean_iou = None if best is None else mean_iou_from_best(gt, best)
+    return Accumulated(precision, recall, cat_ids, IOU_THRS.copy(), AREA_LABELS, mean_iou)
 
 
 # ---------------------------------------------------------------------------------------------- a chunk
@@ -139,6 +145,7 @@ def _chunk(
     iou_type: str,
     box_form: bool,
     max_dets: int,
+    best: np.ndarray | None = None,
 ) -> tuple[_Records, np.ndarray]:
     K, A, T = len(cat_of), len(AREA_RNG), len(IOU_THRS)
     segm = iou_type == "segm"
@@ -188,10 +195,16 @@ def _chunk(
     starts = np.flatnonzero(first)
     rank = np.arange(len(dts)) - np.repeat(starts, np.diff(np.r_[starts, len(dts)]))
     keep = rank < max_dets
+    if best is not None and not keep.all():  # mean IoU reads every detection: geometry for all, matching on kept
+        all_geom, _ = _detections([dts[i] for i in d_sort.tolist()], sizes, segm, box_form)
+        all_cat, all_bounds = d_cat, np.searchsorted(d_imgs, np.arange(len(image_ids) + 1))
+    else:
+        all_geom = all_cat = all_bounds = None
     d_sort, d_cat, d_imgs, d_score, rank = d_sort[keep], d_cat[keep], d_imgs[keep], d_score[keep], rank[keep]
     dts = [dts[i] for i in d_sort.tolist()]
     d_geom, d_area = _detections(dts, sizes, segm, box_form)
     out_d = (d_area[None, :] < AREA_RNG[:, :1]) | (d_area[None, :] > AREA_RNG[:, 1:])  # (A, D)
+    g_orig = g_index[g_sort]  # each sorted ground truth's index in gt.annotations
 
     # same-category (detection, ground truth) pairs with their IoU, one pycocotools call per image
     g_bounds = np.searchsorted(g_imgs, np.arange(len(image_ids) + 1))
@@ -206,6 +219,15 @@ def _chunk(
         else:
             ious = rle_utils.box_iou(d_geom[d0:d1], np.asarray(g_geom[g0:g1], np.float64), crowd)
         same = d_cat[d0:d1, None] == g_cat[None, g0:g1]
+        if best is not None:  # crowd columns (IoU over the detection's area) are never read
+            if all_geom is None:
+                best_ious, best_same = ious, same
+            else:
+                a0, a1 = int(all_bounds[k]), int(all_bounds[k + 1])
+                best_ious = rle_utils.iou(all_geom[a0:a1], g_geom[g0:g1], crowd)
+                best_same = all_cat[a0:a1, None] == g_cat[None, g0:g1]
+            # as mean_iou.best_ious: NaN to 0, other classes 0 (class agnostic: one class), max over detections
+            best[g_orig[g0:g1]] = np.where(best_same, np.nan_to_num(best_ious), 0.0).max(axis=0)
         dr, gc = np.nonzero(same)
         p_det.append(dr + d0)
         p_gt.append(gc + g0)

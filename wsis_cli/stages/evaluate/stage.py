@@ -23,7 +23,7 @@ from wsis_cli.io.coco import Dataset, validate_results
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.stages.evaluate.chunked import evaluate_chunked
-from wsis_cli.stages.evaluate.mean_iou import CategoryIoU, mean_instance_iou
+from wsis_cli.stages.evaluate.mean_iou import CategoryIoU, MeanIoU, mean_instance_iou
 
 IouType = Literal["segm", "bbox", "both"]
 Backend = Literal["chunked", "pycocotools", "faster"]
@@ -180,6 +180,7 @@ def evaluate(gt: Dataset, predictions: Sequence[Mapping[str, Any]], settings: Ev
     cat_names = {c["id"]: str(c.get("name", c["id"])) for c in categories}
     coco: dict[str, CocoStats] = {}
     timings: dict[str, float] = {}
+    chunked_miou: MeanIoU | None = None
     for iou_type in iou_types:
         t0 = time.perf_counter()
         if chunked:
@@ -187,6 +188,8 @@ def evaluate(gt: Dataset, predictions: Sequence[Mapping[str, Any]], settings: Ev
                                    class_agnostic=settings.class_agnostic)
             stats, per_cat = _stats_from_arrays(acc.precision, acc.recall, acc.iou_thrs, list(acc.area_labels),
                                                 acc.cat_ids, categories)
+            if acc.mean_iou is not None:
+                chunked_miou = acc.mean_iou
         else:
             assert gt_json is not None
             stats, per_cat = _cocoeval(gt_json, preds, iou_type, settings.max_dets, settings.backend)
@@ -201,7 +204,9 @@ def evaluate(gt: Dataset, predictions: Sequence[Mapping[str, Any]], settings: Ev
 
     mean_iou: float | None = None
     per_cat_iou: tuple[CategoryIoU, ...] = ()
-    if "segm" in coco:
+    if chunked_miou is not None:  # computed within the segm pass, from its IoU matrices
+        mean_iou, per_cat_iou = chunked_miou.mean_iou, chunked_miou.per_category
+    elif "segm" in coco:
         t0 = time.perf_counter()
         m = mean_instance_iou(gt, preds, class_agnostic=settings.class_agnostic)
         timings["mean_iou"] = time.perf_counter() - t0

@@ -22,13 +22,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from wsis_cli.io.atomic import check_output_path
 from wsis_cli.io.coco import Dataset, load_coco, load_dataset, write_dataset
 from wsis_cli.io.h5 import MERGE_IGNORED, H5Reader, H5Writer, diff_settings, is_h5_file
-from wsis_cli.io.stdio import STDIO, write_json
+from wsis_cli.io.stdio import STDIO, gc_paused, write_json
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.runtime.progress import NullProgress, Progress, track
@@ -149,6 +151,11 @@ def _check_expected(settings: MergeSettings, shards: list[Path], union: dict[int
 
 
 def _merge_json(settings: MergeSettings, shards: list[Path], progress: Progress) -> MergeSummary:
+    with gc_paused():  # millions of records are read, checked and joined (see gc_paused)
+        return _merge_json_records(settings, shards, progress)
+
+
+def _merge_json_records(settings: MergeSettings, shards: list[Path], progress: Progress) -> MergeSummary:
     loaded: list[Dataset | list[dict[str, Any]]] = [
         load_coco(p) for p in track(shards, description="merge: reading", progress=progress, unit="shards")
     ]
@@ -209,6 +216,14 @@ def _merge_results(settings: MergeSettings, shards: list[Path], parts: list[list
 
 def _check_disjoint(shards: list[Path], parts: Sequence[list[dict[str, Any]]], section: str) -> None:
     """Refuse shards that both hold records of one image: an overlap that renumbering would duplicate."""
+    seen: set[int] = set()
+    for part in parts:  # one set per shard; the record-by-record walk below only names an overlap
+        ids = set(map(itemgetter("image_id"), part))
+        if not seen.isdisjoint(ids):
+            break
+        seen |= ids
+    else:
+        return
     owner: dict[int, int] = {}
     for j, part in enumerate(parts):
         for i, r in enumerate(part):
@@ -230,6 +245,9 @@ def _join_records(shards: list[Path], parts: Sequence[list[dict[str, Any]]], sec
         tagged = [(r["image_id"], j, i, r) for j, part in enumerate(parts) for i, r in enumerate(part)]
         tagged.sort(key=lambda t: t[:3])
         return [{**r, "id": n} for n, (*_, r) in enumerate(tagged, start=1)]
+    out = list(chain.from_iterable(parts))
+    if len(set(map(itemgetter("id"), out))) == len(out):  # ids unique: nothing to name (all have one here)
+        return sorted(out, key=itemgetter("id"))
     owner: dict[Any, Path] = {}
     out = []
     for path, part in zip(shards, parts, strict=True):
