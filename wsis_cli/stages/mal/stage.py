@@ -24,6 +24,7 @@ Training needs the whole box set on every process; label shards (``--shard``) ar
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,7 +83,13 @@ def label_images(model: torch.nn.Module, dataset: RoiImageSet, device: torch.dev
                  exclusive: bool = True, channels_last: bool = True) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     """Yield ``(image_id, labelled annotations)`` for every image of ``dataset``, in order.
 
-    RoIs of consecutive images are batched together up to ``batch_size``. ``exclusive``: pixels shared by
+    RoIs of consecutive images are batched together, but every forward pass has one shape: ``batch_size``
+    crops of one scale bucket (all buckets alike when the network has none), a partial batch padded with
+    copies of its last crop whose outputs are dropped. Float kernels may pick another algorithm for
+    another batch size (CPU convolutions do for batches of 1-3), so a box's map, its mask and its score
+    would otherwise depend on its neighbours in the batch, which shard boundaries and resumes move
+    (issue 17). Padding costs at most one partial batch per bucket at the end, plus one wherever an image
+    waits on a bucket for more than ``4 x batch_size`` labelled boxes. ``exclusive``: pixels shared by
     boxes of one image go to the most confident box (:mod:`wsis_cli.stages.mal.writeback`).
     ``channels_last``: the network runs channels-last (1.9x faster on one CPU thread for the demo's
     ResNet; the same masks up to float rounding).
@@ -94,41 +101,64 @@ def label_images(model: torch.nn.Module, dataset: RoiImageSet, device: torch.dev
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.eval().to(device, memory_format=fmt)
+    by_bucket = getattr(getattr(model, "decoder", None), "scale_buckets", True)
     # worker_init_fn: workers ignore SIGTERM, so a requeue stops the run with one line and no traceback
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, worker_init_fn=worker_init_fn)
-    pending: list[dict[str, Any]] = []
+    pending: deque[dict[str, Any]] = deque()  # images in order, until every box of theirs has its map
+    queues: dict[int, list[tuple[dict[str, Any], int]]] = {}  # bucket -> (image, box) awaiting the network
+    held = 0  # maps of pending images
 
-    def flush() -> Iterator[tuple[int, list[dict[str, Any]]]]:
-        crops = [it["crops"] for it in pending]
-        buckets = [it["buckets"] for it in pending]
-        probs = []
-        if sum(len(c) for c in crops):
-            x, b = torch.cat(crops), torch.cat(buckets)
-            for i in range(0, len(x), batch_size):
-                with autocast(device, amp):
-                    crops = x[i : i + batch_size].to(device, memory_format=fmt)
-                    logits = model(crops, b[i : i + batch_size].to(device))
-                probs.append(torch.sigmoid(logits.float()).cpu())
-        flat = torch.cat(probs).numpy() if probs else np.zeros((0, 1, 1), np.float32)
-        start = 0
-        for it in pending:
-            n = len(it["crops"])
+    def key(item: dict[str, Any], j: int) -> int:
+        return int(item["buckets"][j]) if by_bucket else 0
+
+    def forward(bucket: int) -> None:
+        nonlocal held
+        take, queues[bucket] = queues[bucket][:batch_size], queues[bucket][batch_size:]
+        crops = torch.stack([it["crops"][j] for it, j in take])
+        buckets = torch.stack([it["buckets"][j] for it, j in take])
+        pad = batch_size - len(take)
+        if pad:  # copies, so that the shape never changes; their outputs are dropped below
+            crops = torch.cat([crops, crops[-1:].expand(pad, -1, -1, -1)])
+            buckets = torch.cat([buckets, buckets[-1:].expand(pad)])
+        with autocast(device, amp):
+            logits = model(crops.to(device, memory_format=fmt), buckets.to(device))
+        probs = torch.sigmoid(logits.float()).cpu().numpy()
+        for (it, j), p in zip(take, probs, strict=False):
+            it["probs"][j] = p
+            it["left"] -= 1
+            if not it["left"]:
+                it["crops"] = None
+        held += len(take)
+
+    def ready() -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        nonlocal held
+        while pending and not pending[0]["left"]:
+            it = pending.popleft()
+            held -= len(it["probs"])
             image_id = it["image_id"]
-            anns = dataset.boxes_by_image[image_id]
-            yield image_id, image_records(flat[start : start + n], it["bounds"].numpy(), anns,
+            probs = np.stack(it["probs"]) if it["probs"] else np.zeros((0, 1, 1), np.float32)
+            yield image_id, image_records(probs, it["bounds"].numpy(), dataset.boxes_by_image[image_id],
                                           dataset.images[image_id], threshold, exclusive)
-            start += n
-        pending.clear()
 
-    waiting = 0
     for item in loader:
+        n = len(item["crops"])
+        item["probs"], item["left"] = [None] * n, n
         pending.append(item)
-        waiting += len(item["crops"])
-        if waiting >= batch_size:
-            yield from flush()
-            waiting = 0
-    if pending:
-        yield from flush()
+        for j in range(n):
+            queue = queues.setdefault(key(item, j), [])
+            queue.append((item, j))
+            if len(queue) == batch_size:
+                forward(key(item, j))
+        # the oldest image waits on a bucket that fills slowly: run it padded rather than hold many maps
+        while pending[0]["left"] and held >= 4 * batch_size:
+            first = pending[0]
+            forward(key(first, next(j for j, p in enumerate(first["probs"]) if p is None)))
+        yield from ready()
+    for bucket, queue in queues.items():
+        while queue:
+            forward(bucket)
+            queue = queues[bucket]
+    yield from ready()
 
 
 # ----------------------------------------------------------------------------------------------- run
