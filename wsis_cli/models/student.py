@@ -81,7 +81,7 @@ class StudentSpec:
                 or self.mask_head_channels < 8 or self.fpn_channels < 8 or self.box_head_dim < 8 or self.proposals < 1:
             raise ValueError("need num_classes >= 1, min_size >= 16, max_size >= min_size, rois_per_image >= 4, "
                              "mask_head_channels, fpn_channels and box_head_dim >= 8 and proposals >= 1")
-        if ARCHES[self.arch][0] == "mobilenet" and self.fpn_channels != 256:
+        if ARCHES.get(self.arch, ("timm", ""))[0] == "mobilenet" and self.fpn_channels != 256:
             raise ValueError("the MobileNetV3 FPN has torchvision's fixed width: fpn_channels must be 256")
 
     def to_json(self) -> dict[str, Any]:
