@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from .._dispatch import select_backend
+from .cpu import crf_labels_cpu, mean_field_crf_cpu
 from .params import CRFParams, mal_crf_params
-from .reference import crf_labels_reference, mean_field_crf_reference
 
 __all__ = ["CRFParams", "crf_labels", "mal_crf_params", "mean_field_crf"]
 
@@ -78,8 +78,8 @@ def mean_field_crf(
         ``(B, L, H, W)`` float32 on the input device: refined probabilities (the foreground probability
         for ``L = 1``). Out-of-image neighbours contribute nothing. Deterministic.
 
-    Runs Triton on CUDA tensors when it is importable and the PyTorch reference otherwise;
-    ``WSIS_KERNELS=reference|triton`` forces one.
+    Runs Triton on CUDA tensors when it is importable and the optimised PyTorch path
+    (:mod:`wsis_kernels.crf.cpu`) otherwise; ``WSIS_KERNELS=reference|triton`` forces one.
     """
     params = CRFParams() if params is None else params
     image, probs, box = _validate(image, probs, box, params)
@@ -87,7 +87,7 @@ def mean_field_crf(
         from .triton import mean_field_crf_triton
 
         return mean_field_crf_triton(image, probs, box, params)
-    return mean_field_crf_reference(image, probs, box, params)
+    return mean_field_crf_cpu(image, probs, box, params)
 
 
 def crf_labels(probs: Tensor, threshold: float = 0.5) -> Tensor:
@@ -101,4 +101,4 @@ def crf_labels(probs: Tensor, threshold: float = 0.5) -> Tensor:
         ``(B, H, W)`` int64 labels.
     """
     probs = _check_tensor("probs", probs)
-    return crf_labels_reference(probs, threshold)
+    return crf_labels_cpu(probs, threshold)

@@ -37,8 +37,8 @@ import torch
 from torch import Tensor
 
 from . import parallel
+from .cpu import _finish_weight, _log_box, _MessagePass, floor_normalise, large_empty, normalise_labels
 from .params import CRFParams
-from .reference import _finish_weight, _log_box, _MessagePass, floor_normalise, large_empty, normalise_labels
 
 ROWS = 32  # rows per piece of a whole-image update: ~10 passes over it then stay in cache
 SPARSE_VALUES = 0.015  # scatter the changes value by value while at most this share of the values changed

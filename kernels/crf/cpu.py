@@ -1,4 +1,6 @@
-"""Readable vectorised PyTorch mean-field CRF: the CPU production path and the truth for the Triton path.
+"""The optimised PyTorch mean-field CRF: the CPU path of :func:`wsis_kernels.mean_field_crf`.
+
+It runs on any device (``WSIS_KERNELS=reference`` forces it on CUDA too).
 
 The pairwise kernel is never stored as a ``(k*k, H, W)`` tensor. Each iteration walks the window taps,
 recomputes that tap's weight map from two shifted views of the image and multiply-adds the shifted label
@@ -13,9 +15,9 @@ PyTorch's ``exp`` is several times slower on CPU, and far slower still where its
 The Triton path evaluates the same expression.
 
 With many labels (two from :data:`TWO_LABEL_INCREMENTAL_PIXELS` and :data:`TWO_LABEL_INCREMENTAL_ITERATIONS`
-on) and ``sparse_eps > 0`` (the default), :func:`mean_field_crf_reference` hands the loop to
+on) and ``sparse_eps > 0`` (the default), :func:`mean_field_crf_cpu` hands the loop to
 :mod:`wsis_kernels.crf.incremental`, which propagates only the changes of ``Q`` larger than ``sparse_eps``;
-``sparse_eps = 0`` runs :func:`_multi` here, the plain loop and the truth the tests compare against.
+``sparse_eps = 0`` runs :func:`_multi` here, the exact banded loop.
 
 On CPU with many labels the row bands of a pass are independent (each writes only its own rows), so they run on
 the threads of :mod:`wsis_kernels.crf.parallel`, each band single-threaded; band edges never depend on the
@@ -381,20 +383,20 @@ def unary_logits(probs: Tensor, params: CRFParams) -> Tensor | None:
     return _log_floor(probs, params.unary_floor).mul_(params.unary_weight)
 
 
-def mean_field_crf_reference(image: Tensor, probs: Tensor, box: Tensor | None, params: CRFParams) -> Tensor:
-    """Reference mean-field CRF. Shapes as in :func:`wsis_kernels.mean_field_crf` (validated there).
+def mean_field_crf_cpu(image: Tensor, probs: Tensor, box: Tensor | None, params: CRFParams) -> Tensor:
+    """The CPU path's mean-field CRF. Shapes as in :func:`wsis_kernels.mean_field_crf` (validated there).
 
     Returns float32 ``(B, L, H, W)``: the refined foreground probability for ``L = 1``, label
     probabilities otherwise. On CPU with many labels the passes run on up to ``torch.get_num_threads()``
     threads (:mod:`wsis_kernels.crf.parallel`); the result does not depend on the thread count.
     """
     if image.device.type != "cpu" or probs.shape[1] < MANY_LABELS:
-        return _reference(image, probs, box, params)
+        return _cpu(image, probs, box, params)
     with parallel.own_ops_single_threaded():
-        return _reference(image, probs, box, params)
+        return _cpu(image, probs, box, params)
 
 
-def _reference(image: Tensor, probs: Tensor, box: Tensor | None, params: CRFParams) -> Tensor:
+def _cpu(image: Tensor, probs: Tensor, box: Tensor | None, params: CRFParams) -> Tensor:
     labels = probs.shape[1]
     img = image.to(torch.float32).contiguous()
     box32 = None if box is None else box.to(torch.float32)
@@ -449,7 +451,7 @@ def floor_normalise(probs: Tensor, boxes: Tensor | None, floor: float, out: Tens
     return x if boxes is None else x.nan_to_num_(nan=0.0)
 
 
-def crf_labels_reference(probs: Tensor, threshold: float = 0.5) -> Tensor:
+def crf_labels_cpu(probs: Tensor, threshold: float = 0.5) -> Tensor:
     """Hard labels ``(B, H, W)`` int64: ``p > threshold`` for one label, ``argmax`` over labels otherwise."""
     if probs.shape[1] == 1:
         return (probs[:, 0] > threshold).to(torch.int64)
