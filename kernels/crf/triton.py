@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .cpu import expand_box, exponent_scale, initial_state, unary_logits
 from .params import CRFParams
+from .window import expand_box, exponent_scale, initial_state, unary_logits
 
 _MAX_EXP2 = tl.constexpr(126.0)
 _TINY = tl.constexpr(1.1754943508222875e-38)  # smallest normal float32

@@ -142,11 +142,11 @@ def test_reference_matches_unfold_oracle(reference_backend, rng, batch, labels, 
                                     dataclasses.replace(LOGPOOL, kernel_size=11, dilation=2)])
 def test_row_bands_match_the_oracle(reference_backend, monkeypatch, rng, params):
     # Many labels are processed in row bands; force bands of 32 rows (the minimum) on a 75-row image.
-    from wsis_kernels.crf import cpu
+    from wsis_kernels.crf import window
 
     image, probs, boxes = make_inputs(rng, 1, 5, 75, 6, "one")
     whole = mean_field_crf(image, probs, boxes, params)
-    monkeypatch.setattr(cpu, "BAND_BYTES", 1)
+    monkeypatch.setattr(window, "BAND_BYTES", 1)
     banded = mean_field_crf(image, probs, boxes, params)
     torch.testing.assert_close(banded, whole, rtol=1e-6, atol=1e-6)
     # 120-tap log-pooled messages are large, so float32 rounding shows a little more against float64
