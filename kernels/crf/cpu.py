@@ -1,6 +1,7 @@
 """The optimised PyTorch mean-field CRF: the CPU path of :func:`wsis_kernels.mean_field_crf`.
 
-It runs on any device (``WSIS_KERNELS=reference`` forces it on CUDA too). The window pass, normalisation and
+It runs on any device (``WSIS_KERNELS=reference`` forces it on CUDA too); the parity tests hold it against
+the plain oracle :mod:`wsis_kernels.crf.reference`. The window pass, normalisation and
 start state it iterates are in :mod:`wsis_kernels.crf.window`. With two labels and the mean-field message,
 ``Q_bg = 1 - Q_fg`` makes ``m_bg = S - m_fg`` with ``S = sum_j k(i, j)``, so only the foreground message is
 accumulated (``S`` is gathered once).

@@ -1,4 +1,4 @@
-"""Mean-field CRF: the reference against plain unfold-based oracles, and the Triton path against the reference."""
+"""Mean-field CRF: the CPU path against plain unfold-based oracles, and the Triton path against the CPU path."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ DENSE = CRFParams(kernel_size=5, dilation=1, w_appearance=2.0, theta_alpha=4.0, 
 LOGPOOL = dataclasses.replace(DENSE, message="log_pool", include_centre=True, unary_weight=0.5, norm_eps=1e-6,
                               clamp=(0.05, 0.95))
 
-# ------------------------------------------------------------------------------------------ reference path
+# ------------------------------------------------------------------------------------------------ CPU path
 
 REFERENCE_CASES = [
     # (batch, labels, H, W, params, box)
