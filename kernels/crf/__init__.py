@@ -1,7 +1,8 @@
 """Mean-field CRF over a local (dilated) window: one validated entry point that dispatches.
 
 ``mean_field_crf`` covers MAL's 3x3 colour CRF (:func:`mal_crf_params`) and truncated dense CRFs in the
-style of ConvCRF (:class:`CRFParams` defaults); see :mod:`wsis_kernels.crf.params` for the model.
+style of ConvCRF: :data:`DENSE_CRF` (the :class:`CRFParams` defaults: irnet, mal-label's dense variant) and
+:data:`REFINE_CRF` (refine-crf's defaults); see :mod:`wsis_kernels.crf.params` for the model.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from torch import Tensor
 
 from .._dispatch import select_backend
 from .cpu import crf_labels_cpu, mean_field_crf_cpu
-from .params import CRFParams, mal_crf_params
+from .params import DENSE_CRF, REFINE_CRF, CRFParams, mal_crf_params
 
-__all__ = ["CRFParams", "crf_labels", "mal_crf_params", "mean_field_crf"]
+__all__ = ["DENSE_CRF", "REFINE_CRF", "CRFParams", "crf_labels", "mal_crf_params", "mean_field_crf"]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

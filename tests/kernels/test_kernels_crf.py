@@ -310,3 +310,12 @@ def test_triton_four_channel_image_and_zero_iterations(triton_device, monkeypatc
     torch.testing.assert_close(got, mean_field_crf(image, probs, boxes, dataclasses.replace(DENSE, kernel_size=3)),
                                rtol=1e-5, atol=2e-6)
     torch.testing.assert_close(got0, mean_field_crf(image, probs, boxes, dataclasses.replace(DENSE, iterations=0)))
+
+
+def test_named_parameter_sets():
+    from wsis_cli.stages.refine.settings import RefineSettings
+    from wsis_kernels.crf import DENSE_CRF, REFINE_CRF
+
+    assert CRFParams() == DENSE_CRF
+    assert RefineSettings().crf_params() == REFINE_CRF
+    assert (REFINE_CRF.w_appearance, REFINE_CRF.theta_alpha, REFINE_CRF.theta_beta) == (1.0, 6.0, 0.06)
