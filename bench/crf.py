@@ -11,78 +11,7 @@ noised). The unfold baseline computes the same local model as ours (as MAL's cod
 the fully connected CRF with its usual settings (Gaussian sxy 3 compat 3, bilateral sxy 80 srgb 13
 compat 10). Nothing here asserts a timing.
 
-Measured on the 2-core development machine (shared, so +-30 % between runs), 512x512, 10 iterations,
-IoU gain averaged over three scenes:
-
-    labels  method                      time (2 thr / 1 thr)   peak MiB   IoU gain
-    2       pydensecrf (FC)             0.30-0.31 s            51         +0.156 (5 iterations: +0.177)
-    2       ours 3x3, dilation 3        30-35 ms / 47 ms       14         +0.185
-    2       ours 5x5, dilation 2        32-67 ms / 79 ms       14         +0.187
-    2       unfold 7x7 (same model)     1.1-1.4 s              498        +0.183   (ours 7x7: 74-107 ms)
-    21      pydensecrf (FC)             0.87-0.90 s            154        +0.689 (5 iterations: +0.718)
-    21      ours 5x5, dilation 2        0.39 s / 0.60 s        85         +0.730   (dense loop, sparse_eps=0)
-
-Since the incremental loop (``sparse_eps`` 1e-6, the default): 21 labels, 5x5 dilation 2, 10 iterations, scene 0,
-one thread, CPU time in one run: pydensecrf 853 ms, dense loop 442 ms, incremental 316 ms (2.7x pydensecrf; IoU
-gain +0.7417 against +0.7425). ``--threads 1`` under load ~10 (every wall time ~4x its idle value, ratios in one
-run): 5x5/d2 2.8x pydensecrf (dense loop 1.7x), 7x7 3.7x (1.1x), 11x11 3.2x (0.5x); peak 100 MiB (dense 66).
-
-Session 5 (three state buffers, huge pages, weight maps cached within two states, row-of-tiles updates, no
-denormal changes): ``--threads 1 --cpu-time``, load ~5, 10 iterations, 3 scenes: 21 labels 5x5/d2 268 ms vs
-pydensecrf 887 ms (3.3x, gain +0.7296 vs +0.6892, 104 MiB vs 154), 7x7 3.1x, 11x11 1.7x, 3x3/d3 4.2x; 2 labels
-through the foreground-only loop 5x5/d2 77 ms vs 330 ms (4.3x), 3x3 6.8-7.7x, 7x7 2.3x, 11x11 1.2x, and since
-512x512 two-label images take the incremental loop (later run, load ~3.6): 5x5/d2 57 ms vs 437 ms (7.6x), 3x3
-9.3-9.6x, 7x7 3.2x, 11x11 2.9x, same IoU gains, peak 17 MiB vs 51. The incremental loop against
-the session-4 one, same run, one thread: 1.2-1.5x less CPU depending on load. With two threads under load the
-times are dominated by torch's thread stalls (2-label 5x5/d2: 796 ms wall vs 77 ms CPU on one thread).
-The weight-map cache was then removed (issue 3: weights computed on the fly, never stored per tap): 21 labels,
-one thread, CPU-time medians of 25 interleaved runs against it: 5x5/d2 225 vs 201 ms (+12 %), 7x7 324 vs 302 ms
-(+7 %); peak extra memory 86 vs 107 MiB (5x5/d2) and 81 vs 132 MiB (7x7).
-
-Session 6: with 4 labels or more the CPU passes run on a few threads that each take whole bands (rows of tiles)
-and run torch single-threaded (``wsis_kernels.crf.parallel``); before, every op forked and joined torch's two
-threads, which under load stalled on descheduled threads. (With 2 labels two half-image bands balanced worse
-than torch's threads, 51 vs 37 ms at load 2.5, so fewer labels keep torch's threads: 2 labels unchanged, 5x5/d2
-7.0x / 6.8x pydensecrf at 5 / 10 iterations, load 1.5.) 21 labels, scene 0, default threads, wall, medians of 5, before (28de3ad)
-and after interleaved in one run at load 4.6-6.5 (pydensecrf 0.64-1.1 s there; IoU gains unchanged):
-
-    iters  window   before          after
-    5      5x5/d2   876 ms  0.7x    300 ms  2.2x
-    5      7x7      4.25 s  0.2x    396 ms  1.7x
-    5      11x11    1.52 s  0.4x    633 ms  1.0x
-    10     5x5/d2   3.86 s  0.3x    351 ms  2.9x
-    10     7x7      343 ms  3.2x    307 ms  3.6x
-    10     11x11    444 ms  2.2x    422 ms  2.3x
-
-One thread, CPU time, same load: unchanged within the noise (5x5/d2 2.8-3.7x, 7x7 2.0-2.8x, 11x11 1.3-1.7x).
-Where a 5-iteration 21-label run goes (one thread, 5x5/d2, ~200 ms): four whole-image message passes (~30 ms
-each: the first three changes touch 100 %, 99.6 % and 32 % of the (tile, label) pairs, and at 32 % every band
-still holds changes of all 21 labels, because this scene's spurious spots carry every label), five softmaxes
-(~8 ms each), the start (~12 ms) and one per-tile iteration. Recomputing only the pairs whose state is not
-nearly constant around the tile (valid in the dense iterations, unlike change-based skipping) was tried: 46 %
-and 22 % of the pairs still vary at iterations 3 and 4, and in eager PyTorch gathering a tile with its margin
-and adding its result back cost 2-7 ns per value (index kernels) against ~0.2 ns per multiply-add in the banded
-pass: ~15 us per pair against ~5.6 us in a whole-image pass, so it can only win below ~35 % of the pairs. The
-first version ran 2.5x slower (565 vs 226 ms, 5 iterations); not kept.
-
-Session 7: the late changes go value by value. A change is scattered to its window neighbours (weights computed
-for its pixel only, ``index_add_`` into logits padded by the window's reach) and only the pixels whose logits moved
-are renormalised; at 0.5 % of the values changed that replaces a whole-image pass (~25 ms) by ~10 ms. The steps
-run on the band threads in fixed pieces (still bitwise identical across thread counts). Two labels take the same
-loop from 96x96 pixels and 8 iterations. This file's default run (``uv run python bench/crf.py``, idle, 3 scenes):
-
-    labels  window   5 iterations                     10 iterations
-    21      5x5/d2   106 ms vs 557 ms  5.3x  +0.729    168 ms vs 831 ms  5.0x  +0.730 (pydensecrf +0.718 / +0.689)
-    21      7x7      4.0x (gain +0.505: below)        4.6x  +0.691
-    21      11x11    1.8x  +0.730                     1.8x  +0.730
-    21      3x3/d3   6.7x (gain +0.394: below)        5.8x (+0.572: below)
-    2       5x5/d2   27.5 vs 216 ms  7.8x  +0.185     40 vs 294 ms  7.4x  +0.187 (pydensecrf +0.177 / +0.156)
-    2       3x3/d3   12.6x                            10.9x
-    2       7x7      5.1x                             5.0x
-    2       11x11    2.6x                             2.7x
-
-Peak 75-82 MiB against 154 (21 labels), 14-24 against 51 (2 labels); 9-83x the unfold version. Runs vary: the
-21-label 5x5/d2 case was 97-106 ms at 5 iterations (4.9-5.5x) and 103-168 ms at 10 (5.0-8.1x) over three runs.
+What it measured for each version of the CPU path is in ``bench/NOTES.md`` (mean-field CRF).
 """
 
 from __future__ import annotations

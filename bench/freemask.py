@@ -13,28 +13,7 @@ over all candidates, as FreeSOLO's script does. Both give the same masks (tests/
 second is 1 / median time per image in this run; peak memory is described in ``_common`` (inputs
 excluded). Nothing asserts a timing.
 
-Measured on the 2-core development machine while it was shared (load average 12-14, so times are
-several times the quiet machine's and +-30 % between runs; 2 threads, CPU reference kernel):
-
-    case                      method          img/s   peak MiB   speed-up   mem / baseline
-    E=2048 25x38 (N=1232)     materialising   0.38    64.0       -          -
-                              ours (kernel)   0.30-0.45  56.5    0.8-1.1x   0.88
-    E=1024 40x60 (N=3150)     materialising   0.18    314.8      -          -
-                              ours (kernel)   0.37-0.43  46.2    1.9-2.4x   0.147
-
-Session 3 (load average ~7, 2 threads; `--quick --case 128,48,48,96,96 --case 128,64,64,128,128`), adding
-the label-free configurations: a self-supervised ResNet-18 stage 2 (E=128) on 4x upsampled 96 px images (the
-quality test) and 128 px images (the demo):
-
-    E=2048 25x38 (N=1232)     materialising   0.29    64.1       -          -
-                              ours (kernel)   0.47    55.9       1.6x       0.872
-    E=128 48x48 (N=3024)      materialising   0.28    272.5      -          -
-                              ours (kernel)   1.13    18.9       4.0x       0.069
-    E=128 64x64 (N=5376)      materialising   0.08    857.3      -          -
-                              ours (kernel)   0.89    21.4       11.1x      0.025
-
-At FreeSOLO's size most of an image's time is upsampling the 20 kept masks to 800x1216 (the same in
-both paths); the kernel path pays off as the query count grows (N^2 NMS and N x H*W scores avoided).
+What it measured is in ``bench/NOTES.md`` (Free Mask per image).
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
-"""Choosing between the reference (PyTorch) path and the Triton path of a kernel.
+"""Choosing between the PyTorch path and the Triton path of a kernel.
 
-One switchboard for every op in ``wsis_kernels``:
+One switchboard for every op in ``wsis_kernels``. ``reference`` names each op's PyTorch path, the one CPU
+tensors get by default: for the CRF that is the optimised :mod:`wsis_kernels.crf.cpu` (the value keeps its
+old name so that existing settings keep working), for the score maps :mod:`wsis_kernels.score_maps.reference`.
+The CRF's plain oracle, :mod:`wsis_kernels.crf.reference`, is never dispatched to; only tests call it.
 
-* ``WSIS_KERNELS=reference`` always runs the readable PyTorch reference (any device);
+* ``WSIS_KERNELS=reference`` always runs the PyTorch path (any device);
 * ``WSIS_KERNELS=triton`` always runs the Triton kernels -- on CUDA tensors normally, and on CPU tensors
   only through Triton's interpreter (``TRITON_INTERPRET=1`` set before ``triton`` is imported), which is
   how the parity tests exercise the kernels on machines without a GPU;
 * unset, empty or ``auto``: Triton when every tensor is on a CUDA device and ``triton`` is importable,
-  the reference otherwise.
+  the PyTorch path otherwise.
 """
 
 from __future__ import annotations

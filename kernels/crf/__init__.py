@@ -1,7 +1,8 @@
 """Mean-field CRF over a local (dilated) window: one validated entry point that dispatches.
 
 ``mean_field_crf`` covers MAL's 3x3 colour CRF (:func:`mal_crf_params`) and truncated dense CRFs in the
-style of ConvCRF (:class:`CRFParams` defaults); see :mod:`wsis_kernels.crf.params` for the model.
+style of ConvCRF: :data:`DENSE_CRF` (the :class:`CRFParams` defaults: irnet, mal-label's dense variant) and
+:data:`REFINE_CRF` (refine-crf's defaults); see :mod:`wsis_kernels.crf.params` for the model.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import torch
 from torch import Tensor
 
 from .._dispatch import select_backend
-from .params import CRFParams, mal_crf_params
-from .reference import crf_labels_reference, mean_field_crf_reference
+from .cpu import crf_labels_cpu, mean_field_crf_cpu
+from .params import DENSE_CRF, REFINE_CRF, CRFParams, mal_crf_params
 
-__all__ = ["CRFParams", "crf_labels", "mal_crf_params", "mean_field_crf"]
+__all__ = ["DENSE_CRF", "REFINE_CRF", "CRFParams", "crf_labels", "mal_crf_params", "mean_field_crf"]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -78,8 +79,8 @@ def mean_field_crf(
         ``(B, L, H, W)`` float32 on the input device: refined probabilities (the foreground probability
         for ``L = 1``). Out-of-image neighbours contribute nothing. Deterministic.
 
-    Runs Triton on CUDA tensors when it is importable and the PyTorch reference otherwise;
-    ``WSIS_KERNELS=reference|triton`` forces one.
+    Runs Triton on CUDA tensors when it is importable and the optimised PyTorch path
+    (:mod:`wsis_kernels.crf.cpu`) otherwise; ``WSIS_KERNELS=reference|triton`` forces one.
     """
     params = CRFParams() if params is None else params
     image, probs, box = _validate(image, probs, box, params)
@@ -87,7 +88,7 @@ def mean_field_crf(
         from .triton import mean_field_crf_triton
 
         return mean_field_crf_triton(image, probs, box, params)
-    return mean_field_crf_reference(image, probs, box, params)
+    return mean_field_crf_cpu(image, probs, box, params)
 
 
 def crf_labels(probs: Tensor, threshold: float = 0.5) -> Tensor:
@@ -101,4 +102,4 @@ def crf_labels(probs: Tensor, threshold: float = 0.5) -> Tensor:
         ``(B, H, W)`` int64 labels.
     """
     probs = _check_tensor("probs", probs)
-    return crf_labels_reference(probs, threshold)
+    return crf_labels_cpu(probs, threshold)

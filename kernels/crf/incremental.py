@@ -38,7 +38,7 @@ from torch import Tensor
 
 from . import parallel
 from .params import CRFParams
-from .reference import _finish_weight, _log_box, _MessagePass, floor_normalise, large_empty, normalise_labels
+from .window import MessagePass, finish_weight, floor_normalise, large_empty, log_mask, normalise_labels
 
 ROWS = 32  # rows per piece of a whole-image update: ~10 passes over it then stay in cache
 SPARSE_VALUES = 0.015  # scatter the changes value by value while at most this share of the values changed
@@ -58,7 +58,7 @@ class IncrementalMeanField:
     def __init__(self, img: Tensor, params: CRFParams, labels: int) -> None:
         batch, channels, height, width = img.shape
         self.params, self.labels, self.eps = params, labels, params.sparse_eps
-        self.passes = _MessagePass(img, params)
+        self.passes = MessagePass(img, params)
         taps = self.passes.taps
         # how far a change travels, in pixels: the margin of the logits and of the colour table
         self.reach = r = max([max(dy, abs(dx)) for dy, dx, _, _ in taps.half] + [0])
@@ -116,7 +116,7 @@ class IncrementalMeanField:
 
         self._by_rows(start)
         self.passes.run(self.logits, used)
-        self.log_box = _log_box(boxes)
+        self.log_box = log_mask(boxes)
         pixels = math.prod(self.shape) // self.labels
         # `fresh` holds the current Q everywhere unless a banded pass just turned it into scratch
         fresh_valid, share = False, 1.0
@@ -306,7 +306,7 @@ class IncrementalMeanField:
                 diff = torch.index_select(self.colours, 0, near[k0:k1].reshape(-1),
                                           out=self._scratch(f"there{worker}", ((k1 - k0) * taps, channels)))
                 diff = diff.view(k1 - k0, taps, channels).sub_(torch.index_select(self.colours, 0, at[k0:k1])[:, None])
-                _finish_weight(torch.sum(diff.mul_(diff), 2, out=weight[k0:k1]), self.passes.scale, self.tap_a,
+                finish_weight(torch.sum(diff.mul_(diff), 2, out=weight[k0:k1]), self.passes.scale, self.tap_a,
                                self.tap_g)
 
             parallel.run(parallel.ranges(0, count, PIXEL_PIECE), weights)

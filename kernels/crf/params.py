@@ -24,6 +24,7 @@ is always in the units of the image that is passed in.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -38,7 +39,8 @@ class CRFParams:
     The defaults are a truncated dense CRF (mean-field message, Potts, unary every step) on a 5x5 window
     with dilation 2 (24 neighbours reaching 4 pixels), tuned on ``bench/crf.py``'s synthetic scenes, where
     10 iterations match pydensecrf's fully connected CRF (sxy 80, srgb 13, compat 10 + Gaussian 3/3) in
-    IoU gain within 0.001. Image intensities in [0, 1].
+    IoU gain within 0.001. Image intensities in [0, 1]. They are :data:`DENSE_CRF`; refine-crf's are
+    :data:`REFINE_CRF`.
 
     Attributes:
         kernel_size: odd window side ``k`` (1, 3, 5, ...); the window holds ``k * k`` pixels.
@@ -134,6 +136,19 @@ class CRFParams:
 
 def _gauss(d2: float, theta: float) -> float:
     return 1.0 if math.isinf(theta) else math.exp(-d2 / (2.0 * theta * theta))
+
+
+DENSE_CRF = CRFParams()
+"""The dense CRF: :class:`CRFParams`' defaults (bilateral weight 5.0, ``theta_alpha`` 10 px, ``theta_beta``
+0.1, smoothness 0.5 at 1.5 px, 5x5 taps 2 px apart, 10 iterations), tuned against pydensecrf's fully connected
+CRF. Used by ``wsis irnet`` (the CRF of its relation targets), by ``wsis mal-label --crf-variant dense`` (the
+CRF loss's target) and by ``bench/crf.py``; those stages change only the iteration count."""
+
+REFINE_CRF = dataclasses.replace(DENSE_CRF, w_appearance=1.0, theta_alpha=6.0, theta_beta=0.06)
+"""The refine CRF: ``wsis refine-crf``'s defaults (bilateral weight 1.0, ``theta_alpha`` 6 px, ``theta_beta``
+0.06; the rest as :data:`DENSE_CRF`), a weaker, more colour-selective bilateral term that corrects a given
+mask where colour and smoothness disagree with it. ``RefineSettings`` (``wsis_cli.stages.refine.settings``)
+holds these as flag defaults without importing torch; a test checks that the two agree."""
 
 
 def mal_crf_params(iterations: int = 100, zeta: float = 0.1, clamp: tuple[float, float] = (0.1, 0.9)) -> CRFParams:

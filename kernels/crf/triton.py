@@ -2,7 +2,7 @@
 
 Each program owns a block of pixels of one image and all of its labels. For every window tap it loads the
 neighbours' colours, recomputes the pairwise weight (the same ``a * exp2(max(-s * e2, -126)) + g`` expression as
-the reference), loads the neighbours' label values and multiply-adds them into a ``(labels, pixels)``
+the CPU path), loads the neighbours' label values and multiply-adds them into a ``(labels, pixels)``
 register tile; then it adds the unary/box bias, normalises over labels (max-subtracted) and clamps. Nothing
 of size ``k*k*H*W`` ever exists; global traffic per iteration is about ``k*k*(C + L)`` cached loads and one
 ``L*H*W`` store, and the arithmetic is ``O(k*k*(C + L))`` per pixel.
@@ -20,7 +20,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .params import CRFParams
-from .reference import expand_box, exponent_scale, initial_state, unary_logits
+from .window import expand_box, exponent_scale, initial_state, unary_logits
 
 _MAX_EXP2 = tl.constexpr(126.0)
 _TINY = tl.constexpr(1.1754943508222875e-38)  # smallest normal float32
@@ -144,7 +144,7 @@ def _block_sizes(rows: int) -> tuple[int, int]:
 
 
 def mean_field_crf_triton(image: Tensor, probs: Tensor, box: Tensor | None, params: CRFParams) -> Tensor:
-    """Triton mean-field CRF; same contract as the reference (inputs validated by the caller)."""
+    """Triton mean-field CRF; same contract as the CPU path (inputs validated by the caller)."""
     batch, channels, height, width = image.shape
     labels = probs.shape[1]
     img = image.to(torch.float32).contiguous()

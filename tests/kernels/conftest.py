@@ -36,7 +36,7 @@ def triton_device(monkeypatch: pytest.MonkeyPatch) -> torch.device:
 
 @pytest.fixture
 def reference_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Forces the PyTorch reference path."""
+    """Forces the PyTorch path (``WSIS_KERNELS=reference``; for the CRF, the optimised CPU path)."""
     monkeypatch.setenv("WSIS_KERNELS", "reference")
 
 

@@ -1,4 +1,4 @@
-"""Mean-field CRF: the reference against plain unfold-based oracles, and the Triton path against the reference."""
+"""Mean-field CRF: the CPU path against plain unfold-based oracles, and the Triton path against the CPU path."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ DENSE = CRFParams(kernel_size=5, dilation=1, w_appearance=2.0, theta_alpha=4.0, 
 LOGPOOL = dataclasses.replace(DENSE, message="log_pool", include_centre=True, unary_weight=0.5, norm_eps=1e-6,
                               clamp=(0.05, 0.95))
 
-# ------------------------------------------------------------------------------------------ reference path
+# ------------------------------------------------------------------------------------------------ CPU path
 
 REFERENCE_CASES = [
     # (batch, labels, H, W, params, box)
@@ -142,11 +142,11 @@ def test_reference_matches_unfold_oracle(reference_backend, rng, batch, labels, 
                                     dataclasses.replace(LOGPOOL, kernel_size=11, dilation=2)])
 def test_row_bands_match_the_oracle(reference_backend, monkeypatch, rng, params):
     # Many labels are processed in row bands; force bands of 32 rows (the minimum) on a 75-row image.
-    from wsis_kernels.crf import reference
+    from wsis_kernels.crf import window
 
     image, probs, boxes = make_inputs(rng, 1, 5, 75, 6, "one")
     whole = mean_field_crf(image, probs, boxes, params)
-    monkeypatch.setattr(reference, "BAND_BYTES", 1)
+    monkeypatch.setattr(window, "BAND_BYTES", 1)
     banded = mean_field_crf(image, probs, boxes, params)
     torch.testing.assert_close(banded, whole, rtol=1e-6, atol=1e-6)
     # 120-tap log-pooled messages are large, so float32 rounding shows a little more against float64
@@ -310,3 +310,12 @@ def test_triton_four_channel_image_and_zero_iterations(triton_device, monkeypatc
     torch.testing.assert_close(got, mean_field_crf(image, probs, boxes, dataclasses.replace(DENSE, kernel_size=3)),
                                rtol=1e-5, atol=2e-6)
     torch.testing.assert_close(got0, mean_field_crf(image, probs, boxes, dataclasses.replace(DENSE, iterations=0)))
+
+
+def test_named_parameter_sets():
+    from wsis_cli.stages.refine.settings import RefineSettings
+    from wsis_kernels.crf import DENSE_CRF, REFINE_CRF
+
+    assert CRFParams() == DENSE_CRF
+    assert RefineSettings().crf_params() == REFINE_CRF
+    assert (REFINE_CRF.w_appearance, REFINE_CRF.theta_alpha, REFINE_CRF.theta_beta) == (1.0, 6.0, 0.06)

@@ -108,9 +108,9 @@ def test_two_labels_on_a_large_image_take_the_incremental_loop_and_match_the_exa
                                                                                     rng, box):
     # From TWO_LABEL_INCREMENTAL_PIXELS (and _ITERATIONS) on, two labels leave the foreground-only loop for the
     # incremental one; lowered here to keep the test small. sparse_eps = 0 keeps the exact foreground-only loop.
-    from wsis_kernels.crf import reference
+    from wsis_kernels.crf import cpu
 
-    monkeypatch.setattr(reference, "TWO_LABEL_INCREMENTAL_PIXELS", 40 * 40)
+    monkeypatch.setattr(cpu, "TWO_LABEL_INCREMENTAL_PIXELS", 40 * 40)
     calls = []
     monkeypatch.setattr(incremental.IncrementalMeanField, "run",
                         lambda self, *a, run=incremental.IncrementalMeanField.run: calls.append(1) or run(self, *a))

@@ -15,9 +15,9 @@ such pair, which leaves the baseline little to get wrong. Figures on both sets (
     set                                  baseline (best thr.)   IRNet, oracle maps   upstream inference, oracle maps
     touching (these tests)               0.585 (0.55)           0.708 (0.665 w/o     0.370
                                                                 --peak-split)
-    plain first 16 (until session 5)     0.728 (0.55)           0.792 (0.777)        0.577
+    plain first 16 (the earlier set)     0.728 (0.55)           0.792 (0.777)        0.577
 
-Until session 5 the baseline's thresholds were 0.1-0.5 only (best 0.5: 0.697 on the plain set), which
+On the earlier set the baseline's thresholds were 0.1-0.5 only (best 0.5: 0.697 on the plain set), which
 understated it; at 0.55 it rises to 0.728, and the oracle test's margin on the plain set fell to 0.049.
 
 Two tests decouple the pipeline:
@@ -57,7 +57,7 @@ MARGIN = 0.05  # AP50 points IRNet must add over the best baseline
 # set, seed 0 the same 0.738); every row: uv run python bench/irnet_quality.py --threads 1 --walk-steps 64,256
 #
 #   recipe                                                      touching set (seed 0 / 1)   plain first 16 (0 / 1)
-#   session 5: batch 8 x 160 steps, no peak split                  0.469 / 0.344               0.572 / -
+#   batch 8 x 160 steps, no peak split (before --peak-split)       0.469 / 0.344               0.572 / -
 #   batch 4 x 160 steps, --peak-split 0                            - / 0.420                   - / 0.564
 #     + --peak-split 0.8 (the default now), 256 walk steps         0.683 / 0.708               0.728 / 0.752
 #     + 64 walk steps (this test)                                  0.738 / 0.718               0.792 / 0.762
@@ -65,23 +65,23 @@ MARGIN = 0.05  # AP50 points IRNet must add over the best baseline
 #   baseline, best threshold on a 0.05 grid                        0.585 (0.55)                0.728 (0.55)
 #   our inference on oracle maps (split, 256 walk steps)           0.708                       0.792
 #
-# What changed in session 6: the learnt displacement field sends touching instances of one class to one
+# Why --peak-split: the learnt displacement field sends touching instances of one class to one
 # centroid and leaves many cells with no centroid at all, which upstream makes one more instance spread
 # over every object. ``--peak-split`` splits an instance at its CAM peaks and groups those orphan cells by
 # CAM peaks (irnet_instances.split_by_cam_peaks). With it the learnt field adds little: a zero field gives
-# about the same AP50 (touching set, session 5's 160-step models, split at 0.7: 0.669 vs 0.654 and
+# about the same AP50 (touching set, the batch-8 160-step models, split at 0.7: 0.669 vs 0.654 and
 # 0.598), so the gain over the baseline comes from the boundary branch's random walk, whose masks fit the
 # objects far better than a thresholded CAM (IoU with the ground truth mostly 0.8-0.95 against 0.5-0.7
 # for the baseline's masks at its best threshold, instance by instance), and from the CAM-peak instances.
 # Small objects: both methods score fragments under 1% of the image 0 (the paper's rule); at 0.3% for
-# both, the baseline rises to 0.750 (touching) and 0.830 (plain) and IRNet (session-5 models, split at
+# both, the baseline rises to 0.750 (touching) and 0.830 (plain) and IRNet (batch-8 160-step models, split at
 # 0.7, 64 walk steps) to 0.771 and 0.766: the margin is then ~0.02 on the touching set, and lost on the other.
 # Tried, no better: absolute targets (each CAM-basin cell's displacement to its basin centroid) as an
 # extra loss: the branch on a random backbone does not learn them (error stays at the zero field's);
 # walked scores normalised per instance instead of globally (0.565 vs 0.654); thresholds picked over
 # several levels per instance; radius 5 (0.601 / 0.671 at batch 8 x 80 steps).
 #
-# History (sessions 4-5): scale 1 (the paper's) 0.25-0.27 on the plain set; radius 10 0.313; the field
+# Earlier recipes: scale 1 (the paper's) 0.25-0.27 on the plain set; radius 10 0.313; the field
 # threshold 0.25 lifted 0.396 -> 0.469; 320 steps 0.428; a backbone pre-trained without labels, layers
 # 3-4 trainable, scale 4, AdamW, dilated context convolutions, displacement lr 0.1: all no better.
 SETTINGS = dict(weights="none", arch="resnet18", scale=2, epochs=40, batch_size=4, amp=False, train_radius=7,

@@ -247,7 +247,8 @@ def _check_quality(tmp_path):
     ours = evaluate(gt, labelled.annotations, settings)
     floor = evaluate(gt, baselines.box_filled_masks(boxes).annotations, settings)
     # measured on this set (one thread): mean IoU 0.849 vs 0.620, mask AP 0.692 vs 0.228 (training seeds 1 and
-    # 2: 0.853 / 0.702, 0.848 / 0.683: the bounds hold with room for all three); the session-4 recipe
-    # 0.822 / 0.655 (seed 1: 0.780 / 0.567), session 3's 0.759 / 0.511, before it 0.659 / 0.295
+    # 2: 0.853 / 0.702, 0.848 / 0.683: the bounds hold with room for all three); the 64² recipe
+    # 0.822 / 0.655 (seed 1: 0.780 / 0.567), the first configuration 0.759 / 0.511 at 24 epochs and 0.659 / 0.295
+    # at 8 (bench/NOTES.md)
     assert ours.mean_iou >= floor.mean_iou + 0.18, (ours.mean_iou, floor.mean_iou)
     assert ours.mask_ap >= floor.mask_ap + 0.38, (ours.mask_ap, floor.mask_ap)

@@ -96,8 +96,8 @@ def mal_label(
     crf_zeta: Annotated[float, typer.Option(min=0.0, help="Colour std of the CRF kernel (normalised image units).",
                                             rich_help_panel=_LOSS)] = 0.1,
     crf_variant: Annotated[str, typer.Option(help="CRF of the CRF loss's target: mal (MAL's MeanField: 3x3, "
-                                             "normalised image, --crf-zeta) or dense (refine-crf's bilateral "
-                                             "CRF on the [0, 1] image).", rich_help_panel=_LOSS)] = "mal",
+                                             "normalised image, --crf-zeta) or dense (the kernel's default "
+                                             "dense CRF on the [0, 1] image).", rich_help_panel=_LOSS)] = "mal",
     device: Device = "auto",
     batch_size: BatchSize = 4,
     workers: Workers = 0,

@@ -13,7 +13,8 @@ One step (MAL, ``upstream-implementations.md`` §2.2):
 The CRF sees the teacher's (un-augmented) normalised crop bilinearly resized to the mask grid: MAL's
 choice of the normalised image keeps ``zeta = 0.1`` in its units. The CRF target must not depend on
 which colour augmentation the student happened to get. ``crf_variant="dense"`` swaps MAL's 3x3
-``MeanField`` for our kernel's bilateral CRF (``refine-crf``'s) on the [0, 1] crop: on the synthetic set
+``MeanField`` for the dense CRF (``wsis_kernels.crf.DENSE_CRF``, the ``CRFParams`` defaults, not
+refine-crf's settings) on the [0, 1] crop: on the synthetic set
 its targets are closer to the truth (mean IoU 0.89 vs 0.80 against ground truth in crop space, from the
 same predictions of IoU 0.72), which a from-scratch encoder needs more than a pretrained ViT does.
 """

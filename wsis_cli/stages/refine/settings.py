@@ -15,7 +15,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class RefineSettings:
-    """Settings of ``wsis refine-crf`` that shape the result (one field per flag)."""
+    """Settings of ``wsis refine-crf`` that shape the result (one field per flag).
+
+    The CRF fields default to ``wsis_kernels.crf.REFINE_CRF`` (spelled out here: no torch at import).
+    """
 
     margin: float = 0.25  # crop = box expanded by this fraction of its side on every side ...
     min_margin: int = 8  # ... and by at least this many pixels
