@@ -11,7 +11,7 @@ import typer
 from wsis_cli.cli.common import Quiet, Seed, Verbose, setup
 from wsis_cli.stages.demo.stage import FULL_EPOCHS_FACTOR, FULL_IMAGES, FULL_SIZE, DemoSettings
 
-# the defaults live in DemoSettings (and train_student.DEMO_EPOCHS); the help only shows them
+# the defaults live in DemoSettings (and stages/student/demo.py's DEMO_EPOCHS); the help only shows them
 _D = DemoSettings()
 
 

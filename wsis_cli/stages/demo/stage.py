@@ -43,7 +43,7 @@ class DemoSettings:
     seed: int = 0
     refine: bool = True  # also score each path after refine-crf
     students: bool = True  # train a student on each path's labels and on the ground truth
-    student_epochs: int | None = None  # None: train_student.DEMO_EPOCHS (FULL_EPOCHS_FACTOR times that with full)
+    student_epochs: int | None = None  # None: student.demo.DEMO_EPOCHS (FULL_EPOCHS_FACTOR times that with full)
     student_mask_loss: str = "standard"
     methods: tuple[str, ...] = ()  # only these methods (by key); empty: all
     full: bool = False  # the bigger, longer set-up (wsis demo --full)
@@ -139,7 +139,7 @@ def _refine(labelled: coco.Dataset, data: DemoData, path: Path, out: Path) -> co
 
 
 def _student_epochs(settings: DemoSettings) -> int:
-    from wsis_cli.stages.student.stage import DEMO_EPOCHS
+    from wsis_cli.stages.student.demo import DEMO_EPOCHS
 
     if settings.student_epochs is not None:
         return settings.student_epochs
