@@ -135,7 +135,8 @@ def _resume(ds: coco.Dataset, tmp: Path) -> int:
 
 def _merge(ds: coco.Dataset, tmp: Path) -> Any:
     from wsis_cli.runtime.sharding import Shard, shard_ids
-    from wsis_cli.stages.merge.stage import MergeSettings, run
+    from wsis_cli.stages.merge.settings import MergeJob, MergeSettings
+    from wsis_cli.stages.merge.stage import run
 
     paths = []
     for k in range(4):
@@ -145,7 +146,7 @@ def _merge(ds: coco.Dataset, tmp: Path) -> Any:
         paths.append(tmp / f"shard{k}.json")
         coco.write_dataset(part, paths[-1])
     t0 = time.perf_counter()
-    run(MergeSettings(tuple(paths), str(tmp / "merged.json")))
+    run(MergeSettings(), MergeJob(tuple(paths), str(tmp / "merged.json")))
     return time.perf_counter() - t0
 
 

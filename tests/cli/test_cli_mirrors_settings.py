@@ -123,6 +123,13 @@ def _eval() -> Mirror:
     return Mirror(eval_cmd, [EvalSettings])
 
 
+def _merge() -> Mirror:
+    from wsis_cli.cli.merge import merge
+    from wsis_cli.stages.merge.settings import MergeJob, MergeSettings
+
+    return Mirror(merge, [MergeSettings, MergeJob])
+
+
 def _synth() -> Mirror:
     from wsis_cli.cli.synth import synth
     from wsis_cli.stages.synth.settings import SynthSettings
@@ -135,7 +142,7 @@ def _synth() -> Mirror:
 
 
 MIRRORS = {"cam": _cam, "irnet": _irnet, "refine-crf": _refine, "train-student": _student, "mal-label": _mal,
-           "freemask": _freemask, "eval": _eval, "synth": _synth}
+           "freemask": _freemask, "eval": _eval, "merge": _merge, "synth": _synth}
 
 
 @pytest.mark.parametrize("name", sorted(MIRRORS))
