@@ -118,9 +118,9 @@ def _freemask() -> Mirror:
 
 def _eval() -> Mirror:
     from wsis_cli.cli.evaluate import eval_cmd
-    from wsis_cli.stages.evaluate.stage import EvalSettings
+    from wsis_cli.stages.evaluate.settings import EvalJob, EvalSettings
 
-    return Mirror(eval_cmd, [EvalSettings])
+    return Mirror(eval_cmd, [EvalSettings, EvalJob])
 
 
 def _merge() -> Mirror:
