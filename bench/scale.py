@@ -252,7 +252,8 @@ def _warm_up() -> None:
 def _merge_shards(ds: coco.Dataset, tmp: Path) -> Callable[[], Any]:
     """Write 4 shard files (not timed); returns the merge of them (the stage's ``run``: read, check, write)."""
     from wsis_cli.runtime.sharding import Shard, shard_ids
-    from wsis_cli.stages.merge.stage import MergeSettings, run
+    from wsis_cli.stages.merge.settings import MergeJob, MergeSettings
+    from wsis_cli.stages.merge.stage import run
 
     paths = []
     for k in range(4):
@@ -261,7 +262,7 @@ def _merge_shards(ds: coco.Dataset, tmp: Path) -> Callable[[], Any]:
                             [a for a in ds.annotations if a["image_id"] in keep], ds.categories)
         paths.append(tmp / f"shard{k}.json")
         coco.write_dataset(part, paths[-1])
-    return lambda: run(MergeSettings(tuple(paths), str(tmp / "merged.json")))
+    return lambda: run(MergeSettings(), MergeJob(tuple(paths), str(tmp / "merged.json")))
 
 
 def bench_size(n: int, args: argparse.Namespace) -> dict[str, Row]:

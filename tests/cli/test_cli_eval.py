@@ -217,11 +217,11 @@ def test_faster_backend_missing_exit_2(files):
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory) -> Path:
     """Five synthetic images; predictions: the ground truth without image 3's instances, as a results list."""
-    from wsis_cli.stages.synth.stage import SynthSettings
+    from wsis_cli.stages.synth.settings import SynthJob, SynthSettings
     from wsis_cli.stages.synth.stage import run as synth
 
     d = tmp_path_factory.mktemp("eval-report") / "d"
-    synth(SynthSettings(num_images=5, height=64, width=80, seed=2), d)
+    synth(SynthSettings(num_images=5, height=64, width=80, seed=2), SynthJob(d))
     gt = json.loads((d / "gt.json").read_text())
     results = [{k: v for k, v in a.items() if k != "id"} | {"score": 0.9}
                for a in gt["annotations"] if a["image_id"] != 3]

@@ -118,9 +118,27 @@ def _freemask() -> Mirror:
 
 def _eval() -> Mirror:
     from wsis_cli.cli.evaluate import eval_cmd
-    from wsis_cli.stages.evaluate.stage import EvalSettings
+    from wsis_cli.stages.evaluate.settings import EvalJob, EvalSettings
 
-    return Mirror(eval_cmd, [EvalSettings])
+    return Mirror(eval_cmd, [EvalSettings, EvalJob])
+
+
+def _merge() -> Mirror:
+    from wsis_cli.cli.merge import merge
+    from wsis_cli.stages.merge.settings import MergeJob, MergeSettings
+
+    return Mirror(merge, [MergeSettings, MergeJob])
+
+
+def _demo() -> Mirror:
+    from wsis_cli.cli.demo import demo
+    from wsis_cli.stages.demo.settings import DemoSettings
+
+    return Mirror(demo, [DemoSettings], {
+        "num_images": (DemoSettings, "num_images", lambda v: DemoSettings.num_images if v is None else v),
+        "methods": (DemoSettings, "methods", lambda v: tuple(k.strip() for k in v.split(",") if k.strip())),
+        "student_loss": (DemoSettings, "student_mask_loss", lambda v: v),
+    }, {"DemoSettings.height", "DemoSettings.width"})  # --size HxW fills both (None: the field's default)
 
 
 def _synth() -> Mirror:
@@ -135,7 +153,7 @@ def _synth() -> Mirror:
 
 
 MIRRORS = {"cam": _cam, "irnet": _irnet, "refine-crf": _refine, "train-student": _student, "mal-label": _mal,
-           "freemask": _freemask, "eval": _eval, "synth": _synth}
+           "freemask": _freemask, "eval": _eval, "merge": _merge, "demo": _demo, "synth": _synth}
 
 
 @pytest.mark.parametrize("name", sorted(MIRRORS))

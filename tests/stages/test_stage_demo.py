@@ -7,12 +7,13 @@ import json
 import pytest
 
 from wsis_cli.io import coco
-from wsis_cli.stages.demo.stage import DemoSettings, run
+from wsis_cli.stages.demo.settings import DemoJob, DemoSettings
+from wsis_cli.stages.demo.stage import run
 
 
 def test_demo_scores_the_box_filled_floor(tmp_path):
     rows = run(DemoSettings(num_images=6, height=96, width=128, seed=3, methods=("box-filled",), students=False),
-               tmp_path)
+               DemoJob(tmp_path)).rows
     assert [r.supervision for r in rows] == ["boxes"]
     box = rows[0].report
     # Filled boxes are exact boxes (box AP 1) but poor masks: the floor for box supervision.
@@ -29,16 +30,16 @@ def test_demo_scores_the_box_filled_floor(tmp_path):
 
 def test_demo_reruns_into_the_same_folder(tmp_path):
     quick = DemoSettings(num_images=4, height=64, width=64, seed=1, methods=("box-filled",), students=False)
-    first = run(quick, tmp_path)
-    again = run(quick, tmp_path)
+    first = run(quick, DemoJob(tmp_path)).rows
+    again = run(quick, DemoJob(tmp_path)).rows
     assert first[0].report.mean_iou == again[0].report.mean_iou
 
 
 def test_students_are_trained_by_default_with_retention_of_the_upper_bound(tmp_path):
     """Students are on by default: one on the ground truth (the upper bound), one per path's labels, with
-    retention against the bound (a tiny 1-epoch run here; the real demo trains train_student.DEMO_EPOCHS)."""
+    retention against the bound (a tiny 1-epoch run here; the real demo trains student.demo.DEMO_EPOCHS)."""
     rows = run(DemoSettings(num_images=4, height=64, width=64, seed=1, methods=("box-filled",), student_epochs=1),
-               tmp_path)
+               DemoJob(tmp_path)).rows
     assert [r.method for r in rows] == ["box-filled masks (floor)", "student ← ground truth (upper bound)",
                                         "student ← box-filled masks (floor)"]
     upper, student = rows[1].report, rows[2].report
@@ -52,13 +53,13 @@ def test_students_are_trained_by_default_with_retention_of_the_upper_bound(tmp_p
 
 def test_unknown_method_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown demo methods"):
-        run(DemoSettings(num_images=4, height=64, width=64, methods=("nope",)), tmp_path)
+        run(DemoSettings(num_images=4, height=64, width=64, methods=("nope",)), DemoJob(tmp_path))
 
 
 @pytest.mark.slow
 def test_every_path_runs_and_refinement_rows_follow(tmp_path):
     """All four paths (and refine-crf on each learnt one) on a small set: every row is scored."""
-    rows = run(DemoSettings(num_images=8, height=96, width=96, seed=2, student_epochs=2), tmp_path)
+    rows = run(DemoSettings(num_images=8, height=96, width=96, seed=2, student_epochs=2), DemoJob(tmp_path)).rows
     names = [r.method for r in rows]
     assert names[0].startswith("box-filled")
     for key in ("mal-label", "cam → irnet", "freemask (class-agnostic)"):
@@ -92,7 +93,7 @@ def test_job_pool_runs_jobs_in_workers_and_reports_their_time():
 
 
 def test_demo_settings_take_their_size_from_one_place():
-    from wsis_cli.stages.demo.stage import FULL_IMAGES, FULL_SIZE
+    from wsis_cli.stages.demo.settings import FULL_IMAGES, FULL_SIZE
 
     base = DemoSettings()
     assert DemoSettings.make() == base

@@ -12,7 +12,8 @@ import pytest
 from wsis_cli.io.h5 import H5Reader, H5Writer
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.sharding import Shard, shard_ids, with_shard_suffix
-from wsis_cli.stages.merge.stage import MergeSettings, run
+from wsis_cli.stages.merge.settings import MergeJob, MergeSettings
+from wsis_cli.stages.merge.stage import run
 from wsis_cli.stages.synth.stage import SynthJob, SynthSettings
 from wsis_cli.stages.synth.stage import run as synth
 
@@ -42,13 +43,13 @@ def test_json_shards_merge_to_the_unsharded_dataset(gt_path: Path, tmp_path: Pat
     assert [a["id"] for a in gt["annotations"]] == sorted(a["id"] for a in gt["annotations"])
     shards = _split(gt, 4, tmp_path)
     out = tmp_path / "merged.json"
-    summary = run(MergeSettings(tuple(reversed(shards)), str(out), expect_images=gt_path))
+    summary = run(MergeSettings(), MergeJob(tuple(reversed(shards)), str(out), expect_images=gt_path))
     assert json.loads(out.read_text()) == gt
     assert (summary.kind, summary.shards, summary.images, summary.annotations) == (
         "dataset", 4, len(gt["images"]), len(gt["annotations"]))
     # shards that each list every image (a common way to write them) merge the same
     shards = _split(gt, 3, tmp_path / "", all_images=True)
-    run(MergeSettings(tuple(shards), str(out), expect_count=len(gt["images"])))
+    run(MergeSettings(expect_count=len(gt["images"])), MergeJob(tuple(shards), str(out)))
     assert json.loads(out.read_text()) == gt
 
 
@@ -61,10 +62,10 @@ def test_renumber_reassigns_colliding_ids(gt_path: Path, tmp_path: Path) -> None
             a["id"] = n
         p.write_text(json.dumps(d))
     with pytest.raises(BadInputError, match="annotation id 1 is also used in .*--renumber") as e:
-        run(MergeSettings(tuple(shards), str(tmp_path / "m.json")))
+        run(MergeSettings(), MergeJob(tuple(shards), str(tmp_path / "m.json")))
     assert str(shards[1]) in str(e.value) and str(shards[0]) in str(e.value)
     assert not (tmp_path / "m.json").exists()
-    run(MergeSettings(tuple(shards), str(tmp_path / "m.json"), renumber=True))
+    run(MergeSettings(renumber=True), MergeJob(tuple(shards), str(tmp_path / "m.json")))
     assert json.loads((tmp_path / "m.json").read_text()) == gt
 
 
@@ -75,25 +76,25 @@ def test_conflicting_records_are_refused(gt_path: Path, tmp_path: Path) -> None:
     d["images"][2]["width"] = 50
     b.write_text(json.dumps(d))
     with pytest.raises(BadInputError, match=r"images\[2\] \(id 3\): differs from the record"):
-        run(MergeSettings((a, b), str(tmp_path / "m.json")))
+        run(MergeSettings(), MergeJob((a, b), str(tmp_path / "m.json")))
     d["images"][2]["width"] = 48
     d["categories"][0]["name"] = "moon"
     b.write_text(json.dumps(d))
     with pytest.raises(BadInputError, match="categories differ .*category id 1: .*moon"):
-        run(MergeSettings((a, b), str(tmp_path / "m.json")))
+        run(MergeSettings(), MergeJob((a, b), str(tmp_path / "m.json")))
 
 
 def test_missing_and_unknown_images(gt_path: Path, tmp_path: Path) -> None:
     gt = json.loads(gt_path.read_text())
     shards = _split(gt, 4, tmp_path)
     with pytest.raises(BadInputError, match=r"gt\.json: 4 of its 15 images are missing .*: 2, 6, 10, 14;"):
-        run(MergeSettings((shards[0], shards[2], shards[3]), str(tmp_path / "m.json"), expect_images=gt_path))
+        run(MergeSettings(), MergeJob((shards[0], shards[2], shards[3]), str(tmp_path / "m.json"), expect_images=gt_path))
     with pytest.raises(BadInputError, match="hold 11 images, expected 15"):
-        run(MergeSettings((shards[0], shards[2], shards[3]), str(tmp_path / "m.json"), expect_count=15))
+        run(MergeSettings(expect_count=15), MergeJob((shards[0], shards[2], shards[3]), str(tmp_path / "m.json")))
     small = {**gt, "images": gt["images"][:5], "annotations": [a for a in gt["annotations"] if a["image_id"] <= 5]}
     (tmp_path / "small.json").write_text(json.dumps(small))
     with pytest.raises(BadInputError, match=r"image 6: is not in .*small\.json"):
-        run(MergeSettings(tuple(shards), str(tmp_path / "m.json"), expect_images=tmp_path / "small.json"))
+        run(MergeSettings(), MergeJob(tuple(shards), str(tmp_path / "m.json"), expect_images=tmp_path / "small.json"))
     assert not (tmp_path / "m.json").exists()
 
 
@@ -106,11 +107,11 @@ def test_results_lists(gt_path: Path, tmp_path: Path) -> None:
         mine = set(shard_ids([im["id"] for im in gt["images"]], Shard(i, 2)))
         paths.append(tmp_path / f"r{i}.json")
         paths[-1].write_text(json.dumps([r for r in results if r["image_id"] in mine]))
-    summary = run(MergeSettings(tuple(paths), str(tmp_path / "m.json"), expect_images=gt_path))
+    summary = run(MergeSettings(), MergeJob(tuple(paths), str(tmp_path / "m.json"), expect_images=gt_path))
     assert json.loads((tmp_path / "m.json").read_text()) == results
     assert summary.kind == "results" and summary.annotations == len(results)
     with pytest.raises(BadInputError, match="is a results list but .* is a COCO dataset"):
-        run(MergeSettings((paths[0], gt_path), str(tmp_path / "m.json")))
+        run(MergeSettings(), MergeJob((paths[0], gt_path), str(tmp_path / "m.json")))
 
 
 def _h5_shards(tmp_path: Path, count: int, stage: str = "cam", overlap: bool = False) -> list[Path]:
@@ -131,7 +132,7 @@ def _h5_shards(tmp_path: Path, count: int, stage: str = "cam", overlap: bool = F
 def test_h5_shards_merge(gt_path: Path, tmp_path: Path) -> None:
     shards = _h5_shards(tmp_path, 3)
     out = tmp_path / "cams.h5"
-    summary = run(MergeSettings(tuple(shards), str(out), expect_images=gt_path))
+    summary = run(MergeSettings(), MergeJob(tuple(shards), str(out), expect_images=gt_path))
     assert (summary.kind, summary.images, summary.stage) == ("h5", 15, "cam")
     r = H5Reader(out, "cam")
     assert r.ids() == list(range(1, 16))
@@ -142,22 +143,22 @@ def test_h5_shards_merge(gt_path: Path, tmp_path: Path) -> None:
         assert r.attrs(i) == {"height": 6} and r.dataset_attrs(i, "cam") == {"category_ids": [1, 3]}
     r.close()
     with pytest.raises(BadInputError, match=r"gt\.json: 5 of its 15 images are missing"):
-        run(MergeSettings(tuple(shards[:2]), str(tmp_path / "x.h5"), expect_images=gt_path))
+        run(MergeSettings(), MergeJob(tuple(shards[:2]), str(tmp_path / "x.h5"), expect_images=gt_path))
     assert not list(tmp_path.glob("x.h5*"))
 
 
 def test_h5_inconsistent_shards(tmp_path: Path) -> None:
     shards = _h5_shards(tmp_path, 2, overlap=True)
     with pytest.raises(BadInputError, match=r"image 1: is also in .*cams\.shard-0-of-2\.h5: shards overlap"):
-        run(MergeSettings(tuple(shards), str(tmp_path / "m.h5")))
+        run(MergeSettings(), MergeJob(tuple(shards), str(tmp_path / "m.h5")))
     other = _h5_shards(tmp_path / "", 1, stage="freemask")[0]
     with pytest.raises(BadInputError, match="written by stage 'freemask' but .* by stage 'cam'"):
-        run(MergeSettings((shards[0], other), str(tmp_path / "m.h5")))
+        run(MergeSettings(), MergeJob((shards[0], other), str(tmp_path / "m.h5")))
     with pytest.raises(BadInputError, match="is an HDF5 store but .* is COCO JSON"):
         (tmp_path / "a.json").write_text("[]")
-        run(MergeSettings((shards[0], tmp_path / "a.json"), str(tmp_path / "m.h5")))
+        run(MergeSettings(), MergeJob((shards[0], tmp_path / "a.json"), str(tmp_path / "m.h5")))
     with pytest.raises(UsageError, match="stdout"):
-        run(MergeSettings((shards[0],), "-"))
+        run(MergeSettings(), MergeJob((shards[0],), "-"))
     assert not list(tmp_path.glob("m.h5*"))
 
 
@@ -167,24 +168,24 @@ def test_h5_settings_must_agree(tmp_path: Path) -> None:
     with H5Writer(b, "cam", {"lr": 0.2, "shard": "1/2"}) as w:
         w.put(99, {"cam": np.zeros(2)})
     with pytest.raises(BadInputError, match=r"settings differ .*lr: 0\.2 vs 0\.1"):
-        run(MergeSettings((a, b), str(tmp_path / "m.h5")))
+        run(MergeSettings(), MergeJob((a, b), str(tmp_path / "m.h5")))
 
 
 def test_unusable_shard_paths_and_options(tmp_path: Path) -> None:
     shard = _h5_shards(tmp_path, 1)[0]
     with pytest.raises(BadInputError, match="file not found"):
-        run(MergeSettings((shard, tmp_path / "gone.json"), str(tmp_path / "m.h5")))
+        run(MergeSettings(), MergeJob((shard, tmp_path / "gone.json"), str(tmp_path / "m.h5")))
     partial = tmp_path / "x.h5.partial"
     partial.write_text("")
     with pytest.raises(BadInputError, match="unfinished shard output"):
-        run(MergeSettings((shard, partial), str(tmp_path / "m.h5")))
+        run(MergeSettings(), MergeJob((shard, partial), str(tmp_path / "m.h5")))
     with pytest.raises(BadInputError, match="does not exist"):
-        run(MergeSettings((shard,), str(tmp_path / "no" / "m.h5")))
+        run(MergeSettings(), MergeJob((shard,), str(tmp_path / "no" / "m.h5")))
     with pytest.raises(UsageError, match="given twice"):
-        run(MergeSettings((shard, shard), str(tmp_path / "m.h5")))
+        run(MergeSettings(), MergeJob((shard, shard), str(tmp_path / "m.h5")))
     with pytest.raises(UsageError, match="one of the shards"):
-        run(MergeSettings((shard,), str(shard)))
+        run(MergeSettings(), MergeJob((shard,), str(shard)))
     with pytest.raises(UsageError, match="mutually exclusive"):
-        run(MergeSettings((shard,), str(tmp_path / "m.h5"), expect_images=shard, expect_count=3))
+        run(MergeSettings(expect_count=3), MergeJob((shard,), str(tmp_path / "m.h5"), expect_images=shard))
     with pytest.raises(UsageError, match="--renumber"):
-        run(MergeSettings((shard,), str(tmp_path / "m.h5"), renumber=True))
+        run(MergeSettings(renumber=True), MergeJob((shard,), str(tmp_path / "m.h5")))

@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.common import Quiet, Seed, Verbose, setup
-from wsis_cli.stages.demo.stage import FULL_EPOCHS_FACTOR, FULL_IMAGES, FULL_SIZE, DemoSettings
+from wsis_cli.stages.demo.settings import FULL_EPOCHS_FACTOR, FULL_IMAGES, FULL_SIZE, DemoSettings
 
-# the defaults live in DemoSettings (and train_student.DEMO_EPOCHS); the help only shows them
+# the defaults live in DemoSettings (and stages/student/demo.py's DEMO_EPOCHS); the help only shows them
 _D = DemoSettings()
 
 
@@ -66,6 +66,7 @@ def demo(
 
     from wsis_cli.cli.tables import render_comparison
     from wsis_cli.io.atomic import work_dir
+    from wsis_cli.stages.demo.settings import DemoJob
     from wsis_cli.stages.demo.stage import run
 
     keys = tuple(k.strip() for k in methods.split(",") if k.strip())
@@ -80,7 +81,7 @@ def demo(
                                  student_epochs=student_epochs, student_mask_loss=student_loss, methods=keys,
                                  student_jobs=student_jobs)
     with work_dir(out) as folder:
-        rows = run(settings, folder)
+        rows = run(settings, DemoJob(folder)).rows
         render_comparison([(r.method, r.report) for r in rows],
                           title=f"wsis demo: {settings.num_images} synthetic {settings.height}x{settings.width} "
                           f"images, {classes} classes")

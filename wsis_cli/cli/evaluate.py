@@ -1,7 +1,8 @@
 """``wsis eval``: COCO mask/box AP and AR plus mean instance mask IoU of predictions against a ground truth.
 
-Thin layer: parse flags, load and validate the two files, call :func:`wsis_cli.stages.evaluate.stage.evaluate`,
-render the tables on stderr and write the JSON report (``--json -`` puts ONLY the JSON on stdout).
+Thin layer: parse flags, check the outputs, call :func:`wsis_cli.stages.evaluate.stage.run` (which loads
+the two files and evaluates them), render the tables on stderr and write the JSON report (``--json -`` puts
+ONLY the JSON on stdout).
 ``--report DIR`` also draws the worst images (``wsis show``'s report with the ground truth beside).
 """
 
@@ -68,9 +69,10 @@ def eval_cmd(
     common.setup(quiet, verbose)
     from wsis_cli.io import stdio
     from wsis_cli.io.atomic import check_output_dir, check_output_path
-    from wsis_cli.io.coco import load_dataset, load_predictions
     from wsis_cli.runtime.errors import UsageError
-    from wsis_cli.stages.evaluate.stage import EvalSettings, evaluate, require_faster
+    from wsis_cli.runtime.progress import make_progress
+    from wsis_cli.stages.evaluate.settings import EvalJob, EvalSettings
+    from wsis_cli.stages.evaluate.stage import require_faster, run
 
     if pred == stdio.STDIO and gt == stdio.STDIO:
         raise UsageError("PRED and --gt cannot both read stdin")
@@ -87,23 +89,13 @@ def eval_cmd(
         reference_ap=reference_ap, backend=backend,
     )
 
-    gt_ds = load_dataset(gt)
-    predictions = load_predictions(pred, gt_ds, class_agnostic=class_agnostic)
-    report = evaluate(gt_ds, predictions, settings)
-    report.sources.update(gt=stdio.display_name(gt), predictions=stdio.display_name(pred))
+    job = EvalJob(gt=gt, predictions=pred, report_dir=report_dir, report_limit=report_limit, images=images)
+    # with --report, a bad image stops the command before the tables and with nothing written
+    report = run(settings, job, make_progress(quiet))
 
     if not quiet:
         from wsis_cli.cli.tables import render_eval
 
         render_eval(report)
-    if report_dir is not None:  # before --json: a bad image stops the command with nothing written
-        from wsis_cli.runtime.progress import make_progress
-        from wsis_cli.stages.show import ShowJob, ShowSettings
-        from wsis_cli.stages.show.stage import run_against_gt
-
-        title = f"wsis eval: the worst images of {stdio.display_name(pred)}"
-        run_against_gt(ShowSettings(sort="worst", limit=report_limit, class_agnostic=class_agnostic, title=title),
-                       ShowJob(labels=pred, out=str(report_dir), images=str(images) if images else None, gt=gt),
-                       gt_ds, predictions, make_progress(quiet))
     if json_out is not None:
         stdio.write_json(report.to_json(), json_out, indent=2)

@@ -39,14 +39,15 @@ def merge(
     from wsis_cli.runtime.errors import UsageError
     from wsis_cli.runtime.log import get_logger
     from wsis_cli.runtime.progress import make_progress
-    from wsis_cli.stages.merge.stage import MergeSettings, run
+    from wsis_cli.stages.merge.settings import MergeJob, MergeSettings
+    from wsis_cli.stages.merge.stage import run
 
     if expect_images is not None and expect_count is not None:
         raise UsageError("--expect-images and --expect-count are mutually exclusive")
     if output != "-":
         check_output_path(output)
-    settings = MergeSettings(tuple(shards), output, expect_images, expect_count, renumber)
-    summary = run(settings, make_progress(quiet))
+    settings = MergeSettings(expect_count, renumber)
+    summary = run(settings, MergeJob(tuple(shards), output, expect_images), make_progress(quiet))
     if summary.kind == "h5":
         what = f"{summary.images} images (stage {summary.stage})"
     else:

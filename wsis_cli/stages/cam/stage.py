@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from wsis_cli.io import coco
-from wsis_cli.models.backbone_names import DEFAULT_ARCH, DEFAULT_WEIGHTS
 from wsis_cli.models.backbones import normalize
 from wsis_cli.models.cam_net import CamNet
 from wsis_cli.runtime.device import autocast
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.stages.cam.settings import EPS, STRIDE, CamJob, CamSettings, CamSummary, TrainSettings
+from wsis_cli.stages.cam.demo import DEMO_SETTINGS
+from wsis_cli.stages.cam.settings import EPS, STRIDE, CamJob, CamSettings, CamSummary
 
 log = get_logger("cam")
 
@@ -221,7 +221,7 @@ def run(settings: CamSettings, job: CamJob, progress: Any = None) -> CamSummary:
 
 
 def demo_cams(images_dir: Path, labels: coco.Dataset, work: Path) -> Path:
-    """Train the demo's classifier (:data:`DEMO_TRAIN`: the packaged ImageNet EfficientNet-Lite0, as the
+    """Train the demo's classifier (:data:`~wsis_cli.stages.cam.demo.DEMO_SETTINGS`: the packaged ImageNet EfficientNet-Lite0, as the
     paper's ImageNet setting) on the demo's synthetic data and write ``work/cams.h5``; returns its path.
     Everything else is ``wsis cam``'s defaults (geometry, multi-scale maps)."""
     from wsis_cli.io.stdio import write_json
@@ -229,7 +229,7 @@ def demo_cams(images_dir: Path, labels: coco.Dataset, work: Path) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     labels_path = work / "cam-labels.json"
     write_json(labels.to_json(), labels_path)
-    settings = CamSettings(train=TrainSettings(**DEMO_TRAIN))
+    settings = DEMO_SETTINGS
     out = work / "cams.h5"
     run_dir = work / "cam-run"
     job = CamJob(labels=str(labels_path), images=str(images_dir), out=str(out), run_dir=str(run_dir), device="cpu",
@@ -237,7 +237,3 @@ def demo_cams(images_dir: Path, labels: coco.Dataset, work: Path) -> Path:
     run(settings, job)
     return out
 
-
-# The demo's classifier: pretrained (weights that install with wsis), every image trains (no held-out split)
-DEMO_TRAIN: dict[str, Any] = {"arch": DEFAULT_ARCH, "weights": DEFAULT_WEIGHTS, "epochs": 12, "batch_size": 8,
-                              "lr": 0.002, "val_fraction": 0.0, "seed": 0}

@@ -24,44 +24,19 @@ from typing import TYPE_CHECKING, Any
 from wsis_cli.io.stdio import write_json
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.stages.demo.jobs import Job, JobPool, JobTime, timed
+from wsis_cli.stages.demo.settings import (
+    FULL_EPOCHS_FACTOR,
+    DemoJob,
+    DemoRow,
+    DemoSettings,
+    DemoSummary,
+)
 
 if TYPE_CHECKING:  # the stages themselves are imported when they run: `wsis demo --help` reads this module
     from wsis_cli.io import coco
     from wsis_cli.stages.evaluate.stage import EvalReport
 
 log = get_logger("demo")
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """Settings of ``wsis demo`` (one field per flag)."""
-
-    num_images: int = 24  # sized so every path runs in minutes on a 2-core laptop
-    height: int = 128
-    width: int = 128
-    classes: int = 3
-    seed: int = 0
-    refine: bool = True  # also score each path after refine-crf
-    students: bool = True  # train a student on each path's labels and on the ground truth
-    student_epochs: int | None = None  # None: train_student.DEMO_EPOCHS (FULL_EPOCHS_FACTOR times that with full)
-    student_mask_loss: str = "standard"
-    methods: tuple[str, ...] = ()  # only these methods (by key); empty: all
-    full: bool = False  # the bigger, longer set-up (wsis demo --full)
-    student_jobs: int = 2  # students trained side by side, one CPU thread each (1: one after another)
-
-    @classmethod
-    def make(cls, *, num_images: int | None = None, size: tuple[int, int] | None = None, full: bool = False,
-             **rest: object) -> DemoSettings:
-        """Settings whose image count and size, when ``None``, are the default set's (or ``--full``'s)."""
-        base = cls()
-        if num_images is None:
-            num_images = FULL_IMAGES if full else base.num_images
-        height, width = size if size is not None else (FULL_SIZE if full else (base.height, base.width))
-        return cls(num_images=num_images, height=height, width=width, full=full, **rest)  # type: ignore[arg-type]
-
-
-# ``wsis demo --full``: more and larger images (the CLI's defaults then) and students trained longer
-FULL_IMAGES, FULL_SIZE, FULL_EPOCHS_FACTOR = 64, (192, 192), 3
 
 
 @dataclass(frozen=True)
@@ -85,15 +60,6 @@ class Method:
     label: Callable[[DemoData, Path], coco.Dataset]  # (data, work folder) -> labelled dataset
     class_agnostic: bool = False  # labels carry no class: score them class-agnostically
     refine: bool = True  # worth a refine-crf row
-
-
-@dataclass(frozen=True)
-class DemoRow:
-    method: str
-    supervision: str
-    output: Path  # the labels or the student's predictions (COCO JSON)
-    report: EvalReport
-    class_agnostic: bool = False
 
 
 def _box_filled(data: DemoData, work: Path) -> coco.Dataset:
@@ -139,7 +105,7 @@ def _refine(labelled: coco.Dataset, data: DemoData, path: Path, out: Path) -> co
 
 
 def _student_epochs(settings: DemoSettings) -> int:
-    from wsis_cli.stages.student.stage import DEMO_EPOCHS
+    from wsis_cli.stages.student.demo import DEMO_EPOCHS
 
     if settings.student_epochs is not None:
         return settings.student_epochs
@@ -186,9 +152,10 @@ def _score(data: DemoData, preds: list[dict], agnostic: bool, reference_ap: floa
     return replace(report, sources=sources or {})
 
 
-def run(settings: DemoSettings, out_dir: Path) -> list[DemoRow]:
-    """Generate the data under ``out_dir/data``, run every method (and refine-crf, students), write each
-    output and ``report.json`` into ``out_dir`` and return one evaluated row per result.
+def run(settings: DemoSettings, job: DemoJob, progress: object = None) -> DemoSummary:
+    """Generate the data under ``job.out_dir/data``, run every method (and refine-crf, students), write each
+    output and ``report.json`` into ``job.out_dir`` and return one evaluated row per result (``progress`` is
+    accepted for the stage convention; the demo logs its phases instead).
 
     Students train in a :class:`~wsis_cli.stages.demo.jobs.JobPool` of ``student_jobs`` processes while
     this process goes on labelling: the ground-truth student starts as soon as the data exists, each
@@ -198,6 +165,9 @@ def run(settings: DemoSettings, out_dir: Path) -> list[DemoRow]:
 
     from wsis_cli.io import coco
     from wsis_cli.stages.synth import stage as synth
+
+    del progress
+    out_dir = Path(job.out_dir)
 
     methods = [m for m in METHODS if not settings.methods or m.key in settings.methods]
     unknown = set(settings.methods) - {m.key for m in METHODS}
@@ -279,4 +249,4 @@ def run(settings: DemoSettings, out_dir: Path) -> list[DemoRow]:
                   "report": r.report.to_json()} for r in rows],
         "timing": timing,
     }, out_dir / "report.json", indent=1)
-    return rows
+    return DemoSummary(rows, out_dir, timing)

@@ -14,7 +14,7 @@ import io
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -22,50 +22,15 @@ from wsis_cli.io import rle as rle_utils
 from wsis_cli.io.coco import Dataset, validate_results
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.log import get_logger
+from wsis_cli.runtime.progress import NullProgress, Progress
 from wsis_cli.stages.evaluate.chunked import evaluate_chunked
 from wsis_cli.stages.evaluate.mean_iou import CategoryIoU, MeanIoU, mean_instance_iou
-
-IouType = Literal["segm", "bbox", "both"]
-Backend = Literal["chunked", "pycocotools", "faster"]
-BACKENDS = ("chunked", "pycocotools", "faster")
+from wsis_cli.stages.evaluate.settings import EvalJob, EvalSettings
 
 FAST_EVAL_HINT = "--backend faster needs faster-coco-eval: install it with `pip install 'wsis[fast-eval]'`"
 AGNOSTIC_CATEGORY = {"id": 1, "name": "object"}
 
 log = get_logger("eval")
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """Settings of ``wsis eval`` (one field per flag).
-
-    ``iou_type="both"`` evaluates masks where both sides have them and boxes always; ``max_dets`` is the
-    last of COCO's ``maxDets = [1, 10, N]`` (AP and AR@N use N; pseudo-labels often exceed 100 per image).
-    ``reference_ap`` is the AP of a fully supervised model, as a fraction (0.42) or in percent (42.0).
-    """
-
-    iou_type: IouType = "both"
-    class_agnostic: bool = False
-    max_dets: int = 100
-    reference_ap: float | None = None
-    backend: Backend = "chunked"
-
-    def __post_init__(self) -> None:
-        if self.iou_type not in ("segm", "bbox", "both"):
-            raise UsageError(f"iou_type must be segm, bbox or both, got {self.iou_type!r}")
-        if self.backend not in BACKENDS:
-            raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.max_dets < 10:
-            raise UsageError(f"max_dets must be at least 10 (COCO's maxDets are [1, 10, N]), got {self.max_dets}")
-        if self.reference_ap is not None and not 0 < self.reference_ap <= 100:
-            raise UsageError(f"reference AP must be in (0, 1] or (1, 100] percent, got {self.reference_ap}")
-
-    @property
-    def reference_fraction(self) -> float | None:
-        """The reference AP on pycocotools' 0–1 scale (AP never exceeds 1, so a value above 1 is percent)."""
-        if self.reference_ap is None:
-            return None
-        return self.reference_ap / 100.0 if self.reference_ap > 1 else self.reference_ap
 
 
 def stat_names(max_dets: int) -> tuple[str, ...]:
@@ -224,9 +189,30 @@ def evaluate(gt: Dataset, predictions: Sequence[Mapping[str, Any]], settings: Ev
     return EvalReport(settings, coco, mean_iou, per_cat_iou, counts, timings)
 
 
-def run(settings: EvalSettings, gt: Dataset, predictions: Sequence[Mapping[str, Any]]) -> EvalReport:
-    """The stage convention's entry point; same as :func:`evaluate`."""
-    return evaluate(gt, predictions, settings)
+def run(settings: EvalSettings, job: EvalJob, progress: Progress | None = None) -> EvalReport:
+    """The stage convention's entry point: load the job's ground truth and predictions, :func:`evaluate`
+    them (the report's ``sources`` name the two files) and, with ``job.report_dir``, draw the worst images
+    as ``wsis show``'s report beside the ground truth."""
+    from wsis_cli.io import stdio
+    from wsis_cli.io.coco import load_dataset, load_predictions
+
+    if job.gt == stdio.STDIO and job.predictions == stdio.STDIO:
+        raise UsageError("PRED and --gt cannot both read stdin")
+    gt = load_dataset(job.gt)
+    predictions = load_predictions(job.predictions, gt, class_agnostic=settings.class_agnostic)
+    report = evaluate(gt, predictions, settings)
+    report.sources.update(gt=stdio.display_name(job.gt), predictions=stdio.display_name(job.predictions))
+    if job.report_dir is not None:
+        from wsis_cli.stages.show import ShowJob, ShowSettings
+        from wsis_cli.stages.show.stage import run_against_gt
+
+        title = f"wsis eval: the worst images of {stdio.display_name(job.predictions)}"
+        run_against_gt(ShowSettings(sort="worst", limit=job.report_limit, class_agnostic=settings.class_agnostic,
+                                    title=title),
+                       ShowJob(labels=job.predictions, out=str(job.report_dir),
+                               images=str(job.images) if job.images else None, gt=job.gt),
+                       gt, predictions, progress or NullProgress())
+    return report
 
 
 def require_faster() -> None:

@@ -20,15 +20,14 @@ import torch
 from wsis_cli.io import coco
 from wsis_cli.runtime.errors import BadInputError
 from wsis_cli.runtime.log import get_logger
+from wsis_cli.stages.freemask.demo import DEMO_PRETRAIN, DEMO_SPEC
 from wsis_cli.stages.freemask.features import (
-    BackboneSpec,
     annotations_for,
     build_backbone,
     generate,
     load_backbone_state,
 )
 from wsis_cli.stages.freemask.masks import FreeMaskParams
-from wsis_cli.stages.freemask.pretrain import PretrainSettings
 from wsis_cli.stages.freemask.settings import STAGE, FreeMaskJob, FreeMaskSettings
 from wsis_cli.stages.freemask.tune import Sample, fine_tune, make_sample
 
@@ -250,7 +249,7 @@ def demo_freemask(images_dir: Path, work: Path, labels: coco.Dataset | None = No
     from wsis_cli.stages.freemask.pretrain import build_pretrain_backbone, pretrain, region_samples
 
     del labels  # the label-free path reads no label
-    spec = BackboneSpec(arch="resnet18", weights="none", stage=2, last_stride=2, short_side=DEMO_SIDE)
+    spec = DEMO_SPEC
     train_spec = DEMO_PRETRAIN.train_spec(spec)
     records, root, source = input_images(FreeMaskJob(inputs=str(images_dir), out="-"))
     images = dict(_read(records, root, source))
@@ -267,7 +266,3 @@ def demo_freemask(images_dir: Path, work: Path, labels: coco.Dataset | None = No
     work.mkdir(parents=True, exist_ok=True)
     return coco.Dataset(records, anns, [{"id": 1, "name": "object"}], {}, source)
 
-
-# the demo's label-free configuration (tests/stages/test_stage_freemask_quality.py: why upsampling matters)
-DEMO_SIDE = 384
-DEMO_PRETRAIN = PretrainSettings(epochs=12, lr=3e-3, batch_size=8, short_side=128)

@@ -24,6 +24,7 @@ import torch
 
 from wsis_cli.runtime.errors import BadInputError
 from wsis_cli.runtime.log import get_logger
+from wsis_cli.stages.irnet.demo import DEMO_SETTINGS
 from wsis_cli.stages.irnet.settings import (
     FROM_CAM,
     IDS_PER_IMAGE,
@@ -286,9 +287,6 @@ def run(settings: IRNetSettings, job: IRNetJob, progress: Any = None) -> IRNetRe
 
 
 # ------------------------------------------------------------------------------------------- demo
-
-
-DEMO_SETTINGS = IRNetSettings(epochs=6, batch_size=8, crf_iterations=5, walk_steps=128, refine_steps=100, amp=False)
 
 
 def demo_irnet(images_dir: Path, cams_h5: Path, work: Path, settings: IRNetSettings | None = None) -> Any:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
@@ -34,38 +33,18 @@ from wsis_cli.io.stdio import STDIO, gc_paused, write_json
 from wsis_cli.runtime.errors import BadInputError, UsageError
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.runtime.progress import NullProgress, Progress, track
+from wsis_cli.stages.merge.settings import MergeJob, MergeSettings, MergeSummary
 
 log = get_logger("merge")
 
 SHOW_MISSING = 10  # ids listed in a "missing images" error
 
 
-@dataclass(frozen=True)
-class MergeSettings:
-    """Mirrors ``wsis merge SHARD... -o OUT [--expect-images GT | --expect-count N] [--renumber]``."""
-
-    shards: tuple[Path, ...]
-    output: str  # a path, or "-" for stdout (JSON only)
-    expect_images: Path | None = None
-    expect_count: int | None = None
-    renumber: bool = False
-
-
-@dataclass(frozen=True)
-class MergeSummary:
-    kind: str  # "dataset", "results" or "h5"
-    shards: int
-    images: int  # distinct image ids in the union (results lists: ids with at least one result)
-    annotations: int  # annotations or results written (0 for HDF5)
-    output: str
-    stage: str | None = None  # HDF5 only
-
-
-def run(settings: MergeSettings, progress: Progress | None = None) -> MergeSummary:
-    """Check the shards, merge them and write ``settings.output``; raise on any inconsistency."""
+def run(settings: MergeSettings, job: MergeJob, progress: Progress | None = None) -> MergeSummary:
+    """Check the shards, merge them and write ``job.output``; raise on any inconsistency."""
     progress = progress or NullProgress()
-    shards = [Path(p) for p in settings.shards]
-    _check_settings(settings, shards)
+    shards = [Path(p) for p in job.shards]
+    _check_settings(settings, job, shards)
     for p in shards:
         _check_shard(p)
     h5 = [is_h5_file(p) for p in shards]
@@ -74,18 +53,18 @@ def run(settings: MergeSettings, progress: Progress | None = None) -> MergeSumma
         raise BadInputError(shards[j5], None, f"is an HDF5 store but {shards[jj]} is COCO JSON: "
                             "shards of one output must be of one kind")
     if all(h5):
-        if settings.output == STDIO:
+        if job.output == STDIO:
             raise UsageError("-o -: HDF5 cannot be written to stdout; give a file name")
         if settings.renumber:
             raise UsageError("--renumber applies to COCO JSON shards only")
-        return _merge_h5(settings, shards, progress)
-    return _merge_json(settings, shards, progress)
+        return _merge_h5(settings, job, shards, progress)
+    return _merge_json(settings, job, shards, progress)
 
 
-def _check_settings(settings: MergeSettings, shards: list[Path]) -> None:
+def _check_settings(settings: MergeSettings, job: MergeJob, shards: list[Path]) -> None:
     if not shards:
         raise UsageError("give at least one shard to merge")
-    if settings.expect_images is not None and settings.expect_count is not None:
+    if job.expect_images is not None and settings.expect_count is not None:
         raise UsageError("--expect-images and --expect-count are mutually exclusive")
     if settings.expect_count is not None and settings.expect_count < 0:
         raise UsageError("--expect-count must be >= 0")
@@ -95,11 +74,11 @@ def _check_settings(settings: MergeSettings, shards: list[Path]) -> None:
         if key in seen:
             raise UsageError(f"shard {p} is given twice")
         seen[key] = p
-    if settings.output != STDIO:
-        out = Path(settings.output).resolve()
+    if job.output != STDIO:
+        out = Path(job.output).resolve()
         if out in seen:
-            raise UsageError(f"-o {settings.output} is one of the shards; write the merge elsewhere")
-        check_output_path(settings.output)  # fail before reading anything
+            raise UsageError(f"-o {job.output} is one of the shards; write the merge elsewhere")
+        check_output_path(job.output)  # fail before reading anything
 
 
 def _check_shard(p: Path) -> None:
@@ -117,25 +96,25 @@ def _names(paths: Sequence[Path]) -> str:
     return shown + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
-def _check_expected(settings: MergeSettings, shards: list[Path], union: dict[int, Path],
+def _check_expected(settings: MergeSettings, job: MergeJob, shards: list[Path], union: dict[int, Path],
                     results: bool = False) -> None:
     """Compare the union of image ids (id → first shard holding it) with what was sharded."""
-    if settings.expect_images is not None:
-        gt = load_dataset(settings.expect_images)
+    if job.expect_images is not None:
+        gt = load_dataset(job.expect_images)
         expected = {im["id"] for im in gt.images}
         for image_id, src in sorted(union.items()):
             if image_id not in expected:
-                raise BadInputError(src, f"image {image_id}", f"is not in {settings.expect_images}; "
+                raise BadInputError(src, f"image {image_id}", f"is not in {job.expect_images}; "
                                     "were these shards made from another dataset?")
         if results:
             log.warning("results lists do not list their images: only checked that every image_id is in %s; "
-                        "images without results cannot be told from missing ones", settings.expect_images)
+                        "images without results cannot be told from missing ones", job.expect_images)
             return
         missing = sorted(expected - union.keys())
         if missing:
             shown = ", ".join(str(i) for i in missing[:SHOW_MISSING]) + (", ..." if len(missing) > SHOW_MISSING
                                                                          else "")
-            raise BadInputError(settings.expect_images, None,
+            raise BadInputError(job.expect_images, None,
                                 f"{len(missing)} of its {len(expected)} images are missing from the shards "
                                 f"({_names(shards)}): {shown}; is a shard missing or unfinished?")
     elif settings.expect_count is not None:
@@ -150,12 +129,12 @@ def _check_expected(settings: MergeSettings, shards: list[Path], union: dict[int
 # ------------------------------------------------------------------------------------------------ JSON
 
 
-def _merge_json(settings: MergeSettings, shards: list[Path], progress: Progress) -> MergeSummary:
+def _merge_json(settings: MergeSettings, job: MergeJob, shards: list[Path], progress: Progress) -> MergeSummary:
     with gc_paused():  # millions of records are read, checked and joined (see gc_paused)
-        return _merge_json_records(settings, shards, progress)
+        return _merge_json_records(settings, job, shards, progress)
 
 
-def _merge_json_records(settings: MergeSettings, shards: list[Path], progress: Progress) -> MergeSummary:
+def _merge_json_records(settings: MergeSettings, job: MergeJob, shards: list[Path], progress: Progress) -> MergeSummary:
     loaded: list[Dataset | list[dict[str, Any]]] = [
         load_coco(p) for p in track(shards, description="merge: reading", progress=progress, unit="shards")
     ]
@@ -165,11 +144,12 @@ def _merge_json_records(settings: MergeSettings, shards: list[Path], progress: P
         raise BadInputError(shards[jl], None, f"is a results list but {shards[jd]} is a COCO dataset: "
                             "shards of one output must be of one kind")
     if all(is_list):
-        return _merge_results(settings, shards, loaded)  # type: ignore[arg-type]
-    return _merge_datasets(settings, shards, loaded)  # type: ignore[arg-type]
+        return _merge_results(settings, job, shards, loaded)  # type: ignore[arg-type]
+    return _merge_datasets(settings, job, shards, loaded)  # type: ignore[arg-type]
 
 
-def _merge_datasets(settings: MergeSettings, shards: list[Path], parts: list[Dataset]) -> MergeSummary:
+def _merge_datasets(settings: MergeSettings, job: MergeJob, shards: list[Path],
+                    parts: list[Dataset]) -> MergeSummary:
     first = parts[0]
     categories = {c["id"]: c for c in first.categories}
     images: dict[int, dict[str, Any]] = {}
@@ -189,14 +169,15 @@ def _merge_datasets(settings: MergeSettings, shards: list[Path], parts: list[Dat
                 raise BadInputError(path, f"images[{i}] (id {im['id']})", "differs from the record of the same "
                                     f"image in {image_src[im['id']]}")
     anns = _join_records(shards, [ds.annotations for ds in parts], "annotations", settings.renumber)
-    _check_expected(settings, shards, image_src)
+    _check_expected(settings, job, shards, image_src)
     merged = Dataset(sorted(images.values(), key=lambda im: im["id"]), anns, list(first.categories),
                      dict(first.extra), "merge")
-    write_dataset(merged, settings.output)
-    return MergeSummary("dataset", len(shards), len(images), len(anns), settings.output)
+    write_dataset(merged, job.output)
+    return MergeSummary("dataset", len(shards), len(images), len(anns), job.output)
 
 
-def _merge_results(settings: MergeSettings, shards: list[Path], parts: list[list[dict[str, Any]]]) -> MergeSummary:
+def _merge_results(settings: MergeSettings, job: MergeJob, shards: list[Path],
+                   parts: list[list[dict[str, Any]]]) -> MergeSummary:
     # Results need no ids; where every record has one they are checked (or renumbered) like annotations.
     with_ids = all("id" in r for part in parts for r in part)
     if with_ids or settings.renumber:
@@ -209,9 +190,9 @@ def _merge_results(settings: MergeSettings, shards: list[Path], parts: list[list
     for path, part in zip(shards, parts, strict=True):
         for r in part:
             union.setdefault(r["image_id"], path)
-    _check_expected(settings, shards, union, results=True)
-    write_json(records, settings.output)
-    return MergeSummary("results", len(shards), len(union), len(records), settings.output)
+    _check_expected(settings, job, shards, union, results=True)
+    write_json(records, job.output)
+    return MergeSummary("results", len(shards), len(union), len(records), job.output)
 
 
 def _check_disjoint(shards: list[Path], parts: Sequence[list[dict[str, Any]]], section: str) -> None:
@@ -263,19 +244,19 @@ def _join_records(shards: list[Path], parts: Sequence[list[dict[str, Any]]], sec
 # ------------------------------------------------------------------------------------------------ HDF5
 
 
-def _merge_h5(settings: MergeSettings, shards: list[Path], progress: Progress) -> MergeSummary:
+def _merge_h5(settings: MergeSettings, job: MergeJob, shards: list[Path], progress: Progress) -> MergeSummary:
     readers: list[H5Reader] = []
     try:
         owner = _scan_h5(shards, readers)
         first = readers[0]
-        _check_expected(settings, shards, {i: r.path for i, r in owner.items()})
+        _check_expected(settings, job, shards, {i: r.path for i, r in owner.items()})
         merged_settings = dict(first.settings)
         if "shard" in merged_settings:
             merged_settings["shard"] = None
         if "output" in merged_settings:
-            merged_settings["output"] = str(settings.output)
+            merged_settings["output"] = str(job.output)
         inputs = {**first.inputs, "merged_from": [str(p) for p in shards]}
-        with H5Writer(settings.output, first.stage, merged_settings, inputs, keep_partial=False) as writer:
+        with H5Writer(job.output, first.stage, merged_settings, inputs, keep_partial=False) as writer:
             progress.start(len(owner), "merge")
             try:
                 for r in readers:
@@ -288,7 +269,7 @@ def _merge_h5(settings: MergeSettings, shards: list[Path], progress: Progress) -
     finally:
         for r in readers:
             r.close()
-    return MergeSummary("h5", len(shards), len(owner), 0, os.fspath(settings.output), first.stage)
+    return MergeSummary("h5", len(shards), len(owner), 0, os.fspath(job.output), first.stage)
 
 
 def _scan_h5(shards: list[Path], readers: list[H5Reader]) -> dict[int, H5Reader]:
