@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from wsis_kernels.crf import CRFParams
 
+GUARDS = ("contrast", "none")
+
 
 @dataclass(frozen=True)
 class RefineSettings:
@@ -33,8 +35,17 @@ class RefineSettings:
     w_smooth: float = 0.5
     theta_gamma: float = 1.5
     bucket: int = 16  # crop sides rounded up to a multiple of this (batching); 1 disables
+    # keep the input mask unless the image supports the CRF's change (stage.guard_accepts): "contrast"
+    # accepts a refined mask whose boundary lies on stronger image edges than the input's and that still
+    # overlaps the input by guard_iou; "none" always takes the CRF's mask
+    guard: str = "contrast"
+    guard_iou: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.guard not in GUARDS:
+            raise ValueError(f"guard must be one of {', '.join(GUARDS)}, got {self.guard!r}")
+        if not 0 <= self.guard_iou <= 1:
+            raise ValueError(f"guard IoU must be in [0, 1], got {self.guard_iou}")
         if not 0.5 < self.confidence < 1:
             raise ValueError(f"confidence must be in (0.5, 1), got {self.confidence}")
         if not 0 < self.threshold < 1:
@@ -74,6 +85,7 @@ class RefineStats:
     instances: int = 0
     refined: int = 0
     kept_empty: int = 0  # refinement emptied the mask: the input mask was kept
+    kept_guard: int = 0  # the guard found no image evidence for the CRF's change: the input mask was kept
     skipped: int = 0  # no segmentation or an empty input mask: passed through unchanged
 
 
