@@ -279,6 +279,8 @@ complete -c wsis -n '__wsis_in refine-crf' -l theta-alpha -r -f -d 'Spatial std 
 complete -c wsis -n '__wsis_in refine-crf' -l theta-beta -r -f -d 'Colour std of the bilateral kernel, on 0-1 intensities.'
 complete -c wsis -n '__wsis_in refine-crf' -l w-smooth -r -f -d 'Weight of the smoothness kernel.'
 complete -c wsis -n '__wsis_in refine-crf' -l theta-gamma -r -f -d 'Spatial std of the smoothness kernel, pixels.'
+complete -c wsis -n '__wsis_in refine-crf' -l guard -r -f -d 'contrast: keep the input mask unless the refined mask\'s boundary lies on stronger image edges...'
+complete -c wsis -n '__wsis_in refine-crf' -l guard-iou -r -f -d 'Least IoU between input and refined mask the guard accepts.'
 complete -c wsis -n '__wsis_in refine-crf' -l bg-score -r -f -d 'Score maps: constant background score in front of the classes.'
 complete -c wsis -n '__wsis_in refine-crf' -l dataset -r -f -d 'Score maps: COCO file naming the images, when the store does not.'
 complete -c wsis -n '__wsis_in refine-crf' -l device -r -f -d 'auto, cpu, cuda or cuda:N (auto picks CUDA when available).'
