@@ -137,6 +137,8 @@ def test_guard_accepts_a_move_onto_the_object_edge():
     box[:, 18:47, 18:47] = True
     edges = refine_crf.edge_strength(crops)
     assert refine_crf.guard_accepts(edges, torch_bool(box), disc, 0.5).item()
+    assert refine_crf.guard_accepts(edges, torch_bool(box), disc, 0.5, refine_crf.RefineSettings().guard_gain).item()
+    assert not refine_crf.guard_accepts(edges, disc, disc, 0.5, 1.25).item()  # no gain, no change
 
 
 def test_guard_rejects_a_move_off_the_edge_or_onto_another_object():

@@ -7,9 +7,10 @@ IRNet's CRF with ``gt_prob = 0.7``), the crop's colours drive the bilateral kern
 recomputed; id, category, score and every other key are kept. Crops of equal size are batched (rounding
 crop sides up to a multiple of ``bucket`` pixels within the image makes equal sizes common on GPU).
 
-The guard (``guard="contrast"``, the default) keeps the input mask wherever the image gives no reason to
-move it: the CRF's mask replaces it only if its boundary lies on stronger image edges (mean gradient
-magnitude over a 2-px band around the boundary) and it still overlaps the input by ``guard_iou``. A CRF
+The guard (``guard="contrast"``, the default) keeps the input mask wherever the image gives no clear reason
+to move it: the CRF's mask replaces it only if its boundary lies on image edges ``guard_gain`` times as
+strong (mean gradient magnitude over a 2-px band around the boundary) and it still overlaps the input by
+``guard_iou``. A CRF
 knows colour but not objects: on a confident, already well-placed mask it can leak into a neighbour of
 similar colour or shrink onto texture, and then the image's edges do not back the change.
 """
@@ -70,11 +71,12 @@ def boundary_band(masks: torch.Tensor) -> torch.Tensor:
     return (dil - ero)[:, 0] > 0
 
 
-def guard_accepts(edges: torch.Tensor, before: torch.Tensor, after: torch.Tensor, min_iou: float) -> torch.Tensor:
+def guard_accepts(edges: torch.Tensor, before: torch.Tensor, after: torch.Tensor, min_iou: float,
+                  gain: float = 1.0) -> torch.Tensor:
     """Per instance: is the CRF's mask ``after`` backed by the image, against the input mask ``before``?
 
     Both ``(B, H, W)`` bool on one crop; ``edges`` from :func:`edge_strength`. Accepted where the mean edge
-    strength on ``after``'s boundary band is at least that on ``before``'s, and ``after`` overlaps
+    strength on ``after``'s boundary band is at least ``gain`` times that on ``before``'s, and ``after`` overlaps
     ``before`` with IoU ≥ ``min_iou`` (a CRF that moves most of a mask has found another object). Uses only
     the image and the two masks: no ground truth, no learnt score.
     """
@@ -84,7 +86,7 @@ def guard_accepts(edges: torch.Tensor, before: torch.Tensor, after: torch.Tensor
 
     inter = (before & after).sum(dim=(1, 2)).float()
     union = (before | after).sum(dim=(1, 2)).float().clamp_min(1.0)
-    return (contrast(after) >= contrast(before)) & (inter / union >= min_iou)
+    return (contrast(after) >= gain * contrast(before)) & (inter / union >= min_iou)
 
 
 def refine_image(
@@ -127,7 +129,8 @@ def refine_image(
             unary = unary * (2 * settings.confidence - 1) + (1 - settings.confidence)
             fg = mean_field_crf(crops, unary, None, params)[:, 0] >= settings.threshold
             if settings.guard == "contrast":
-                ok = guard_accepts(edge_strength(crops), unary[:, 0] > 0.5, fg, settings.guard_iou).tolist()
+                ok = guard_accepts(edge_strength(crops), unary[:, 0] > 0.5, fg, settings.guard_iou,
+                                   settings.guard_gain).tolist()
             else:
                 ok = [True] * len(chunk)
             for (k, mask, (y0, y1, x0, x1)), crop_fg, accept in zip(chunk, fg.cpu().numpy(), ok, strict=True):
