@@ -262,7 +262,9 @@ class Bench:
             else:
                 scored[name] = self.score("students", f"student <- {name}", None, t_tr + t_pr, note)
         ref, got = scored["ground truth"].ap, scored[base].ap
-        if ref and got is not None:
+        if ref is not None and ref < 0.01:  # a ratio of two near-zero APs says nothing
+            scored[base].note = "no retention: the GT student's mask AP is under 0.01"
+        elif ref and got is not None:
             scored[base].note = f"retention {got / ref:.1%} of the GT student's mask AP"
             print(f"students  retention: {got / ref:.1%}", flush=True)
 
