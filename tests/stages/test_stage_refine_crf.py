@@ -37,7 +37,7 @@ def test_refinement_repairs_degraded_masks(data, tmp_path, kind):
     before, after = _mean_iou(gt, bad), _mean_iou(gt, refined)
     assert after > before + 0.08, (kind, before, after)
     # a tiny, badly eroded mask can vanish under the CRF: then the input mask is kept
-    assert stats.refined + stats.kept_empty == len(bad.annotations)
+    assert stats.refined + stats.kept_empty + stats.kept_guard == len(bad.annotations)
     assert stats.refined >= 0.7 * len(bad.annotations)
     # ids, classes and every other key survive; boxes and areas follow the new masks
     assert [(a["id"], a["category_id"]) for a in refined.annotations] == \
@@ -117,3 +117,44 @@ def test_crop_window_stays_inside_and_rounds_to_buckets():
         assert (x1 - x0) % 16 == 0 or x1 - x0 == 160
         assert x0 <= box[0] and y0 <= box[1] and x1 >= box[0] + box[2] and y1 >= box[1] + box[3]
     assert np.isclose(s.crf_params().theta_beta, 0.06)
+
+
+def _disc_scene():
+    import cv2
+    import torch
+
+    img = np.full((64, 64, 3), 40, np.uint8)
+    cv2.circle(img, (32, 32), 14, (200, 180, 60), -1)
+    disc = np.zeros((64, 64), np.uint8)
+    cv2.circle(disc, (32, 32), 14, 1, -1)
+    crops = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    return crops, torch.from_numpy(disc.astype(bool))[None]
+
+
+def test_guard_accepts_a_move_onto_the_object_edge():
+    crops, disc = _disc_scene()
+    box = np.zeros((1, 64, 64), bool)
+    box[:, 18:47, 18:47] = True
+    edges = refine_crf.edge_strength(crops)
+    assert refine_crf.guard_accepts(edges, torch_bool(box), disc, 0.5).item()
+    assert refine_crf.guard_accepts(edges, torch_bool(box), disc, 0.5, refine_crf.RefineSettings().guard_gain).item()
+    assert not refine_crf.guard_accepts(edges, disc, disc, 0.5, 1.25).item()  # no gain, no change
+
+
+def test_guard_rejects_a_move_off_the_edge_or_onto_another_object():
+    import cv2
+
+    crops, disc = _disc_scene()
+    edges = refine_crf.edge_strength(crops)
+    grown = cv2.dilate(disc[0].numpy().astype(np.uint8), np.ones((9, 9), np.uint8))[None].astype(bool)
+    assert not refine_crf.guard_accepts(edges, disc, torch_bool(grown), 0.5).item()  # leaks into flat background
+    small = np.zeros((1, 64, 64), bool)
+    small[:, 30:34, 30:34] = True
+    assert not refine_crf.guard_accepts(edges, disc, torch_bool(small), 0.5).item()  # IoU far below 0.5
+    assert refine_crf.guard_accepts(edges, disc, torch_bool(small), 0.0).item() is False  # no edge there either
+
+
+def torch_bool(a):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a))

@@ -35,6 +35,14 @@ def refine_crf(
     w_smooth: Annotated[float, typer.Option(help="Weight of the smoothness kernel.", rich_help_panel=_CRF)] = 0.5,
     theta_gamma: Annotated[float, typer.Option(help="Spatial std of the smoothness kernel, pixels.",
                                                rich_help_panel=_CRF)] = 1.5,
+    guard: Annotated[str, typer.Option(help="contrast: keep the input mask unless the refined mask's boundary lies "
+                                       "on --guard-gain times stronger image edges and overlaps the input by "
+                                       "--guard-iou; none: "
+                                       "always take the CRF's mask. Masks only.")] = "contrast",
+    guard_iou: Annotated[float, typer.Option(help="Least IoU between input and refined mask the guard accepts.",
+                                             min=0, max=1)] = 0.5,
+    guard_gain: Annotated[float, typer.Option(help="How much stronger the refined mask's boundary edges must be "
+                                              "than the input's.", min=0)] = 1.25,
     bg_score: Annotated[float, typer.Option(help="Score maps: constant background score in front of the classes.",
                                             rich_help_panel="Score maps (HDF5 input)")] = 0.15,
     dataset: Annotated[str | None, typer.Option(help="Score maps: COCO file naming the images, when the store "
@@ -75,6 +83,7 @@ def refine_crf(
             margin=margin, min_margin=min_margin, confidence=confidence, threshold=threshold,
             kernel_size=kernel_size, dilation=dilation, iterations=iterations, w_appearance=w_appearance,
             theta_alpha=theta_alpha, theta_beta=theta_beta, w_smooth=w_smooth, theta_gamma=theta_gamma,
+            guard=guard, guard_iou=guard_iou, guard_gain=guard_gain,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from wsis_kernels.crf import CRFParams
 
+GUARDS = ("contrast", "none")
+
 
 @dataclass(frozen=True)
 class RefineSettings:
@@ -36,8 +38,22 @@ class RefineSettings:
     w_smooth: float = 0.5
     theta_gamma: float = 1.5
     bucket: int = 16  # crop sides rounded up to a multiple of this (batching); 1 disables
+    # keep the input mask unless the image supports the CRF's change (stage.guard_accepts): "contrast"
+    # accepts a refined mask whose boundary lies on image edges guard_gain times as strong as the input's
+    # and that still overlaps the input by guard_iou; "none" always takes the CRF's mask. Gain 1.25, not 1:
+    # on real nuclei the CRF's changes to mal-label masks raised edge strength slightly as often as not while
+    # making them worse overall (bench/NOTES.md, "refine-crf guard")
+    guard: str = "contrast"
+    guard_iou: float = 0.5
+    guard_gain: float = 1.25
 
     def __post_init__(self) -> None:
+        if self.guard not in GUARDS:
+            raise ValueError(f"guard must be one of {', '.join(GUARDS)}, got {self.guard!r}")
+        if not 0 <= self.guard_iou <= 1:
+            raise ValueError(f"guard IoU must be in [0, 1], got {self.guard_iou}")
+        if self.guard_gain <= 0:
+            raise ValueError(f"guard gain must be > 0, got {self.guard_gain}")
         if not 0.5 < self.confidence < 1:
             raise ValueError(f"confidence must be in (0.5, 1), got {self.confidence}")
         if not 0 < self.threshold < 1:
@@ -77,6 +93,7 @@ class RefineStats:
     instances: int = 0
     refined: int = 0
     kept_empty: int = 0  # refinement emptied the mask: the input mask was kept
+    kept_guard: int = 0  # the guard found no image evidence for the CRF's change: the input mask was kept
     skipped: int = 0  # no segmentation or an empty input mask: passed through unchanged
 
 

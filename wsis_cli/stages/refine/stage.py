@@ -6,6 +6,13 @@ IRNet's CRF with ``gt_prob = 0.7``), the crop's colours drive the bilateral kern
 :func:`wsis_kernels.mean_field_crf`, and the thresholded result is pasted back. Box and area are
 recomputed; id, category, score and every other key are kept. Crops of equal size are batched (rounding
 crop sides up to a multiple of ``bucket`` pixels within the image makes equal sizes common on GPU).
+
+The guard (``guard="contrast"``, the default) keeps the input mask wherever the image gives no clear reason
+to move it: the CRF's mask replaces it only if its boundary lies on image edges ``guard_gain`` times as
+strong (mean gradient magnitude over a 2-px band around the boundary) and it still overlaps the input by
+``guard_iou``. A CRF
+knows colour but not objects: on a confident, already well-placed mask it can leak into a neighbour of
+similar colour or shrink onto texture, and then the image's edges do not back the change.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from wsis_cli.io import rle as rle_utils
 from wsis_cli.stages.refine.settings import RefineJob, RefineSettings, RefineStats
@@ -40,6 +48,45 @@ def _span(lo: float, hi: float, size: int, bucket: int) -> tuple[int, int]:
     a = max(a - grow // 2, 0)
     b = min(a + want, size)
     return b - want, b
+
+
+_SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+
+
+def edge_strength(crops: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` images in [0, 1] → ``(B, H, W)`` colour gradient magnitude (Sobel, channels summed in
+    quadrature), after a 3x3 box blur so that pixel noise does not count as an edge."""
+    b, c, h, w = crops.shape
+    x = F.avg_pool2d(F.pad(crops, (1, 1, 1, 1), mode="replicate"), 3, stride=1).reshape(b * c, 1, h, w)
+    k = torch.stack([_SOBEL, _SOBEL.T]).unsqueeze(1).to(crops)
+    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k).reshape(b, c, 2, h, w)
+    return g.pow(2).sum(dim=(1, 2)).sqrt()
+
+
+def boundary_band(masks: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W)`` bool masks → the band where a 3x3 dilation and erosion differ (both sides of the edge)."""
+    m = masks.float().unsqueeze(1)
+    dil = F.max_pool2d(m, 3, stride=1, padding=1)
+    ero = -F.max_pool2d(-m, 3, stride=1, padding=1)
+    return (dil - ero)[:, 0] > 0
+
+
+def guard_accepts(edges: torch.Tensor, before: torch.Tensor, after: torch.Tensor, min_iou: float,
+                  gain: float = 1.0) -> torch.Tensor:
+    """Per instance: is the CRF's mask ``after`` backed by the image, against the input mask ``before``?
+
+    Both ``(B, H, W)`` bool on one crop; ``edges`` from :func:`edge_strength`. Accepted where the mean edge
+    strength on ``after``'s boundary band is at least ``gain`` times that on ``before``'s, and ``after`` overlaps
+    ``before`` with IoU ≥ ``min_iou`` (a CRF that moves most of a mask has found another object). Uses only
+    the image and the two masks: no ground truth, no learnt score.
+    """
+    def contrast(m: torch.Tensor) -> torch.Tensor:
+        band = boundary_band(m).float()
+        return (edges * band).sum(dim=(1, 2)) / band.sum(dim=(1, 2)).clamp_min(1.0)
+
+    inter = (before & after).sum(dim=(1, 2)).float()
+    union = (before | after).sum(dim=(1, 2)).float().clamp_min(1.0)
+    return (contrast(after) >= gain * contrast(before)) & (inter / union >= min_iou)
 
 
 def refine_image(
@@ -81,9 +128,17 @@ def refine_image(
             ]).unsqueeze(1).float()
             unary = unary * (2 * settings.confidence - 1) + (1 - settings.confidence)
             fg = mean_field_crf(crops, unary, None, params)[:, 0] >= settings.threshold
-            for (k, mask, (y0, y1, x0, x1)), crop_fg in zip(chunk, fg.cpu().numpy(), strict=True):
+            if settings.guard == "contrast":
+                ok = guard_accepts(edge_strength(crops), unary[:, 0] > 0.5, fg, settings.guard_iou,
+                                   settings.guard_gain).tolist()
+            else:
+                ok = [True] * len(chunk)
+            for (k, mask, (y0, y1, x0, x1)), crop_fg, accept in zip(chunk, fg.cpu().numpy(), ok, strict=True):
                 if not crop_fg.any():
                     stats.kept_empty += 1
+                    continue
+                if not accept:
+                    stats.kept_guard += 1
                     continue
                 new = np.zeros_like(mask)
                 new[y0:y1, x0:x1] = crop_fg
@@ -135,6 +190,7 @@ def run(settings: RefineSettings, job: RefineJob, progress: Any = None) -> Refin
         keep = set(ids)
         images = [im for im in ds.images if im["id"] in keep]
         coco.write_dataset(coco.Dataset(images, ckpt.annotations(), ds.categories, dict(ds.extra), ds.source), job.out)
-    log.info("refine-crf: %d instances on %d images: %d refined, %d kept (CRF emptied them), %d passed through",
-             stats.instances, len(ids), stats.refined, stats.kept_empty, stats.skipped)
+    log.info("refine-crf: %d instances on %d images: %d refined, %d kept (CRF emptied them), %d kept by the "
+             "guard (no image evidence for the change), %d passed through",
+             stats.instances, len(ids), stats.refined, stats.kept_empty, stats.kept_guard, stats.skipped)
     return stats
