@@ -216,7 +216,7 @@ complete -c wsis -n '__wsis_in mal-label' -s o -l out -r -F -a - -d 'Output COCO
 complete -c wsis -n '__wsis_in mal-label' -l run -r -f -a '(__fish_complete_directories (commandline -ct))' -d 'Run folder: settings, checkpoints, metrics, model.pt.'
 complete -c wsis -n '__wsis_in mal-label' -l checkpoint -r -F -d 'A model.pt from an earlier run: skip training and only predict.'
 complete -c wsis -n '__wsis_in mal-label' -l resume -d 'Continue an interrupted run (and output) where it stopped.'
-complete -c wsis -n '__wsis_in mal-label' -l encoder -r -f -d 'Image encoder: a torchvision ViT (vit_b_16, vit_b_32, ...), vit_tiny / vit_small (DeiT shapes)...'
+complete -c wsis -n '__wsis_in mal-label' -l encoder -r -f -d 'Image encoder: timm:NAME (a CNN; default the packaged ImageNet EfficientNet-Lite0), a...'
 complete -c wsis -n '__wsis_in mal-label' -l weights -r -f -d 'Backbone init: imagenet (weights installed with wsis, for timm:tf_efficientnet_lite0..2), a hub...'
 complete -c wsis -n '__wsis_in mal-label' -l encoder-depth -r -f -d 'Keep only the first N ViT blocks (0: all).'
 complete -c wsis -n '__wsis_in mal-label' -l patch -r -f -d 'ViT patch size override (0: the encoder\'s own); a finer token grid for small crops, its...'

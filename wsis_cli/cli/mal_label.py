@@ -23,6 +23,7 @@ from wsis_cli.cli.common import (
     Workers,
     setup,
 )
+from wsis_cli.models.backbone_names import DEFAULT_ARCH, DEFAULT_WEIGHTS
 
 _MODEL = "Model"
 _TRAIN = "Training"
@@ -42,10 +43,11 @@ def mal_label(
     run: RunOpt = None,
     checkpoint: CheckpointOpt = None,
     resume: Resume = False,
-    encoder: Annotated[str, typer.Option(help="Image encoder: a torchvision ViT (vit_b_16, vit_b_32, ...), "
+    encoder: Annotated[str, typer.Option(help="Image encoder: timm:NAME (a CNN; default the packaged ImageNet "
+                                         "EfficientNet-Lite0), a torchvision ViT (vit_b_16 = MAL's, vit_b_32, ...), "
                                          "vit_tiny / vit_small (DeiT shapes) or a ResNet (resnet18..152).",
-                                         autocompletion=_encoder_names, rich_help_panel=_MODEL)] = "vit_b_16",
-    weights: Weights = "DEFAULT",
+                                         autocompletion=_encoder_names, rich_help_panel=_MODEL)] = DEFAULT_ARCH,
+    weights: Weights = DEFAULT_WEIGHTS,
     encoder_depth: Annotated[int, typer.Option(min=0, help="Keep only the first N ViT blocks (0: all).",
                                                rich_help_panel=_MODEL)] = 0,
     patch: Annotated[int, typer.Option(min=0, help="ViT patch size override (0: the encoder's own); a finer "

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from wsis_cli.models.backbone_names import TIMM_PREFIX
+from wsis_cli.models.backbone_names import DEFAULT_ARCH, DEFAULT_WEIGHTS, TIMM_PREFIX
 
 # the encoders build_model knows; the ViT patch size is the number ending the name (vit_tiny/vit_small: 16)
 VIT_ENCODERS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14", "vit_tiny", "vit_small")
@@ -62,7 +62,7 @@ class ModelSpec:
     The defaults (upstream MAL's) are the only copy: ``MalSettings`` takes its network defaults from here.
     """
 
-    encoder: str = "vit_b_16"
+    encoder: str = DEFAULT_ARCH  # installs with its ImageNet weights; MAL's own is vit_b_16 (a download)
     encoder_depth: int = 0
     crop_size: int = 512
     decoder_dim: int = 256
@@ -115,7 +115,7 @@ class MalSettings:
     """
 
     encoder: str = _MODEL.encoder
-    weights: str = "DEFAULT"
+    weights: str = DEFAULT_WEIGHTS
     encoder_depth: int = _MODEL.encoder_depth  # >0: keep only the first N ViT blocks or ResNet stages
     patch: int = _MODEL.patch  # >0: ViT patch size override (a finer token grid for small crops)
     conv_stem: bool = _MODEL.conv_stem
@@ -160,7 +160,7 @@ class MalSettings:
             raise ValueError(f"ema momentum must be in [0, 1], got {self.ema_momentum}")
         if min(self.max_expand, self.min_train_area, self.encoder_depth, self.patch) < 0 or self.decoder_dim < 1:
             raise ValueError("max-expand, min-train-area, encoder-depth and patch must be >= 0, decoder-dim >= 1")
-        stride = encoder_stride(self.encoder, self.encoder_depth if self.encoder in RESNET_ENCODERS else 0,
+        stride = encoder_stride(self.encoder, 0 if self.encoder in VIT_ENCODERS else self.encoder_depth,
                                 self.patch, self.conv_stem)
         if self.crop_size % stride:
             raise ValueError(f"crop size {self.crop_size} is not a multiple of the encoder stride {stride} "
