@@ -332,7 +332,7 @@ def student_data(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("faults-student") / "d"
     synth.run(synth.SynthSettings(num_images=2, height=48, width=48, classes=1, min_instances=1, max_instances=2,
-                                  seed=6), root)
+                                  seed=6), synth.SynthJob(root))
     return root
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from wsis_cli.io import coco, rle
 from wsis_cli.io.coco import Dataset
 from wsis_cli.stages.baselines.floors import box_filled_masks
-from wsis_cli.stages.synth.stage import SynthSettings, run
+from wsis_cli.stages.synth.stage import SynthJob, SynthSettings, run
 
 
 def _boxes_of(masks: list[np.ndarray], h: int, w: int) -> tuple[Dataset, list[dict]]:
@@ -53,7 +53,7 @@ def test_keeps_fields_sets_area_score_and_clips() -> None:
 
 
 def test_mean_iou_on_synth_is_in_a_sensible_range(tmp_path: Path) -> None:
-    run(SynthSettings(num_images=12, height=96, width=96, classes=3, seed=4), tmp_path / "d")
+    run(SynthSettings(num_images=12, height=96, width=96, classes=3, seed=4), SynthJob(tmp_path / "d"))
     gt = coco.load_dataset(tmp_path / "d" / "gt.json")
     pred = box_filled_masks(coco.load_dataset(tmp_path / "d" / "boxes.json", need="bbox"))
     ious = [rle.iou([p["segmentation"]], [g["segmentation"]])[0, 0]

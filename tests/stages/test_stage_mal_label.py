@@ -184,7 +184,7 @@ def test_shards_and_batch_neighbours_do_not_change_a_box(tmp_path, monkeypatch):
     from wsis_cli.models.mal import MalNet
 
     root = tmp_path / "d"
-    synth.run(synth.SynthSettings(num_images=8, height=64, width=64, seed=5), root)
+    synth.run(synth.SynthSettings(num_images=8, height=64, width=64, seed=5), synth.SynthJob(root))
     # untrained weights: before the fix, one of these 27 scores differed in its last bits (batch 5 whole,
     # forwards of 1-3 boxes at the shards' ends); a trained network's did not at this size
     settings = replace(TINY, batch_size=5, decoder_dim=32, scale_buckets=True)

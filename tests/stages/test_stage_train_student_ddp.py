@@ -106,7 +106,7 @@ def _resume_worker(rank: int, port: int, root: str, run: str, out: str, mode: st
 def test_two_ranks_stopped_by_sigusr1_resume_exactly(tmp_path: Path) -> None:
     root = tmp_path / "synth"
     synth.run(synth.SynthSettings(num_images=4, height=64, width=64, classes=1, min_instances=1, max_instances=3,
-                                  seed=4), root)
+                                  seed=4), synth.SynthJob(root))
 
     def spawn(run: Path, mode: str) -> list[dict]:
         with socket.socket() as s:
