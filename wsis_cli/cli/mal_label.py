@@ -21,9 +21,10 @@ from wsis_cli.cli.common import (
     Verbose,
     Weights,
     Workers,
+    check_backbone,
     setup,
 )
-from wsis_cli.models.backbone_names import DEFAULT_ARCH, DEFAULT_WEIGHTS
+from wsis_cli.models.backbone_names import DEFAULT_ARCH, DEFAULT_WEIGHTS, TIMM_PREFIX
 
 _MODEL = "Model"
 _TRAIN = "Training"
@@ -122,9 +123,9 @@ def mal_label(
     # every flag is checked before the network stack (torch) is imported: a bad option fails at once
     from wsis_cli.stages.mal.settings import ENCODERS, MalJob, MalSettings
 
-    if encoder not in ENCODERS:
-        raise typer.BadParameter(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}",
-                                 param_hint="--encoder")
+    if encoder not in ENCODERS and not (encoder.startswith(TIMM_PREFIX) and len(encoder) > len(TIMM_PREFIX)):
+        raise typer.BadParameter(f"unknown encoder {encoder!r}; choose timm:NAME (a CNN) or one of "
+                                 f"{', '.join(ENCODERS)}", param_hint="--encoder")
     try:
         settings = MalSettings(
             encoder=encoder, weights=weights, encoder_depth=encoder_depth, patch=patch, conv_stem=conv_stem,
@@ -146,6 +147,8 @@ def mal_label(
     from wsis_cli.stages.mal.inputs import load_boxes
 
     dataset = load_boxes(boxes)  # a bad box fails here, before torch loads
+    if checkpoint is None and encoder.startswith(TIMM_PREFIX):
+        check_backbone(encoder, "--encoder")  # a timm name that does not exist: close names, exit 2
     job = MalJob(boxes=boxes, images=str(images) if images else None, out=out, run=str(run) if run else None,
                  checkpoint=str(checkpoint) if checkpoint else None, resume=resume, device=device,
                  workers=workers, shard=shard, boxes_data=dataset)
