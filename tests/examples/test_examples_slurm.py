@@ -122,6 +122,8 @@ def release_when_requeued(job: str, deadline: float, logs: Path) -> None:
 
     job_id = wait_for(f"{job} to be requeued", requeued, deadline, logs)
     wait_for(f"the processes of {job}'s first attempt to end", lambda: gone(job_id), deadline, logs, 0.2)
+    # slurmd refuses a credential issued in the same second as the revocation (times have 1 s resolution)
+    time.sleep(2.5)
     run("scontrol", "update", f"JobId={job}", "StartTime=now", cwd=logs)
 
 
