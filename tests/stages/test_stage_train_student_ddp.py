@@ -93,7 +93,7 @@ def _resume_worker(rank: int, port: int, root: str, run: str, out: str, mode: st
         RunDir.save_checkpoint = slow_save  # type: ignore[method-assign]
     ds = load_dataset(Path(root) / "gt.json")
     try:
-        result = stage.run(_settings(3), ds, str(Path(root) / "images"), run, ctx, resume=mode == "resume")
+        result = stage.train_rounds(_settings(3), ds, str(Path(root) / "images"), run, ctx, resume=mode == "resume")
         report["history"] = result.history
     except Terminated as e:
         report["terminated"] = str(e)
