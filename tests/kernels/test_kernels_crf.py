@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from crf_inputs import make_inputs
 
 from wsis_kernels import CRFParams, crf_labels, mal_crf_params, mean_field_crf
 
@@ -85,24 +86,6 @@ def local_crf_unfold(image, probs, box, p: CRFParams):
         if labels == 1:
             q = q[:, 1:2]
     return q.float()
-
-
-# ------------------------------------------------------------------------------------------------ inputs
-
-
-def make_inputs(gen, batch, labels, height, width, box="none", channels=3):
-    image = torch.rand(batch, channels, height, width, generator=gen)
-    # piecewise-constant colour regions plus noise, so the bilateral term has real edges to respect
-    image = (image * 4).floor() / 4 + 0.05 * torch.randn(image.shape, generator=gen)
-    probs = torch.rand(batch, labels, height, width, generator=gen)
-    if labels > 1:
-        probs = probs / probs.sum(1, keepdim=True)
-    boxes = None
-    if box == "one":
-        boxes = (torch.rand(batch, 1, height, width, generator=gen) > 0.25).float()
-    elif box == "all":
-        boxes = (torch.rand(batch, labels, height, width, generator=gen) > 0.3).float()
-    return image, probs, boxes
 
 
 DENSE = CRFParams(kernel_size=5, dilation=1, w_appearance=2.0, theta_alpha=4.0, theta_beta=0.2, w_smooth=0.7,

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from crf_inputs import make_inputs
 
 from wsis_kernels import CRFParams, mal_crf_params, mean_field_crf
 from wsis_kernels.crf.reference import mean_field_crf_oracle
@@ -27,20 +28,6 @@ CASES = [
     (1, 5, 7, 8, dataclasses.replace(POOLED, kernel_size=3), "all"),
     (1, 6, 8, 8, dataclasses.replace(SMALL, unary_weight=0.0, w_smooth=0.0), "all"),
 ]
-
-
-def make_inputs(gen, batch, labels, height, width, box):
-    image = (torch.rand(batch, 3, height, width, generator=gen) * 4).floor() / 4
-    image = image + 0.05 * torch.randn(image.shape, generator=gen)
-    probs = torch.rand(batch, labels, height, width, generator=gen)
-    if labels > 1:
-        probs = probs / probs.sum(1, keepdim=True)
-    boxes = None
-    if box == "one":
-        boxes = (torch.rand(batch, 1, height, width, generator=gen) > 0.25).float()
-    elif box == "all":
-        boxes = (torch.rand(batch, labels, height, width, generator=gen) > 0.3).float()
-    return image, probs, boxes
 
 
 @pytest.mark.parametrize(("batch", "labels", "height", "width", "params", "box"), CASES)
