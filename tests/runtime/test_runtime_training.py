@@ -62,3 +62,71 @@ def test_check_finite_stops_a_diverged_run():
         check_finite(torch.tensor(float("nan")), stage="cam", step=7, lr=0.5)
     with pytest.raises(TrainingDivergedError):
         check_finite(float("inf"), stage="irnet", step=1)
+
+
+class _Run:
+    """A run folder in memory: what EpochBookkeeping reads and writes."""
+
+    def __init__(self) -> None:
+        self.saved: dict | None = None
+
+    def save_checkpoint(self, state: dict) -> None:
+        self.saved = state
+
+    def load_checkpoint(self) -> dict | None:
+        return self.saved
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def start(self, total, description, unit="images") -> None:
+        self.calls.append(("start", total, unit))
+
+    def advance(self, n: int = 1) -> None:
+        self.calls.append(("advance", n))
+
+    def finish(self) -> None:
+        self.calls.append(("finish",))
+
+
+def test_epoch_bookkeeping_saves_and_resumes_where_it_stopped():
+    from wsis_cli.runtime.training import EpochBookkeeping
+
+    run, model = _Run(), torch.nn.Linear(2, 1)
+    book = EpochBookkeeping(run, {"model": model}, 3, steps_per_epoch=2)
+    assert book.resume() is None
+    for epoch in book.epochs():
+        for loss in (1.0, 3.0):
+            book.step_done()
+            book.add({"loss": torch.tensor(loss)})
+        assert book.means() == {"loss": 2.0}
+        book.save(epoch + 1, extra="kept")
+        if epoch == 1:
+            break
+    assert (run.saved["epoch"], run.saved["step"], run.saved["extra"]) == (2, 4, "kept")
+    draw = torch.rand(3)  # what the interrupted run would draw next
+    with torch.no_grad():
+        model.weight.zero_()
+    again = EpochBookkeeping(run, {"model": model}, 3, steps_per_epoch=2)
+    assert again.resume() is run.saved
+    assert (again.start_epoch, again.step) == (2, 4) and list(again.epochs()) == [2]
+    assert torch.equal(model.weight, run.saved["model"]["weight"]) and torch.equal(torch.rand(3), draw)
+
+
+def test_epoch_bookkeeping_epoch_index_format_and_progress():
+    from wsis_cli.runtime.training import EpochBookkeeping
+
+    run, progress = _Run(), _Progress()
+    book = EpochBookkeeping(run, {}, 2, steps_per_epoch=3, progress=progress, unit="epochs", epoch_is_index=True)
+    for epoch in book.epochs():
+        book.save(epoch + 1)
+    assert run.saved["epoch"] == 1  # mal-label's format: the last finished epoch's index
+    assert progress.calls == [("start", 2, "epochs"), ("advance", 1), ("advance", 1), ("finish",)]
+    resumed = EpochBookkeeping(run, {}, 4, steps_per_epoch=3, epoch_is_index=True)
+    resumed.resume()
+    assert resumed.start_epoch == 2 and list(resumed.epochs()) == [2, 3]
+    del run.saved["step"]  # freemask's older checkpoints: whole epochs of steps
+    resumed.resume()
+    assert resumed.step == 6

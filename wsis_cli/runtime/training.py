@@ -1,4 +1,5 @@
-"""Small training helpers every learning stage shares: LR schedules, loss warm-ups, EMA teachers, RNG state.
+"""Small training helpers every learning stage shares: LR schedules, loss warm-ups, EMA teachers, RNG state,
+and the epoch bookkeeping of the training loops (:class:`EpochBookkeeping`).
 
 Schedules return a multiplicative factor of the base learning rate for a 0-based step, so a resumed run
 that restores its step count continues the same curve.
@@ -9,7 +10,8 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -142,3 +144,114 @@ def set_rank_rng_state(ckpt: dict[str, Any], ctx: Any) -> None:
         get_logger("run").warning("the checkpoint holds the random state of %d rank(s), this run has %d: it "
                                   "continues, but not exactly as the interrupted run would have", len(states), world)
     set_rng_state(states[rank % len(states)])
+
+
+class EpochBookkeeping:
+    """What every training loop keeps around its steps: the epoch to start at, the step count, the epoch's
+    mean losses, the ``last.pt`` checkpoint after each epoch and the progress bar.
+
+    All learning stages (cam, irnet, mal-label, freemask ``--pretrain``/``--labeled``, train-student) train in
+    epochs and continue from their run folder's ``last.pt`` with ``--resume``; keeping this in one place makes
+    their checkpoints hold the same keys and come back the same way. The step itself (forward, losses,
+    backward, EMA, accumulation) stays in each loop: that is where the stages differ.
+
+    ``run`` is the :class:`~wsis_cli.io.run_dir.RunDir` (``None``: no checkpoint); ``state`` maps checkpoint
+    keys to what is saved under them (anything with ``state_dict``/``load_state_dict``: the model, the
+    optimizer, the loss scaler, an EMA teacher). ``progress`` counts ``unit`` = ``"steps"`` or ``"epochs"``.
+    ``rank_rngs``: every rank's generators go into the checkpoint (:func:`rank_rng_states`; saving is then a
+    collective), not only the main rank's. ``epoch_is_index``: the checkpoint's ``epoch`` is the finished
+    epoch's 0-based index (mal-label's format) rather than the number of finished epochs.
+    """
+
+    def __init__(self, run: Any, state: Mapping[str, Any], epochs: int, *, ctx: Any = None,
+                 steps_per_epoch: int = 1, progress: Any = None, label: str = "training", unit: str = "steps",
+                 rank_rngs: bool = False, epoch_is_index: bool = False) -> None:
+        from wsis_cli.runtime.progress import NullProgress
+
+        self.run, self.state, self.total_epochs, self.ctx = run, dict(state), epochs, ctx
+        self.steps_per_epoch = steps_per_epoch
+        self.progress, self.label, self.unit = progress or NullProgress(), label, unit
+        self.rank_rngs, self.epoch_is_index = rank_rngs, epoch_is_index
+        self.start_epoch = 0
+        self.step = 0  # optimizer steps over the whole run: what the LR schedules read
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.count = 0.0
+        self._epoch_start = time.perf_counter()
+
+    def resume(self) -> dict[str, Any] | None:
+        """Load the run's ``last.pt`` when resuming: every ``state`` entry, the epoch, the step count and the
+        RNG state. Returns the checkpoint (for a loop's own keys), or ``None`` when there is none."""
+        ckpt = self.run.load_checkpoint() if self.run is not None else None
+        if ckpt is None:
+            return None
+        for key, obj in self.state.items():
+            obj.load_state_dict(ckpt[key])
+        self.start_epoch = int(ckpt["epoch"]) + (1 if self.epoch_is_index else 0)
+        # freemask's older checkpoints hold no step count: whole epochs of steps_per_epoch
+        self.step = int(ckpt.get("step", self.start_epoch * self.steps_per_epoch))
+        if self.rank_rngs:
+            set_rank_rng_state(ckpt, self.ctx)
+        else:
+            set_rng_state(ckpt["rng"])
+        return ckpt
+
+    def epochs(self, sampler: Any = None, seed: int = 0) -> Iterator[int]:
+        """The epochs left to train. Before each the loss sums and the clock restart and ``sampler`` (when
+        given) is set to that epoch: a DistributedSampler's ``set_epoch``, or a single-process sampler's
+        generator reseeded from ``(seed, epoch)``, so a resumed run draws the batches an uninterrupted one would."""
+        todo = range(self.start_epoch, self.total_epochs)
+        per = self.steps_per_epoch if self.unit == "steps" else 1
+        self.progress.start(len(todo) * per, self.label, unit=self.unit)
+        for epoch in todo:
+            self.sums, self.count, self._epoch_start = {}, 0.0, time.perf_counter()
+            if sampler is not None:
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
+                elif getattr(sampler, "generator", None) is not None:
+                    sampler.generator.manual_seed(seed * 1_000_003 + epoch)
+            yield epoch
+            if self.unit == "epochs":
+                self.progress.advance(1)
+        self.progress.finish()
+
+    def step_done(self) -> None:
+        """Count one optimizer step (and advance a progress bar counting steps)."""
+        self.step += 1
+        if self.unit == "steps":
+            self.progress.advance(1)
+
+    def add(self, sums: Mapping[str, torch.Tensor | float], count: float = 1.0) -> None:
+        """Add loss sums covering ``count`` samples or steps to the epoch's (tensors stay on their device:
+        no synchronisation per step)."""
+        for key, value in sums.items():
+            value = value.detach().double() if isinstance(value, torch.Tensor) else float(value)
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += count
+
+    def means(self, all_ranks: bool = True) -> dict[str, float]:
+        """The epoch's sums over its count, each summed over every rank first (a collective under DDP);
+        ``all_ranks=False``: this rank's own."""
+        names = sorted(self.sums)
+        device = self.ctx.device if self.ctx is not None else torch.device("cpu")
+        packed = torch.stack([torch.as_tensor(self.sums[k], dtype=torch.float64, device=device) for k in names]
+                             + [torch.tensor(self.count, dtype=torch.float64, device=device)])
+        if all_ranks and self.ctx is not None:
+            self.ctx.all_reduce_sum(packed)
+        n = max(float(packed[-1]), 1.0)
+        return {k: float(packed[i]) / n for i, k in enumerate(names)}
+
+    @property
+    def seconds(self) -> float:
+        """Seconds since the current epoch started."""
+        return time.perf_counter() - self._epoch_start
+
+    def save(self, epochs_done: int, **extra: Any) -> None:
+        """Write ``last.pt``: every ``state`` entry, the epoch to resume at (``epochs_done``), the step count,
+        the RNG state and ``extra``. Only the main rank writes; with ``rank_rngs`` every rank must call it."""
+        rngs = rank_rng_states(self.ctx) if self.rank_rngs else None
+        if self.run is None or (self.ctx is not None and not self.ctx.is_main):
+            return
+        epoch = epochs_done - 1 if self.epoch_is_index else epochs_done
+        rng = {"rng": rngs[0], "rng_ranks": rngs} if rngs is not None else {"rng": rng_state()}
+        self.run.save_checkpoint({**{key: obj.state_dict() for key, obj in self.state.items()}, "epoch": epoch,
+                                  "step": self.step, **rng, **extra})

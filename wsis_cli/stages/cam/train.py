@@ -21,7 +21,6 @@ resumed run (restarting at an epoch boundary) replays the same batches as an uni
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from wsis_cli.runtime.device import autocast, grad_scaler
 from wsis_cli.runtime.distributed import DistContext
 from wsis_cli.runtime.errors import BadInputError
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.runtime.training import check_finite, poly_lr, rng_state, set_lr, set_rng_state, unwrap_model
+from wsis_cli.runtime.training import EpochBookkeeping, check_finite, poly_lr, set_lr, unwrap_model
 from wsis_cli.stages.cam.settings import TrainSettings
 
 log = get_logger("cam")
@@ -235,14 +234,12 @@ def train(settings: TrainSettings, ds: coco.Dataset, images_root: str | None, ru
         [{"params": backbone_params, "lr": base_lrs[0]}, {"params": model.classifier.parameters(), "lr": base_lrs[1]}],
         lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     scaler = grad_scaler(device, settings.amp)
-    start_epoch, step, val_map = 0, 0, None
-    ckpt = run.load_checkpoint()
+    book = EpochBookkeeping(run, {"model": model, "optimizer": optimizer, "scaler": scaler}, settings.epochs,
+                            ctx=ctx)
+    val_map = None
+    ckpt = book.resume()
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, step, val_map = int(ckpt["epoch"]), int(ckpt["step"]), ckpt.get("val_map")
-        set_rng_state(ckpt["rng"])
+        val_map = ckpt.get("val_map")
     elif state is None:
         # from scratch: give the frozen BN layers real statistics (the same on every rank: seeded crops)
         gen = np.random.default_rng([settings.seed, 0xB7])
@@ -252,46 +249,37 @@ def train(settings: TrainSettings, ds: coco.Dataset, images_root: str | None, ru
         log.info("cam: random initialisation: calibrated %d frozen BN layers on %d training crops", n, len(pick))
     net = ctx.wrap(model)
 
-    for epoch in range(start_epoch, settings.epochs):
-        t0 = time.perf_counter()
+    for epoch in book.epochs(sampler, settings.seed):
         data.epoch = epoch
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        elif hasattr(sampler, "generator") and sampler.generator is not None:
-            sampler.generator.manual_seed(settings.seed * 1_000_003 + epoch)
-        loss_sum = torch.zeros(2, device=device)
         net.train()
         for x, y in loader:
-            set_lr(optimizer, base_lrs, poly_lr(step, total, settings.poly_power))
+            set_lr(optimizer, base_lrs, poly_lr(book.step, total, settings.poly_power))
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, settings.amp):
                 logits = net(x)
             loss = F.multilabel_soft_margin_loss(logits.float(), y)
-            check_finite(loss, stage="cam", step=step, lr=optimizer.param_groups[0]["lr"])
+            check_finite(loss, stage="cam", step=book.step, lr=optimizer.param_groups[0]["lr"])
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            step += 1
-            loss_sum += torch.stack([loss.detach() * len(x), torch.tensor(float(len(x)), device=device)])
-        ctx.all_reduce_sum(loss_sum)
-        mean_loss = float(loss_sum[0] / loss_sum[1].clamp(min=1))
+            book.step_done()
+            book.add({"loss": loss.detach() * len(x)}, len(x))  # weighted by batch size (a partial last batch)
+        mean_loss = book.means().get("loss", 0.0)
         if ctx.is_main:
             if val_ids:
                 model.eval()
                 scores = predict_scores(model, [val_records[i] for i in val_ids], images_root, val_source, device,
                                         settings.amp)
                 val_map = mean_average_precision(scores, targets_for(val_ids, val_labels, category_ids))
-            seconds = time.perf_counter() - t0
+            seconds = book.seconds
             vm = "n/a" if val_map is None else f"{val_map:.4f}"
             log.info("cam: epoch %d/%d  loss %.4f  val mAP %s  (%.1f s)", epoch + 1, settings.epochs, mean_loss,
                      vm, seconds)
-            run.log_metrics({"epoch": epoch + 1, "step": step, "loss": mean_loss, "val_map": val_map,
+            run.log_metrics({"epoch": epoch + 1, "step": book.step, "loss": mean_loss, "val_map": val_map,
                              "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
                              "train_images": len(train_ids), "val_images": len(val_ids)})
-            run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
-                                 "val_map": val_map, "rng": rng_state(), "category_ids": category_ids})
+            book.save(epoch + 1, val_map=val_map, category_ids=category_ids)
         ctx.barrier()
     if ctx.is_main:
         run.save_model(unwrap_model(net).state_dict(), {"category_ids": category_ids, "val_map": val_map,

@@ -19,7 +19,6 @@ through the ordinary weight-loading code (``models.weights.match_state_dict``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +29,7 @@ from torch import Tensor, nn
 
 from wsis_cli.models.freemask_head import mask_pool, nt_xent
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.runtime.training import check_finite, set_lr, warmup_cosine
+from wsis_cli.runtime.training import EpochBookkeeping, check_finite, set_lr, warmup_cosine
 from wsis_cli.stages.freemask.features import BackboneSpec, patch_multiple, prepare
 from wsis_cli.stages.freemask.regions import region_proposals
 from wsis_cli.stages.freemask.settings import PretrainSettings
@@ -39,7 +38,6 @@ from wsis_cli.stages.freemask.tune import (
     _batched_features,
     augmented_view,
     end_epoch,
-    resume_training,
 )
 
 log = get_logger("freemask")
@@ -133,18 +131,16 @@ def pretrain(net: nn.Module, samples: Sequence[Sample], spec: BackboneSpec, sett
     base_lrs = [g["lr"] for g in opt.param_groups]
     per_epoch = max(1, -(-len(samples) // settings.batch_size))
     total = per_epoch * settings.epochs
-    modules = {"model": net}
-    start, loss_mean = resume_training(run, modules, opt)
+    book = EpochBookkeeping(run, {"model": net, "optimizer": opt}, settings.epochs, steps_per_epoch=per_epoch,
+                            progress=progress, label="freemask pretrain", unit="epochs")
+    ckpt = book.resume()
+    loss_mean = float(ckpt.get("loss", float("nan"))) if ckpt is not None else float("nan")
     mult = patch_multiple(net)
-    if progress is not None:
-        progress.start(max(settings.epochs - start, 0), "freemask pretrain", unit="epochs")
-    for epoch in range(start, settings.epochs):
-        t0 = time.perf_counter()
+    for epoch in book.epochs():
         net.train()
         order = np.random.default_rng((settings.seed, epoch)).permutation(len(samples))
-        running, steps = 0.0, 0
         for b in range(0, len(order), settings.batch_size):
-            step = epoch * per_epoch + b // settings.batch_size
+            step = book.step
             set_lr(opt, base_lrs, warmup_cosine(step, int(settings.warmup * total), total, final=0.05))
             rng = np.random.default_rng((settings.seed, epoch, b))
             loss = _step_loss(net, [samples[int(i)] for i in order[b : b + settings.batch_size]], spec, settings,
@@ -153,11 +149,8 @@ def pretrain(net: nn.Module, samples: Sequence[Sample], spec: BackboneSpec, sett
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            running += float(loss.detach())
-            steps += 1
-        loss_mean = running / max(steps, 1)
-        end_epoch(run, progress, "pretrain", epoch, settings.epochs, loss_mean, t0, modules, opt)
-    if progress is not None:
-        progress.finish()
+            book.step_done()
+            book.add({"loss": loss})
+        loss_mean = end_epoch(book, "pretrain", epoch)
     net.eval()
     return {"loss": loss_mean}

@@ -12,7 +12,6 @@ the whole image). Only the given labels are used: images without ground truth ne
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from torch import nn
 from wsis_cli.io import rle as rle_utils
 from wsis_cli.models.freemask_head import ProjectionHead, mask_pool, nt_xent
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.runtime.training import rng_state, set_rng_state
+from wsis_cli.runtime.training import EpochBookkeeping
 from wsis_cli.stages.freemask.features import BackboneSpec, features_of, patch_multiple, prepare
 from wsis_cli.stages.freemask.settings import TuneSettings
 
@@ -84,16 +83,15 @@ def fine_tune(net: nn.Module, samples: Sequence[Sample], spec: BackboneSpec, set
     params = [p for p in list(net.parameters()) + list(head.parameters()) if p.requires_grad]
     opt = (torch.optim.SGD(params, lr=settings.lr, momentum=0.9, weight_decay=1e-4) if settings.optimizer == "sgd"
            else torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-4))
-    modules = {"model": net, "head": head}
-    start, loss_mean = resume_training(run, modules, opt)
+    per_epoch = max(1, -(-len(samples) // settings.batch_size))
+    book = EpochBookkeeping(run, {"model": net, "head": head, "optimizer": opt}, settings.epochs,
+                            steps_per_epoch=per_epoch, progress=progress, label="freemask fine-tune", unit="epochs")
+    ckpt = book.resume()
+    loss_mean = float(ckpt.get("loss", float("nan"))) if ckpt is not None else float("nan")
     mult = patch_multiple(net)
-    if progress is not None:
-        progress.start(max(settings.epochs - start, 0), "freemask fine-tune", unit="epochs")
-    for epoch in range(start, settings.epochs):
-        t0 = time.perf_counter()
+    for epoch in book.epochs():
         net.train()
         order = np.random.default_rng((settings.seed, epoch)).permutation(len(samples))
-        total, steps = 0.0, 0
         for b in range(0, len(order), settings.batch_size):
             views: list[tuple[torch.Tensor, np.ndarray, np.ndarray]] = []
             offset = 0
@@ -112,41 +110,22 @@ def fine_tune(net: nn.Module, samples: Sequence[Sample], spec: BackboneSpec, set
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach())
-            steps += 1
-        loss_mean = total / max(steps, 1)
-        end_epoch(run, progress, "fine-tune", epoch, settings.epochs, loss_mean, t0, modules, opt)
-    if progress is not None:
-        progress.finish()
+            book.step_done()
+            book.add({"loss": loss})
+        loss_mean = end_epoch(book, "fine-tune", epoch)
     net.eval()
     return {"loss": loss_mean}
 
 
-def resume_training(run: Any, modules: dict[str, nn.Module], opt: torch.optim.Optimizer) -> tuple[int, float]:
-    """Load a resumed run's ``last.pt`` (``modules`` by key, the optimizer, the RNG state) when there is
-    one; returns ``(first epoch to train, last finished epoch's loss)``."""
-    ckpt = run.load_checkpoint() if run is not None else None
-    if ckpt is None:
-        return 0, float("nan")
-    for key, module in modules.items():
-        module.load_state_dict(ckpt[key])
-    opt.load_state_dict(ckpt["optimizer"])
-    set_rng_state(ckpt["rng"])
-    return int(ckpt["epoch"]), float(ckpt.get("loss", float("nan")))
-
-
-def end_epoch(run: Any, progress: Any, what: str, epoch: int, epochs: int, loss_mean: float, t0: float,
-              modules: dict[str, nn.Module], opt: torch.optim.Optimizer) -> None:
-    """Log the finished epoch, append it to the run's metrics, checkpoint everything :func:`resume_training`
-    reads back, and advance the progress bar."""
-    seconds = time.perf_counter() - t0
-    log.info("freemask: %s epoch %d/%d  loss %.4f  (%.1f s)", what, epoch + 1, epochs, loss_mean, seconds)
-    if run is not None:
-        run.log_metrics({"epoch": epoch + 1, "loss": loss_mean, "seconds": round(seconds, 3)})
-        run.save_checkpoint({**{key: m.state_dict() for key, m in modules.items()}, "optimizer": opt.state_dict(),
-                             "epoch": epoch + 1, "loss": loss_mean, "rng": rng_state()})
-    if progress is not None:
-        progress.advance(1)
+def end_epoch(book: EpochBookkeeping, what: str, epoch: int) -> float:
+    """Log the finished epoch, append it to the run's metrics and checkpoint it; returns its mean loss."""
+    loss_mean = book.means().get("loss", 0.0)
+    seconds = book.seconds
+    log.info("freemask: %s epoch %d/%d  loss %.4f  (%.1f s)", what, epoch + 1, book.total_epochs, loss_mean, seconds)
+    if book.run is not None:
+        book.run.log_metrics({"epoch": epoch + 1, "loss": loss_mean, "seconds": round(seconds, 3)})
+    book.save(epoch + 1, loss=loss_mean)
+    return loss_mean
 
 
 def _batched_features(net: nn.Module, inputs: list[torch.Tensor]) -> list[torch.Tensor]:

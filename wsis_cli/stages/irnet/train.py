@@ -202,7 +202,7 @@ def train(model: IRNet, samples: Sequence[Sample], cfg: TrainConfig, ctx: DistCo
     """Train the heads in place; ``run`` is the :class:`~wsis_cli.io.run_dir.RunDir` (checkpoints, metrics)."""
     from wsis_cli.runtime.device import autocast, grad_scaler
     from wsis_cli.runtime.seeding import worker_init_fn
-    from wsis_cli.runtime.training import poly_lr, rng_state, set_lr, set_rng_state
+    from wsis_cli.runtime.training import EpochBookkeeping, poly_lr, set_lr
 
     device = ctx.device
     if cfg.epochs == 0:
@@ -223,25 +223,18 @@ def train(model: IRNet, samples: Sequence[Sample], cfg: TrainConfig, ctx: DistCo
     cache = FeatureCache(model, dataset, device, cfg.amp) if FeatureCache.fits(model, dataset, CACHE_BYTES) else None
     dataset.load_images = cache is None
     with_regions = any(s.regions is not None for s in samples)
-    start, step = 0, 0
-    state = run.load_checkpoint()
-    if state is not None:
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        if unexpected or any(not k.startswith("backbone.") for k in missing):
-            raise RuntimeError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start, step = int(state["epoch"]), int(state["step"])
-        set_rng_state(state["rng"])
-    progress.start(total - step, "irnet train", unit="steps")
-    for epoch in range(start, cfg.epochs):
+    book = EpochBookkeeping(run, {"model": _Heads(model), "optimizer": opt, "scaler": scaler}, cfg.epochs, ctx=ctx,
+                            steps_per_epoch=steps_per_epoch, progress=progress, label="irnet train")
+    book.resume()
+    for epoch in book.epochs():
         model.train()
         dataset.set_epoch(epoch)
+        # not book.epochs(sampler): irnet's single-process shuffle is one stream over all epochs, and
+        # reseeding it per epoch (exact resumes, as in the other stages) would change the batches it trains on
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        sums: dict[str, float] = {}
         for images, labels, regions, index, flip in loader:
-            set_lr(opt, base_lrs, poly_lr(step, total))
+            set_lr(opt, base_lrs, poly_lr(book.step, total))
             labels = labels.to(device, non_blocking=True)
             with autocast(device, cfg.amp):
                 if cache is not None:
@@ -254,22 +247,32 @@ def train(model: IRNet, samples: Sequence[Sample], cfg: TrainConfig, ctx: DistCo
             scaler.scale(losses.total).backward()
             scaler.step(opt)
             scaler.update()
-            step += 1
-            for k, v in losses.items().items():
-                sums[k] = sums.get(k, 0.0) + v
-            progress.advance(1)
-        means = {k: v / steps_per_epoch for k, v in sums.items()}
+            book.step_done()
+            book.add(losses.items())
+        means = book.means(all_ranks=False)  # each rank logs its own mean, as irnet always has
         if ctx.is_main:
-            run.save_checkpoint({"model": head_state(model), "optimizer": opt.state_dict(),
-                                 "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
-                                 "rng": rng_state()})
-            run.log_metrics({"epoch": epoch + 1, "step": step, **means})
+            book.save(epoch + 1)
+            run.log_metrics({"epoch": epoch + 1, "step": book.step, **means})
         log.info("irnet: epoch %d/%d loss %.4f (pos bg %.3f fg %.3f, neg %.3f, dp fg %.3f bg %.3f)",
                  epoch + 1, cfg.epochs, means.get("total", math.nan), means.get("pos_bg", math.nan),
                  means.get("pos_fg", math.nan), means.get("neg", math.nan), means.get("dp_fg", math.nan),
                  means.get("dp_bg", math.nan))
         ctx.barrier()
-    progress.finish()
+
+
+class _Heads:
+    """The checkpoint's ``model`` entry: :func:`head_state` saved, loaded back into the full model."""
+
+    def __init__(self, model: IRNet) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return head_state(self.model)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("backbone.") for k in missing):
+            raise RuntimeError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
 
 
 def head_state(model: IRNet) -> dict[str, torch.Tensor]:

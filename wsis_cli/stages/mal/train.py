@@ -21,7 +21,6 @@ same predictions of IoU 0.72), which a from-scratch encoder needs more than a pr
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -32,7 +31,7 @@ from wsis_cli.models.mal import MalEncoder, MalNet
 from wsis_cli.models.mal_losses import crf_loss, mil_loss
 from wsis_cli.runtime.device import autocast, grad_scaler
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.runtime.training import EMA, linear_ramp, rng_state, set_lr, set_rng_state, warmup_cosine
+from wsis_cli.runtime.training import EMA, EpochBookkeeping, check_finite, linear_ramp, set_lr, warmup_cosine
 from wsis_cli.stages.mal.settings import CRF_VARIANTS, ModelSpec, TrainConfig
 from wsis_kernels.crf import CRFParams, mal_crf_params
 
@@ -95,10 +94,8 @@ def train(model: MalNet, dataset: Any, cfg: TrainConfig, run_dir: Any, ctx: Any,
     optimiser, scaler, EMA teacher, step count and RNG state. ``ctx`` is the
     :class:`wsis_cli.runtime.distributed.DistContext` (DDP when launched by torchrun).
     """
-    from wsis_cli.runtime.progress import NullProgress
     from wsis_cli.runtime.seeding import worker_init_fn
 
-    progress = progress or NullProgress()
     device = ctx.device
     # channels-last convolutions: 1.4x faster forward + backward of the demo's ResNet on one CPU thread
     model.to(device, memory_format=torch.channels_last)
@@ -108,16 +105,6 @@ def train(model: MalNet, dataset: Any, cfg: TrainConfig, run_dir: Any, ctx: Any,
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.9), eps=1e-8,
                                   weight_decay=cfg.weight_decay)
     scaler = grad_scaler(device, cfg.amp)
-    start_epoch, step = 0, 0
-    state = run_dir.load_checkpoint()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
-        set_rng_state(state["rng"])
-    student = ctx.wrap(model)
     sampler = ctx.sampler(dataset, shuffle=True, seed=cfg.seed)
     drop_last = len(dataset) > global_batch  # a lone short batch would get an outsized step
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
@@ -126,6 +113,12 @@ def train(model: MalNet, dataset: Any, cfg: TrainConfig, run_dir: Any, ctx: Any,
     per_epoch = max(len(loader), 1)
     total = cfg.epochs * per_epoch
     warmup = int(round(cfg.warmup_epochs * per_epoch))
+    # mal-label's checkpoints have always stored the finished epoch's index (epoch_is_index)
+    book = EpochBookkeeping(run_dir, {"model": model, "teacher": ema, "optimizer": optimizer, "scaler": scaler},
+                            cfg.epochs, ctx=ctx, steps_per_epoch=per_epoch, progress=progress,
+                            label="mal-label: training", epoch_is_index=True)
+    book.resume()
+    student = ctx.wrap(model)
     params = crf_params(cfg)
     # MAL's CRF works on the normalised crop (its zeta is in those units); the dense one on [0, 1] colours
     unnormalise = cfg.crf_variant != "mal"
@@ -133,18 +126,12 @@ def train(model: MalNet, dataset: Any, cfg: TrainConfig, run_dir: Any, ctx: Any,
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     log.info("mal-label: training on %d boxes, %d epochs x %d steps (batch %d x %d processes), lr %.3g, on %s",
              len(dataset), cfg.epochs, per_epoch, cfg.batch_size, ctx.world_size, lr, device)
-    progress.start(max(total - start_epoch * per_epoch, 0), "mal-label: training", unit="steps")
-    for epoch in range(start_epoch, cfg.epochs):
+    # one order per epoch, not one stream per process: a resumed run replays the same epochs
+    for epoch in book.epochs(sampler, cfg.seed):
         dataset.set_epoch(epoch)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        elif getattr(sampler, "generator", None) is not None:
-            # one order per epoch, not one stream per process: a resumed run replays the same epochs
-            sampler.generator.manual_seed(cfg.seed * 1_000_003 + epoch)
         student.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)
-        t0 = time.perf_counter()
         for batch in loader:
+            step = book.step
             set_lr(optimizer, base_lrs, warmup_cosine(step, warmup, total, cfg.final_lr))
             x_s = batch["student"].to(device, non_blocking=True, memory_format=torch.channels_last)
             x_t = batch["teacher"].to(device, non_blocking=True, memory_format=torch.channels_last)
@@ -163,30 +150,23 @@ def train(model: MalNet, dataset: Any, cfg: TrainConfig, run_dir: Any, ctx: Any,
             crf = crf_loss(crf_image, prob, t_prob, box, params).mean()
             loss = (cfg.mil_weight * _loss_ramp(epoch, step, cfg.mil_warmup) * mil
                     + cfg.crf_weight * _loss_ramp(epoch, step, cfg.crf_warmup) * crf)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"mal-label: loss became {loss.item()} at step {step}; lower --lr")
+            check_finite(loss, stage="mal-label", step=step, lr=optimizer.param_groups[0]["lr"])
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             ema.update(model)
-            step += 1
-            sums += torch.stack([loss.detach(), mil.detach(), crf.detach()]).double()
-            progress.advance(1)
-        ctx.all_reduce_sum(sums)
-        n = per_epoch * ctx.world_size
-        record = {"epoch": epoch, "step": step, "loss": sums[0].item() / n, "mil": sums[1].item() / n,
-                  "crf": sums[2].item() / n, "lr": optimizer.param_groups[0]["lr"],
-                  "seconds": time.perf_counter() - t0}
+            book.step_done()
+            book.add({"loss": loss.detach(), "mil": mil.detach(), "crf": crf.detach()})
+        means = book.means()
+        record = {"epoch": epoch, "step": book.step, **{k: means.get(k, 0.0) for k in ("loss", "mil", "crf")},
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": book.seconds}
         if ctx.is_main:
             log.info("mal-label: epoch %d/%d  loss %.4f  mil %.4f  crf %.4f  (%.1f s)", epoch + 1, cfg.epochs,
                      record["loss"], record["mil"], record["crf"], record["seconds"])
             run_dir.log_metrics(record)
-            run_dir.save_checkpoint({"model": model.state_dict(), "teacher": ema.state_dict(),
-                                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                     "epoch": epoch, "step": step, "rng": rng_state()})
+            book.save(epoch + 1)
         ctx.barrier()
-    progress.finish()
     if ctx.is_main:
         run_dir.save_model(model.state_dict(), {"teacher": ema.state_dict(), **(extra or {})})
     return model, ema.teacher

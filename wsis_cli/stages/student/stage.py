@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import signal
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,14 +41,7 @@ from wsis_cli.runtime.device import autocast, grad_scaler
 from wsis_cli.runtime.distributed import DistContext
 from wsis_cli.runtime.errors import BadInputError, ExitCode, Terminated
 from wsis_cli.runtime.log import get_logger
-from wsis_cli.runtime.training import (
-    check_finite,
-    rank_rng_states,
-    set_lr,
-    set_rank_rng_state,
-    unwrap_model,
-    warmup_cosine,
-)
+from wsis_cli.runtime.training import EpochBookkeeping, check_finite, set_lr, unwrap_model, warmup_cosine
 from wsis_cli.stages.student.data import StudentData, collate, collect_instances, loader_worker_init
 from wsis_cli.stages.student.demo import DEMO_EPOCHS, demo_settings
 from wsis_cli.stages.student.predict import predict
@@ -127,14 +119,6 @@ def _loader(data: StudentData, indices: list[int], per_rank: int, workers: int, 
                       generator=torch.Generator().manual_seed(seed))
 
 
-def _epoch_indices(sampler: Any, epoch: int, seed: int) -> list[int]:
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-    elif getattr(sampler, "generator", None) is not None:
-        sampler.generator.manual_seed(seed * 1_000_003 + epoch)
-    return list(sampler)
-
-
 def _to_device(images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]],
                device: torch.device) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     return ([im.to(device, non_blocking=True) for im in images],
@@ -192,40 +176,29 @@ def train(settings: StudentSettings, ds: Dataset, images_root: str | None, run: 
              "%s mask loss, %s lr %g", settings.arch, len(data), n_inst, len(category_ids), settings.epochs,
              steps_per_epoch, settings.batch_size, settings.accumulate, settings.mask_loss, settings.optimizer, base_lr)
 
-    start_epoch, skip_batches, step = 0, 0, 0
+    # every rank's generators go into the checkpoint: each rank draws its own RoIs
+    book = EpochBookkeeping(run, {"model": model, "optimizer": optimizer, "scaler": scaler}, settings.epochs, ctx=ctx,
+                            rank_rngs=True)
+    skip_batches = 0
     history: list[dict[str, Any]] = []
-    ckpt = run.load_checkpoint()
+    ckpt = book.resume()
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, skip_batches, step = int(ckpt["epoch"]), int(ckpt.get("batch", 0)), int(ckpt["step"])
+        skip_batches = int(ckpt.get("batch", 0))
         history = list(ckpt.get("history", []))
-        set_rank_rng_state(ckpt, ctx)
     net = ctx.wrap(model)
 
-    def checkpoint(epoch: int, batch: int, sums: Mapping[str, torch.Tensor] | None = None,
-                   count: float = 0.0) -> None:
-        rngs = rank_rng_states(ctx)  # every rank's generators: each rank draws its own RoIs
+    def checkpoint(epochs_done: int, batch: int, sums: Mapping[str, Any] | None = None, count: float = 0.0) -> None:
+        # each rank's running loss sums of an unfinished epoch, so its record stays exact after a resume
         partial = ctx.all_gather_object(({k: float(v) for k, v in (sums or {}).items()}, float(count)))
-        if ctx.is_main:
-            run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scaler": scaler.state_dict(), "epoch": epoch, "batch": batch, "step": step,
-                                 "rng": rngs[0], "rng_ranks": rngs, "history": history, "category_ids": category_ids,
-                                 "partial_ranks": partial})
+        book.save(epochs_done, batch=batch, history=history, category_ids=category_ids, partial_ranks=partial)
 
     with StopSignals() as stop:
-        for epoch in range(start_epoch, settings.epochs):
-            t0 = time.perf_counter()
+        for epoch in book.epochs(sampler, settings.seed):
             data.epoch = epoch
-            indices = _epoch_indices(sampler, epoch, settings.seed)
-            first = skip_batches if epoch == start_epoch else 0
-            sums: dict[str, torch.Tensor] = {}
-            count = torch.zeros((), device=device)
+            indices = list(sampler)
+            first = skip_batches if epoch == book.start_epoch else 0
             if first and ckpt is not None:  # the epoch's running loss sums, so its record stays exact
-                part_sums, part_count = _partial_share(ckpt, ctx)
-                sums = {k: torch.tensor(v, device=device) for k, v in part_sums.items()}
-                count += part_count
+                book.add(*_partial_share(ckpt, ctx))
             net.train()
             optimizer.zero_grad(set_to_none=True)
             batches = _loader(data, indices[first * per_rank:], per_rank, settings.workers, device,
@@ -233,34 +206,34 @@ def train(settings: StudentSettings, ds: Dataset, images_root: str | None, run: 
             n_batches = len(batches)
             for b, (images, targets) in enumerate(batches):
                 images, targets = _to_device(images, targets, device)
-                set_loss_step(model, step)
+                set_loss_step(model, book.step)
                 with autocast(device, settings.amp):
                     losses = net(images, targets)
                 loss = sum(v.float() for v in losses.values())
-                check_finite(loss, stage=STAGE, step=step, lr=optimizer.param_groups[0]["lr"])
+                check_finite(loss, stage=STAGE, step=book.step, lr=optimizer.param_groups[0]["lr"])
                 scaler.scale(loss / settings.accumulate).backward()
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach().float()
-                count += 1
+                book.add({k: v.float() for k, v in losses.items()})
                 if (b + 1) % settings.accumulate == 0 or b + 1 == n_batches:
                     set_lr(optimizer, [base_lr] * len(optimizer.param_groups),
-                           warmup_cosine(step, settings.warmup_iters, total, final=0.05))
+                           warmup_cosine(book.step, settings.warmup_iters, total, final=0.05))
                     if settings.clip_grad > 0:
                         scaler.unscale_(optimizer)
                         torch.nn.utils.clip_grad_norm_(params, settings.clip_grad)
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
-                    step += 1
+                    book.step_done()
                     if _stop_agreed(stop, ctx, device):
-                        checkpoint(epoch, first + b + 1, sums, float(count))
+                        checkpoint(epoch, first + b + 1, book.sums, book.count)
                         ctx.barrier()  # no rank exits (and gets the job killed) before rank 0 has written
                         if ctx.is_main:
                             log.warning("train-student: checkpoint saved in %s at epoch %d, batch %d (step %d); exit "
-                                        "%d: rerun with --resume", run.path, epoch + 1, first + b + 1, step,
+                                        "%d: rerun with --resume", run.path, epoch + 1, first + b + 1, book.step,
                                         REQUEUE_EXIT)
                         raise Terminated(_signal_name(stop.requested))
-            record = _epoch_record(sums, count, ctx, epoch, step, optimizer, time.perf_counter() - t0)
+            means = book.means()
+            record = {"epoch": epoch + 1, "step": book.step, "loss": sum(means.values()), **means,
+                      "lr": optimizer.param_groups[0]["lr"], "seconds": round(book.seconds, 3)}
             if ctx.is_main and val_ds is not None:
                 record.update(validate(model, category_ids, val_ds, images_root, settings, device))
             history.append(record)
@@ -309,17 +282,6 @@ def _stop_agreed(stop: StopSignals, ctx: DistContext, device: torch.device) -> b
     """Every rank stops at the same step: a signal seen by any rank stops all of them."""
     flag = torch.tensor(float(stop.requested is not None), device=device)
     return bool(ctx.all_reduce_sum(flag).item() > 0) if ctx.enabled else stop.requested is not None
-
-
-def _epoch_record(sums: dict[str, torch.Tensor], count: torch.Tensor, ctx: DistContext, epoch: int, step: int,
-                  optimizer: torch.optim.Optimizer, seconds: float) -> dict[str, Any]:
-    names = sorted(sums)
-    packed = torch.stack([sums[k] for k in names] + [count]) if names else count[None]
-    ctx.all_reduce_sum(packed)
-    n = float(packed[-1].clamp(min=1))
-    terms = {k: float(packed[i]) / n for i, k in enumerate(names)}
-    return {"epoch": epoch + 1, "step": step, "loss": sum(terms.values()), **terms,
-            "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
 
 
 def validate(model: nn.Module, category_ids: list[int], val_ds: Dataset, images_root: str | None,
