@@ -129,7 +129,9 @@ def test_resume_finishes_an_interrupted_run(tmp_path) -> None:
     assert not out.exists() and len(partial.read_text().splitlines()) == 3  # header + 2 images
     shutil.copy(tmp_path / "d" / "images" / "000003.png", imgs / "000003.png")
     resumed = run(settings, job(out, resume=True))
-    assert resumed.annotations == fresh.annotations
+    written = json.loads(out.read_text())["annotations"]
+    assert (resumed.images, resumed.masks) == (fresh.images, fresh.masks) == (4, len(written))
+    assert resumed.output == str(out) and resumed.embeddings == str(out) + ".h5" and resumed.run_dir is None
     assert json.loads(out.read_text())["annotations"] == json.loads((tmp_path / "fresh.json").read_text())["annotations"]
     assert not partial.exists() and (tmp_path / "o.json.h5").exists()
 

@@ -1,4 +1,5 @@
-"""Settings of ``wsis freemask``: the backbone, Free Mask's knobs, the fine-tuning and pre-training, the job.
+"""Settings of ``wsis freemask``: the backbone, Free Mask's knobs, the fine-tuning and pre-training, the job,
+and what a run returns.
 
 Imports nothing heavy (no torch or timm): the command line builds and validates these before the network
 stack loads. Names are checked by their form here (a torchvision ResNet/ViT, or ``timm:NAME``); whether a
@@ -171,3 +172,15 @@ class FreeMaskJob:
     shard: str | None = None
     resume: bool = False
     amp: bool = True
+
+
+@dataclass(frozen=True)
+class FreeMaskSummary:
+    """What :func:`~wsis_cli.stages.freemask.stage.run` wrote."""
+
+    output: str  # the COCO dataset ("-": stdout)
+    images: int  # images of this shard
+    masks: int  # annotations written
+    embeddings: str | None = None  # the HDF5 sidecar, when asked for
+    run_dir: str | None = None  # the run folder of --pretrain / --labeled training (None: nothing trained)
+    seconds: float = 0.0

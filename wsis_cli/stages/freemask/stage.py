@@ -10,6 +10,7 @@ Shards with ``--shard``; resumes with ``--resume`` (finished images in ``<out>.p
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from wsis_cli.stages.freemask.features import (
     load_backbone_state,
 )
 from wsis_cli.stages.freemask.masks import FreeMaskParams
-from wsis_cli.stages.freemask.settings import STAGE, FreeMaskJob, FreeMaskSettings
+from wsis_cli.stages.freemask.settings import STAGE, FreeMaskJob, FreeMaskSettings, FreeMaskSummary
 from wsis_cli.stages.freemask.tune import Sample, fine_tune, make_sample
 
 log = get_logger("freemask")
@@ -177,9 +178,10 @@ def prepare_backbone(settings: FreeMaskSettings, job: FreeMaskJob, records: list
     return net
 
 
-def run(settings: FreeMaskSettings, job: FreeMaskJob, progress: Any = None) -> coco.Dataset:
+def run(settings: FreeMaskSettings, job: FreeMaskJob, progress: Any = None) -> FreeMaskSummary:
     """Label every input image of this shard with Free Mask and write ``job.out`` (and the sidecar)."""
     from wsis_cli.io.checkpoint import ImageCheckpoint
+    from wsis_cli.io.run_dir import default_run_dir
     from wsis_cli.models.registry import check_arch
     from wsis_cli.runtime.device import resolve_device
     from wsis_cli.runtime.errors import UsageError
@@ -191,6 +193,7 @@ def run(settings: FreeMaskSettings, job: FreeMaskJob, progress: Any = None) -> c
         check_arch(settings.backbone.arch)  # a timm name exists (settings.py checked its form only)
     except ValueError as e:
         raise UsageError(f"--arch: {e}") from None
+    t0 = time.perf_counter()
     progress = progress or NullProgress()
     seed_everything(settings.seed)
     records, root, source = input_images(job)
@@ -236,7 +239,10 @@ def run(settings: FreeMaskSettings, job: FreeMaskJob, progress: Any = None) -> c
         if writer is not None:
             writer.abort()
     log.info("freemask: %d masks on %d images", len(out.annotations), len(todo_records))
-    return out
+    trained = not job.checkpoint and (job.labeled or settings.pretrain is not None)
+    return FreeMaskSummary(job.out, len(todo_records), len(out.annotations), job.embeddings,
+                           str(job.run or default_run_dir(job.out, STAGE)) if trained else None,
+                           time.perf_counter() - t0)
 
 
 def demo_freemask(images_dir: Path, work: Path, labels: coco.Dataset | None = None) -> coco.Dataset:
