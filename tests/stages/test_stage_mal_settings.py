@@ -1,4 +1,4 @@
-"""`mal-label` settings: one source of truth for the defaults (ModelSpec, TrainConfig), mirrored by the CLI."""
+"""`mal-label` settings: one source of truth for the defaults (ModelSpec, MalTrainConfig), mirrored by the CLI."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from wsis_cli.cli.mal_label import mal_label
 from wsis_cli.stages.mal.demo import DEMO_SETTINGS
 from wsis_cli.stages.mal.settings import MalSettings
-from wsis_cli.stages.mal.train import ModelSpec, TrainConfig, crf_params, denormalize
+from wsis_cli.stages.mal.train import MalTrainConfig, ModelSpec, crf_params, denormalize
 from wsis_kernels.crf import CRFParams, mal_crf_params
 
 
@@ -21,12 +21,12 @@ def _defaults(cls) -> dict:
 
 def test_settings_take_their_defaults_from_the_model_spec_and_train_config():
     settings = _defaults(MalSettings)
-    shared = {**_defaults(ModelSpec), **_defaults(TrainConfig)}
+    shared = {**_defaults(ModelSpec), **_defaults(MalTrainConfig)}
     for name in set(shared) - {"frozen_bn", "workers"}:
         assert settings[name] == shared[name], name
     # and hand them back unchanged
     s = MalSettings()
-    assert s.train_config() == TrainConfig()
+    assert s.train_config() == MalTrainConfig()
     assert s.model_spec() == ModelSpec(frozen_bn=True)
     demo = DEMO_SETTINGS.train_config(workers=2)
     assert (demo.epochs, demo.lr, demo.workers) == (DEMO_SETTINGS.epochs, DEMO_SETTINGS.lr, 2)
@@ -47,8 +47,8 @@ def test_cli_defaults_are_the_settings_defaults():
 
 
 def test_crf_variants():
-    assert crf_params(TrainConfig()) == mal_crf_params(iterations=100, zeta=0.1)  # upstream's MeanField
-    assert crf_params(TrainConfig(crf_variant="dense", crf_iterations=7)) == CRFParams(iterations=7)
+    assert crf_params(MalTrainConfig()) == mal_crf_params(iterations=100, zeta=0.1)  # upstream's MeanField
+    assert crf_params(MalTrainConfig(crf_variant="dense", crf_iterations=7)) == CRFParams(iterations=7)
     with pytest.raises(ValueError, match="crf variant"):
         MalSettings(crf_variant="full")
     from wsis_cli.models.backbones import normalize

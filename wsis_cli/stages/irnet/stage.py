@@ -160,7 +160,7 @@ def train_model(inputs: Inputs, settings: IRNetSettings, job: IRNetJob, ctx: Any
     from wsis_cli.io.run_dir import RunDir, default_run_dir
     from wsis_cli.models.irnet_heads import IRNet
     from wsis_cli.runtime.seeding import seed_everything
-    from wsis_cli.stages.irnet.train import Sample, TrainConfig, measure_mean_shift, train
+    from wsis_cli.stages.irnet.train import IRNetTrainConfig, Sample, measure_mean_shift, train
 
     run_path = Path(job.run) if job.run else default_run_dir(job.out, STAGE)
     run = RunDir(run_path, STAGE, {**settings.to_json(), "cams": str(Path(job.cams).resolve())}, resume=job.resume)
@@ -174,8 +174,8 @@ def train_model(inputs: Inputs, settings: IRNetSettings, job: IRNetJob, ctx: Any
     else:  # nothing to learn: only the mean shift is measured
         samples = [Sample(i, _loader(inputs, inputs.images, i), np.zeros((1, 1), np.uint8)) for i in inputs.ids]
     amp = settings.amp and ctx.device.type == "cuda"
-    cfg = TrainConfig(settings.epochs, settings.batch_size, settings.crop, settings.edge_lr, settings.dp_lr,
-                      settings.weight_decay, 0.9, settings.seed, amp, job.workers, settings.train_radius)
+    cfg = IRNetTrainConfig(settings.epochs, settings.batch_size, settings.crop, settings.edge_lr, settings.dp_lr,
+                           settings.weight_decay, 0.9, settings.seed, amp, job.workers, settings.train_radius)
     train(model, samples, cfg, ctx, run, progress)
     shift = measure_mean_shift(model, [s.load for s in samples], ctx, amp)
     model.mean_shift.copy_(shift.to(model.mean_shift.device))

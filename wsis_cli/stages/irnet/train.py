@@ -175,7 +175,9 @@ CACHE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class IRNetTrainConfig:
+    """What :func:`train` takes from :class:`~wsis_cli.stages.irnet.settings.IRNetSettings`, plus how it runs."""
+
     epochs: int
     batch_size: int
     crop: int
@@ -189,7 +191,7 @@ class TrainConfig:
     radius: float = TRAIN_RADIUS
 
 
-def make_optimizer(model: IRNet, cfg: TrainConfig) -> torch.optim.SGD:
+def make_optimizer(model: IRNet, cfg: IRNetTrainConfig) -> torch.optim.SGD:
     edge, disp = model.head_parameters()
     return torch.optim.SGD(
         [{"params": edge, "lr": cfg.edge_lr}, {"params": disp, "lr": cfg.dp_lr}],
@@ -197,7 +199,7 @@ def make_optimizer(model: IRNet, cfg: TrainConfig) -> torch.optim.SGD:
     )
 
 
-def train(model: IRNet, samples: Sequence[Sample], cfg: TrainConfig, ctx: DistContext, run: Any,
+def train(model: IRNet, samples: Sequence[Sample], cfg: IRNetTrainConfig, ctx: DistContext, run: Any,
           progress: Any) -> None:
     """Train the heads in place; ``run`` is the :class:`~wsis_cli.io.run_dir.RunDir` (checkpoints, metrics)."""
     from wsis_cli.runtime.device import autocast, grad_scaler

@@ -5,7 +5,7 @@ This module imports nothing heavy (no torch, NumPy or OpenCV), so the command li
 the network stack is loaded. :mod:`wsis_cli.stages.mal.train` and :mod:`wsis_cli.stages.mal.stage`
 re-export these classes.
 
-``ModelSpec`` and ``TrainConfig`` hold the only copy of the defaults (upstream MAL's,
+``ModelSpec`` and ``MalTrainConfig`` hold the only copy of the defaults (upstream MAL's,
 ``upstream-implementations.md`` §2.2); ``MalSettings`` takes its own from them and a test checks that
 the CLI mirrors them.
 """
@@ -76,7 +76,7 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class MalTrainConfig:
     """Optimisation settings (a subset of the stage settings).
 
     The defaults (upstream MAL's) are the only copy: ``MalSettings`` takes its training defaults from here.
@@ -102,14 +102,14 @@ class TrainConfig:
 
 
 _MODEL = ModelSpec()
-_TRAIN = TrainConfig()
+_TRAIN = MalTrainConfig()
 
 
 @dataclass(frozen=True)
 class MalSettings:
     """Settings of ``wsis mal-label`` that shape the result (one field per flag).
 
-    Network fields default to :class:`ModelSpec`'s and optimisation fields to :class:`TrainConfig`'s
+    Network fields default to :class:`ModelSpec`'s and optimisation fields to :class:`MalTrainConfig`'s
     (upstream MAL's values); :meth:`model_spec` and :meth:`train_config` hand them back. Construction
     validates every field (``ValueError``), the crop size against the encoder's stride included.
     """
@@ -173,9 +173,9 @@ class MalSettings:
         return ModelSpec(**{k: getattr(self, k) for k in names},
                          frozen_bn=self.weights.lower() not in ("", "none", "random", "scratch"))
 
-    def train_config(self, workers: int = 0) -> TrainConfig:
-        names = {f.name for f in fields(TrainConfig)} - {"workers"}
-        return TrainConfig(**{k: getattr(self, k) for k in names}, workers=workers)
+    def train_config(self, workers: int = 0) -> MalTrainConfig:
+        names = {f.name for f in fields(MalTrainConfig)} - {"workers"}
+        return MalTrainConfig(**{k: getattr(self, k) for k in names}, workers=workers)
 
 
 @dataclass(frozen=True)

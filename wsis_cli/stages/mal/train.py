@@ -32,7 +32,7 @@ from wsis_cli.models.mal_losses import crf_loss, mil_loss
 from wsis_cli.runtime.device import autocast, grad_scaler
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.runtime.training import EMA, EpochBookkeeping, check_finite, linear_ramp, set_lr, warmup_cosine
-from wsis_cli.stages.mal.settings import CRF_VARIANTS, ModelSpec, TrainConfig
+from wsis_cli.stages.mal.settings import CRF_VARIANTS, MalTrainConfig, ModelSpec
 from wsis_kernels.crf import CRFParams, mal_crf_params
 
 log = get_logger("mal-label")
@@ -55,7 +55,7 @@ def build_model(spec: ModelSpec, weights: str = "none") -> MalNet:
     return MalNet(MalEncoder(backbone, depth, spec.patch, spec.conv_stem), spec.crop_size, spec.decoder_dim, spec.scale_buckets)
 
 
-def crf_params(cfg: TrainConfig) -> CRFParams:
+def crf_params(cfg: MalTrainConfig) -> CRFParams:
     """The CRF that refines the student/teacher average into the CRF loss's target.
 
     ``mal``: MAL's ``MeanField`` (3x3 window, geometric pooling, no unary after the start, clamp to
@@ -83,7 +83,7 @@ def _loss_ramp(epoch: int, step: int, steps: int) -> float:
     return 1.0 if epoch > 0 else linear_ramp(step, steps)
 
 
-def train(model: MalNet, dataset: Any, cfg: TrainConfig, run_dir: Any, ctx: Any, progress: Any = None,
+def train(model: MalNet, dataset: Any, cfg: MalTrainConfig, run_dir: Any, ctx: Any, progress: Any = None,
           extra: dict[str, Any] | None = None) -> tuple[MalNet, MalNet]:
     """Train ``model`` (in place) on the :class:`RoiTrainSet` ``dataset``; returns (student, EMA teacher).
 
