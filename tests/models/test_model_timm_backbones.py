@@ -71,6 +71,23 @@ def test_output_stride_16_and_stages():
     assert [tuple(o.shape[2:]) for o in out] == [(32, 32), (16, 16), (8, 8), (4, 4)]
 
 
+def test_early_levels_only_build_their_blocks_and_load_full_checkpoints():
+    """A stage keeping the early levels builds only the blocks before them, gives the same features as the
+    whole network, and still loads a state dict saved from the whole network (older model.pt files)."""
+    full = registry.build(ARCH, load_weights("imagenet", ARCH), stages=4, output_stride=16).eval()
+    early = registry.build(ARCH, load_weights("imagenet", ARCH), stages=2, output_stride=16).eval()
+    assert len(early.net.blocks) < len(full.net.blocks)
+    assert sum(p.numel() for p in early.parameters()) < 0.1 * sum(p.numel() for p in full.parameters())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(early(x), full(x), strict=False):
+            torch.testing.assert_close(a, b)
+    fresh = registry.build(ARCH, None, stages=2, output_stride=16).eval()
+    fresh.load_state_dict(full.state_dict())  # strict: the dropped blocks' keys are ignored, the rest match
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x)[-1], early(x)[-1])
+
+
 def test_unknown_timm_name_suggests_close_names():
     with pytest.raises(ValueError, match="did you mean timm:tf_efficientnet_lite0"):
         registry.check_arch("timm:tf_efficientnet_lite00")

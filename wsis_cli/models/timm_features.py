@@ -177,11 +177,33 @@ class TimmFeatures(nn.Module):
         # ViTs need inputs that are whole patches
         patch = getattr(getattr(self.net, "patch_embed", None), "patch_size", None)
         self.input_multiple = int(patch[0] if isinstance(patch, (tuple, list)) else patch or 1)
+        self._drop_unused_blocks()
         if frozen_bn:
             # timm's own freezer: its BatchNormAct2d layers carry the activation, which ours would drop
             from timm.layers import freeze_batch_norm_2d
 
             self.net = freeze_batch_norm_2d(self.net)
+
+    def _drop_unused_blocks(self) -> None:
+        """Cut the blocks after the last level returned. timm's EfficientNet/MobileNet feature models build
+        and run every block whatever ``out_indices`` says (its ResNets already stop early); the dilated
+        stride-16 tail costs most of the time when a stage keeps only the early levels."""
+        out_idx = getattr(self.net, "_stage_out_idx", None)
+        blocks = getattr(self.net, "blocks", None)
+        if not out_idx or not isinstance(blocks, nn.Sequential) or getattr(self.net, "feature_hooks", None):
+            return
+        keep = max(out_idx)  # its keys count the blocks run before each returned level
+        if keep >= len(blocks):
+            return
+        self.net.blocks = blocks[:keep]
+        # model.pt files saved before the cut hold the dropped blocks: ignore them when loading
+        dropped = tuple(f"net.blocks.{i}." for i in range(keep, len(blocks)))
+
+        def ignore_dropped(state, prefix, *_args) -> None:
+            for key in [k for k in state if k.startswith(prefix) and k[len(prefix):].startswith(dropped)]:
+                del state[key]
+
+        self._register_load_state_dict_pre_hook(ignore_dropped)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = x * self.in_scale.to(x.dtype) + self.in_shift.to(x.dtype)
