@@ -35,8 +35,7 @@ from .window import (
 )
 
 # Two labels go through the incremental loop from this many pixels per image and iterations on; below, the
-# foreground-only loop is faster (2 threads, ms, foreground-only vs incremental: 10 iterations 5.9 vs 6.4 at
-# 64x64, 6.6 vs 6.2 at 96x96, 14.1 vs 10.5 at 256x256, 59 vs 38 at 512x512; 5 iterations 33 vs 35 at 512x512).
+# foreground-only loop is faster (figures: bench/NOTES.md, "CRF: when two labels take the incremental loop").
 TWO_LABEL_INCREMENTAL_PIXELS = 96 * 96
 TWO_LABEL_INCREMENTAL_ITERATIONS = 8
 

@@ -62,9 +62,9 @@ class H5Writer:
     existing partial is reused only if it was written by the same stage with the same settings and
     inputs (keys in ``resume_ignore`` may differ); otherwise :class:`BadInputError`. Without ``resume``
     an existing partial is replaced. ``compression`` is ``"gzip"`` (portable; level ``compression_opts``),
-    ``"lzf"`` (faster, h5py only) or ``None``. Measured on a smooth 20x128x128 float16 CAM (640 KiB, 2
-    CPU cores): gzip-4 16 ms and 319 KiB per image, gzip-1 12 ms / 338 KiB, lzf 8 ms / 394 KiB, none
-    2.4 ms / 644 KiB; a stage whose compute is faster than that (GPU inference) may pick lzf.
+    ``"lzf"`` (faster, h5py only) or ``None``. gzip-4 halves a smooth float16 CAM at ~16 ms per image
+    (2 CPU cores); a stage whose compute is faster than that (GPU inference) may pick lzf (figures:
+    bench/NOTES.md, "HDF5 store: compression").
     """
 
     def __init__(self, path: str | os.PathLike, stage: str, settings: Any, inputs: Mapping[str, Any] | None = None,

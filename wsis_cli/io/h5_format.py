@@ -11,12 +11,12 @@ Layout of one store (one file per stage output)::
 
 Why a flat ``/images/<id>`` rather than buckets: the file is created with the HDF5 1.8 format as the
 lowest version (``libver=("v108", ...)``), whose groups index their links in a B-tree keyed by name
-hash, so lookups stay logarithmic. Measured here with 8x16x16 float16 arrays: 50k images → ~0.3 ms to
-write and ~0.2 ms to read one image, 200k images → ~0.6 ms each, the same as 1000-wide buckets within
-noise. Flat keeps merging and reading trivial (``f["images"]["17"]``). Why not the newer 1.10 format:
-its superblock records "open for writing", so a file whose writer was killed (SLURM preemption,
-SIGKILL) refuses to open again until ``h5clear`` is run; with 1.8 an interrupted ``.partial`` reopens
-and ``--resume`` continues from the last image written (the writer flushes after each image).
+hash, so lookups stay logarithmic: at 200k images a flat group is as fast as 1000-wide buckets (figures:
+bench/NOTES.md, "HDF5 store: flat /images/<id> layout"). Flat keeps merging and reading trivial
+(``f["images"]["17"]``). Why not the newer 1.10 format: its superblock records "open for writing", so a
+file whose writer was killed (SLURM preemption, SIGKILL) refuses to open again until ``h5clear`` is run;
+with 1.8 an interrupted ``.partial`` reopens and ``--resume`` continues from the last image written (the
+writer flushes after each image).
 
 Finished stores are immutable, so readers open them plainly read-only (SWMR would need the 1.10 format
 and buys nothing: nobody writes a finished store). HDF5's default file locking applies (it is skipped

@@ -237,8 +237,8 @@ def _backbone(spec: StudentSpec) -> tuple[nn.Module, AnchorGenerator]:
 
 def _zero_init_residuals(body: nn.Module) -> None:
     """Start each residual branch at zero (its last BN's scale): a ResNet trained from scratch then begins
-    as a shallow network, instead of one whose activations double with every block (measured here: the
-    mask loss of a scratch ResNet-18 student reached 1e5 and went NaN in three steps without it)."""
+    as a shallow network, instead of one whose activations double with every block and whose loss goes NaN
+    within a few steps (figures: bench/NOTES.md, "student: zero-initialised residual branches")."""
     for m in body.modules():
         if isinstance(m, Bottleneck):
             nn.init.zeros_(m.bn3.weight)

@@ -17,13 +17,12 @@ masks: the window is not dilated (FreeSOLO and BoxInst use dilation 2 on a smoot
 mask). Mask R-CNN's masks come out of a stride-2 transposed convolution, whose four taps make the four
 pixel-parity classes of the grid independent functions; at dilation 2 a pixel only meets pixels of its own
 parity, so the pairwise term cannot tie them together (a student with enlarged crops learnt masks of
-alternating on/off columns; on box-filled labels dilation 1 lifted mask AP from 0.8 to 4.1, see the
-README's train-student section).
+alternating on/off columns; figures: bench/NOTES.md, "student projection loss: undilated pairs, RoI crops").
 
 A limit that remains: the RoI crop is (nearly) the target's box, and with no pixel outside the box in view
 the filled box satisfies every term and costs less than the object (see the loss tests), so on box-filled
 labels this loss learns boxes, not shapes. FreeSOLO's whole-image masks have that outside ring; enlarged
-mask crops (1.5x, 2x the box) were tried and measured no better here.
+mask crops did not help here (same figures).
 
 Everything works on RoI-sized tensors: ``(N, M, M)`` mask logits of the positive proposals, their targets
 cropped and resized to the same grid (as torchvision's ``maskrcnn_loss`` does) and the Lab image crops.

@@ -1,9 +1,10 @@
 """Independent jobs of ``wsis demo`` (the students) run side by side, one CPU thread each.
 
 A student is a few hundred small single-threaded steps: intra-op threads do not pay at its tensor sizes
-(measured: two threads made an epoch slower on a shared machine), so the only way to use a second core is
-a second student. :class:`JobPool` runs jobs in ``jobs`` worker processes (``spawn``: a forked copy of a
-process that already runs torch threads can deadlock) while the demo's own process goes on labelling.
+(two threads made an epoch several times slower on a shared machine; figures: bench/NOTES.md, "student
+demo: one CPU thread"), so the only way to use a second core is a second student. :class:`JobPool`
+runs jobs in ``jobs`` worker processes (``spawn``: a forked copy of a process that already runs torch
+threads can deadlock) while the demo's own process goes on labelling.
 With ``jobs <= 1`` every job runs at once in this process, as before.
 
 Each job reports its own wall and CPU time (:class:`JobTime`), so the demo can tell how its time splits

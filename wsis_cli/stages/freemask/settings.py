@@ -108,8 +108,8 @@ class PretrainSettings:
     tau: float = 0.5
     regions: int = 8  # k-means clusters per image (see region_proposals)
     position_weight: float = 1.0
-    # pixel-to-region term; off by default: on the synthetic quality set, 14 epochs, Free Mask AP50 0.237 with
-    # weight 1 against 0.265 without (region contrast alone, plain DetCon)
+    # pixel-to-region term; off by default: it lowered Free Mask AP50 on the synthetic quality set (figures:
+    # bench/NOTES.md, "Free Mask pre-training: pixel-to-region term")
     pixel_weight: float = 0.0
     region_weight: float = 1.0  # region-to-region term
     warmup: float = 0.1  # fraction of the steps with a linear LR warm-up

@@ -17,7 +17,8 @@ Four deviations from upstream, measured on synthetic images where instances of o
   of touching same-class instances over each other and the stronger one takes both;
 * the field is taken as 0 where every CAM is below ``field_cam_threshold`` (0.25): a learnt field is small
   noise on the background, which 300 refinement steps turn into drifts into object centroids and sinks on
-  the image border (learnt maps: AP50 0.396 -> 0.469 and 0.558 -> 0.572 on two sets; oracle maps unchanged);
+  the image border (it raises AP50 with learnt maps and leaves oracle maps unchanged; figures:
+  bench/NOTES.md, "IRNet instances: CAM-gated displacement field");
 * instances are split at the peaks of their CAM (``peak_split``, :func:`split_by_cam_peaks`), and the cells
   the field leaves without a centroid are grouped by CAM peaks too: upstream makes them one more instance,
   which spreads over every object they belong to. A CAM usually peaks once per object, and the learnt field

@@ -9,14 +9,10 @@ the box's peak probability are kept (the whole box if the map is all zero).
 each box on its own and both masks tend to claim the shared pixels, since the occluder is the most salient
 thing in the occluded object's box too. A visible-instance mask set has no overlap, so each pixel shared
 by several boxes goes to the box whose map is the most confident there (ties to the earlier box); the
-other boxes drop it. A box that would lose every pixel keeps its own thresholded mask. Measured on the
-40 synthetic 256² images of the quality test (demo recipe): of the pixels two masks claimed, the most
-confident box owns 70% (the smaller box 60%, the box the pixel lies deeper in 61%); mean IoU / mask AP
-0.822 / 0.655 → 0.837 / 0.669, and after ``refine-crf`` 0.890 / 0.779 → 0.913 / 0.821. Before it, 41%
-of the boxes had more than 10% of their area covered by other objects, and there the masks' false
-positives on those objects were 30% of the true area (mean IoU 0.74 vs 0.90 for unoccluded boxes).
-Measured and not kept: keeping only the largest connected component (+0.003 AP raw, -0.007 refined),
-filling holes (no change), and a per-box Otsu threshold within the box (-0.014 AP).
+other boxes drop it. A box that would lose every pixel keeps its own thresholded mask. The most
+confident box owns a shared pixel more often than the smaller box or the box it lies deeper in, and
+without the rule occluded boxes' masks claim their occluders (figures, and the variants not kept:
+bench/NOTES.md, "mal-label write-back: exclusive pixels").
 """
 
 from __future__ import annotations

@@ -26,9 +26,8 @@ class RefineSettings:
     min_margin: int = 8  # ... and by at least this many pixels
     confidence: float = 0.7  # unary probability that the input mask is right, per pixel
     threshold: float = 0.5  # refined foreground probability that becomes mask
-    # 5x5 taps spaced 2 px: measured on degraded synthetic masks (16 images, 192²) a better mean IoU than
-    # 7x7 dense on eroded (0.83 vs 0.77) and dilated (0.95 vs 0.95) masks, near on jagged (0.949 vs 0.957),
-    # for half the taps
+    # 5x5 taps spaced 2 px: on degraded synthetic masks as good as 7x7 dense (better on eroded, slightly
+    # worse on jagged) for half the taps (figures: bench/NOTES.md, "refine-crf window")
     kernel_size: int = 5
     dilation: int = 2
     iterations: int = 10

@@ -397,7 +397,7 @@ def demo_student(images_dir: Path, labels: Dataset, work: Path, *, epochs: int =
     ctx = DistContext(device=resolve_device("auto"))
     # one CPU thread: this student's tensors (2 images of 128 px, 64 channels) are too small for intra-op
     # threads to pay, and on a shared machine two spinning threads per process made an epoch 4-7x slower
-    # (measured here under load: 177-305 s per epoch with 2 threads against 43-45 s with 1)
+    # (figures: bench/NOTES.md, "student demo: one CPU thread")
     threads = torch.get_num_threads()
     if ctx.device.type == "cpu":
         torch.set_num_threads(1)
