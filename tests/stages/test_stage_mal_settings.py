@@ -10,7 +10,7 @@ import torch
 
 from wsis_cli.cli.mal_label import mal_label
 from wsis_cli.stages.mal.demo import DEMO_SETTINGS
-from wsis_cli.stages.mal.settings import MalSettings
+from wsis_cli.stages.mal.settings import UPSTREAM, MalSettings
 from wsis_cli.stages.mal.train import MalTrainConfig, ModelSpec, crf_params, denormalize
 from wsis_kernels.crf import CRFParams, mal_crf_params
 
@@ -22,12 +22,13 @@ def _defaults(cls) -> dict:
 def test_settings_take_their_defaults_from_the_model_spec_and_train_config():
     settings = _defaults(MalSettings)
     shared = {**_defaults(ModelSpec), **_defaults(MalTrainConfig)}
-    for name in set(shared) - {"frozen_bn", "workers"}:
+    for name in set(shared) - {"frozen_bn", "workers", "encoder_depth"}:
         assert settings[name] == shared[name], name
-    # and hand them back unchanged
+    # and hand them back unchanged, the auto encoder depth resolved (stage 1 of a CNN at 48² crops)
     s = MalSettings()
+    assert s.encoder_depth is None
     assert s.train_config() == MalTrainConfig()
-    assert s.model_spec() == ModelSpec(frozen_bn=True)
+    assert s.model_spec() == ModelSpec(frozen_bn=True, encoder_depth=1)
     demo = DEMO_SETTINGS.train_config(workers=2)
     assert (demo.epochs, demo.lr, demo.workers) == (DEMO_SETTINGS.epochs, DEMO_SETTINGS.lr, 2)
     assert DEMO_SETTINGS.model_spec().frozen_bn is False  # from scratch: BN learns
@@ -46,8 +47,24 @@ def test_cli_defaults_are_the_settings_defaults():
     assert checked == len(settings)  # every setting is a flag
 
 
+def test_auto_encoder_depth_keeps_a_fine_grid_and_every_vit_block():
+    assert MalSettings().resolved_depth() == 1  # 48 / 4 = 12 cells
+    assert MalSettings(crop_size=96).resolved_depth() == 2  # 96 / 8
+    assert MalSettings(crop_size=512).resolved_depth() == 4  # MAL's crops: every stage, as before
+    assert MalSettings(crop_size=32).resolved_depth() == 1  # too small for any: the finest
+    assert MalSettings(encoder="vit_b_16", crop_size=512).resolved_depth() == 0
+    assert MalSettings(crop_size=512, encoder_depth=2).resolved_depth() == 2  # a given depth is kept
+
+
+def test_upstream_recipe_is_mals():
+    spec, cfg = UPSTREAM.model_spec(), UPSTREAM.train_config()
+    assert (spec.encoder, spec.crop_size, spec.decoder_dim, spec.scale_buckets) == ("vit_b_16", 512, 256, True)
+    assert (cfg.lr, cfg.mil_warmup, cfg.crf_warmup, cfg.ema_momentum) == (None, 1000, 4000, 0.996)
+
+
 def test_crf_variants():
-    assert crf_params(MalTrainConfig()) == mal_crf_params(iterations=100, zeta=0.1)  # upstream's MeanField
+    assert crf_params(MalTrainConfig(crf_variant="mal")) == mal_crf_params(iterations=10, zeta=0.1)
+    assert crf_params(UPSTREAM.train_config()) == mal_crf_params(iterations=100, zeta=0.1)  # MAL's MeanField
     assert crf_params(MalTrainConfig(crf_variant="dense", crf_iterations=7)) == CRFParams(iterations=7)
     with pytest.raises(ValueError, match="crf variant"):
         MalSettings(crf_variant="full")

@@ -49,8 +49,11 @@ def mal_label(
                                          "vit_tiny / vit_small (DeiT shapes) or a ResNet (resnet18..152).",
                                          autocompletion=_encoder_names, rich_help_panel=_MODEL)] = DEFAULT_ARCH,
     weights: Weights = DEFAULT_WEIGHTS,
-    encoder_depth: Annotated[int, typer.Option(min=0, help="Keep only the first N ViT blocks (0: all).",
-                                               rich_help_panel=_MODEL)] = 0,
+    encoder_depth: Annotated[int | None, typer.Option(min=0, help="Keep only the first N ViT blocks or CNN "
+                                                      "stages (0: all). Default: all of a ViT; of a CNN the "
+                                                      "deepest stage leaving 12+ cells a side on the crop "
+                                                      "(stage 1, stride 4, at 48²).",
+                                                      rich_help_panel=_MODEL)] = None,
     patch: Annotated[int, typer.Option(min=0, help="ViT patch size override (0: the encoder's own); a finer "
                                        "token grid for small crops, its embedding resampled.",
                                        rich_help_panel=_MODEL)] = 0,
@@ -58,49 +61,49 @@ def mal_label(
                                             "(stride-2 conv3x3 + GroupNorm + GELU layers, trained from scratch) "
                                             "instead of the patch embedding.", rich_help_panel=_MODEL)] = False,
     crop_size: Annotated[int, typer.Option(min=32, help="Side of the square RoI crop fed to the encoder "
-                                           "(a multiple of its stride).", rich_help_panel=_MODEL)] = 512,
+                                           "(a multiple of its stride).", rich_help_panel=_MODEL)] = 48,
     decoder_dim: Annotated[int, typer.Option(min=1, help="Channels of the attention decoder.",
-                                             rich_help_panel=_MODEL)] = 256,
+                                             rich_help_panel=_MODEL)] = 32,
     scale_buckets: Annotated[bool, typer.Option("--scale-buckets/--no-scale-buckets", help="Decode small/medium/large boxes at "
                                                 "crop/32, /16, /8 (as MAL at 512² crops; turn off for small "
                                                 "crops, where these grids get too coarse).",
-                                                rich_help_panel=_MODEL)] = True,
+                                                rich_help_panel=_MODEL)] = False,
     outside: Annotated[str, typer.Option(help="Crop parts outside the image: wrap (as MAL), reflect or replicate.",
                                          rich_help_panel=_MODEL)] = "wrap",
     threshold: Annotated[float, typer.Option(help="Foreground probability that becomes mask.",
-                                             rich_help_panel=_MODEL)] = 0.5,
+                                             rich_help_panel=_MODEL)] = 0.4,
     exclusive: Annotated[bool, typer.Option("--exclusive/--no-exclusive", help="Give each pixel shared by "
                                             "boxes of one image to the box most confident there (visible "
                                             "instances do not overlap); --no-exclusive keeps overlaps.",
                                             rich_help_panel=_MODEL)] = True,
     predict_with: Annotated[str, typer.Option(help="Label with the student (as MAL) or the EMA teacher.",
                                               rich_help_panel=_MODEL)] = "student",
-    epochs: Epochs = 10,
+    epochs: Epochs = 6,
     lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="Base learning rate "
-                                             "(default 1.5e-6 x global batch, as MAL).",
-                                             rich_help_panel=_TRAIN)] = None,
+                                             "(MAL's: 1.5e-6 x global batch).",
+                                             rich_help_panel=_TRAIN)] = 1e-3,
     weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.", rich_help_panel=_TRAIN)] = 5e-4,
     warmup_epochs: Annotated[float, typer.Option(min=0.0, help="Linear LR warm-up, in epochs (then cosine).",
-                                                 rich_help_panel=_TRAIN)] = 1.0,
+                                                 rich_help_panel=_TRAIN)] = 0.5,
     final_lr: Annotated[float, typer.Option(min=0.0, help="Final LR as a fraction of --lr.",
                                             rich_help_panel=_TRAIN)] = 0.2,
     ema_momentum: Annotated[float, typer.Option(min=0.0, max=1.0, help="EMA teacher momentum.",
-                                                rich_help_panel=_TRAIN)] = 0.996,
+                                                rich_help_panel=_TRAIN)] = 0.95,
     max_expand: Annotated[float, typer.Option(min=0.0, help="Upper bound of the random box expansion in training.",
                                               rich_help_panel=_TRAIN)] = 1.2,
     min_train_area: Annotated[float, typer.Option(min=0.0, help="Boxes smaller than this (pixels²) are labelled "
-                                                  "but not trained on.", rich_help_panel=_TRAIN)] = 2048.0,
+                                                  "but not trained on.", rich_help_panel=_TRAIN)] = 64.0,
     mil_weight: Annotated[float, typer.Option(min=0.0, help="MIL loss weight.", rich_help_panel=_LOSS)] = 4.0,
-    crf_weight: Annotated[float, typer.Option(min=0.0, help="CRF loss weight.", rich_help_panel=_LOSS)] = 0.5,
-    mil_warmup: Annotated[int, typer.Option(min=0, help="MIL loss warm-up steps.", rich_help_panel=_LOSS)] = 1000,
-    crf_warmup: Annotated[int, typer.Option(min=0, help="CRF loss warm-up steps.", rich_help_panel=_LOSS)] = 4000,
+    crf_weight: Annotated[float, typer.Option(min=0.0, help="CRF loss weight.", rich_help_panel=_LOSS)] = 4.0,
+    mil_warmup: Annotated[int, typer.Option(min=0, help="MIL loss warm-up steps.", rich_help_panel=_LOSS)] = 20,
+    crf_warmup: Annotated[int, typer.Option(min=0, help="CRF loss warm-up steps.", rich_help_panel=_LOSS)] = 60,
     crf_iterations: Annotated[int, typer.Option(min=0, help="Mean-field iterations of the CRF loss.",
-                                                rich_help_panel=_LOSS)] = 100,
+                                                rich_help_panel=_LOSS)] = 10,
     crf_zeta: Annotated[float, typer.Option(min=0.0, help="Colour std of the CRF kernel (normalised image units).",
                                             rich_help_panel=_LOSS)] = 0.1,
     crf_variant: Annotated[str, typer.Option(help="CRF of the CRF loss's target: mal (MAL's MeanField: 3x3, "
                                              "normalised image, --crf-zeta) or dense (the kernel's default "
-                                             "dense CRF on the [0, 1] image).", rich_help_panel=_LOSS)] = "mal",
+                                             "dense CRF on the [0, 1] image).", rich_help_panel=_LOSS)] = "dense",
     device: Device = "auto",
     batch_size: BatchSize = 4,
     workers: Workers = 0,
@@ -112,8 +115,9 @@ def mal_label(
 ) -> None:
     """Label every box with an instance mask: train MAL on the boxes (or load --checkpoint), then predict.
 
-    Each box is cut out at 1.3 x its size, encoded by a ViT (or ResNet) and decoded by MAL's attention
-    decoder; training uses only the boxes (MIL loss on row/column projections, CRF loss against an EMA
+    Each box is cut out at 1.3 x its size, encoded (by default: the stride-4 levels of the packaged
+    ImageNet EfficientNet-Lite0 on 48² crops; MAL's own ViT-B on 512² crops is a set of flags away, see
+    the README) and decoded by MAL's attention decoder; training uses only the boxes (MIL loss on row/column projections, CRF loss against an EMA
     teacher). Writes the input dataset with segmentation (RLE), area (the mask's) and score on every
     annotation; ids, boxes, categories and scores are kept. The run folder (--run, default beside the
     output) holds settings, per-epoch checkpoints and model.pt for --checkpoint. Runs data-parallel under

@@ -5,9 +5,13 @@ This module imports nothing heavy (no torch, NumPy or OpenCV), so the command li
 the network stack is loaded. :mod:`wsis_cli.stages.mal.train` and :mod:`wsis_cli.stages.mal.stage`
 re-export these classes.
 
-``ModelSpec`` and ``MalTrainConfig`` hold the only copy of the defaults (upstream MAL's,
-``upstream-implementations.md`` §2.2); ``MalSettings`` takes its own from them and a test checks that
-the CLI mirrors them.
+``ModelSpec`` and ``MalTrainConfig`` hold the only copy of the defaults; ``MalSettings`` takes its own
+from them and a test checks that the CLI mirrors them. The defaults are a recipe for the data sets wsis
+users bring (tens of images, hundreds to thousands of boxes, a laptop CPU): small RoI crops through the
+early, stride-4 levels of the packaged ImageNet EfficientNet-Lite0, a learning rate and loss warm-ups
+sized for hundreds of steps. MAL's own values (a ViT-B on 512² crops, warm-ups of thousands of steps,
+for 8 GPUs and COCO) are kept as data in :data:`UPSTREAM` (``upstream-implementations.md`` §2.2);
+what each recipe gives on real and synthetic images is in the README ("Real images").
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ ENCODERS = VIT_ENCODERS + RESNET_ENCODERS
 # output stride of a ResNet kept to 1..4 stages (last stage at stride 16 without dilation, IRNet's strides)
 RESNET_STRIDES = (4, 8, 16, 16)
 CRF_VARIANTS = ("mal", "dense")
+MIN_GRID = 12  # auto encoder depth: the fewest feature cells a side a CNN stage may leave on the crop
 OUTSIDE_MODES: tuple[str, ...] = ("wrap", "reflect", "replicate")
 PREDICT_WITH = ("student", "teacher")
 
@@ -59,14 +64,14 @@ def encoder_stride(encoder: str, depth: int = 0, patch: int = 0, conv_stem: bool
 class ModelSpec:
     """What rebuilds the network (saved in ``model.pt`` so ``--checkpoint`` needs no other flag).
 
-    The defaults (upstream MAL's) are the only copy: ``MalSettings`` takes its network defaults from here.
+    The defaults are the only copy: ``MalSettings`` takes its network defaults from here.
     """
 
     encoder: str = DEFAULT_ARCH  # installs with its ImageNet weights; MAL's own is vit_b_16 (a download)
-    encoder_depth: int = 0
-    crop_size: int = 512
-    decoder_dim: int = 256
-    scale_buckets: bool = True
+    encoder_depth: int = 0  # >0: the first N ViT blocks or CNN stages (MalSettings picks one by crop size)
+    crop_size: int = 48
+    decoder_dim: int = 32
+    scale_buckets: bool = False  # MAL's buckets assume 512² crops; at 48² they would decode on 1-6 cells
     patch: int = 0  # >0: ViT patch size override
     frozen_bn: bool = True  # ResNets: BN frozen (pretrained weights) or trained (from scratch)
     # ViT: MAL's convolutional stem (stride-2 conv3x3 + GN + GELU layers, then a 1x1 conv) instead of the
@@ -79,23 +84,25 @@ class ModelSpec:
 class MalTrainConfig:
     """Optimisation settings (a subset of the stage settings).
 
-    The defaults (upstream MAL's) are the only copy: ``MalSettings`` takes its training defaults from here.
+    The defaults are the only copy: ``MalSettings`` takes its training defaults from here. They are sized
+    for hundreds of steps, not MAL's hundred thousand: warm-ups of tens of steps, a teacher that follows
+    within ~20 steps, and a CRF-loss weight that lets colour edges shape the masks early.
     """
 
-    epochs: int = 10
+    epochs: int = 6
     batch_size: int = 4
-    lr: float | None = None  # None: 1.5e-6 x global batch
+    lr: float | None = 1e-3  # None: 1.5e-6 x global batch (MAL's, for its 100k steps)
     weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 0.5
     final_lr: float = 0.2
     mil_weight: float = 4.0
-    crf_weight: float = 0.5
-    mil_warmup: int = 1000
-    crf_warmup: int = 4000
-    ema_momentum: float = 0.996
-    crf_iterations: int = 100
+    crf_weight: float = 4.0
+    mil_warmup: int = 20
+    crf_warmup: int = 60
+    ema_momentum: float = 0.95
+    crf_iterations: int = 10
     crf_zeta: float = 0.1
-    crf_variant: str = "mal"  # the CRF of the CRF loss's target: "mal" or "dense" (see mal_train.crf_params)
+    crf_variant: str = "dense"  # the CRF of the CRF loss's target: "mal" or "dense" (see mal_train.crf_params)
     seed: int = 0
     amp: bool = True
     workers: int = 0
@@ -110,13 +117,14 @@ class MalSettings:
     """Settings of ``wsis mal-label`` that shape the result (one field per flag).
 
     Network fields default to :class:`ModelSpec`'s and optimisation fields to :class:`MalTrainConfig`'s
-    (upstream MAL's values); :meth:`model_spec` and :meth:`train_config` hand them back. Construction
+    (the small-data recipe); :meth:`model_spec` and :meth:`train_config` hand them back. Construction
     validates every field (``ValueError``), the crop size against the encoder's stride included.
     """
 
     encoder: str = _MODEL.encoder
     weights: str = DEFAULT_WEIGHTS
-    encoder_depth: int = _MODEL.encoder_depth  # >0: keep only the first N ViT blocks or ResNet stages
+    # >0: keep only the first N ViT blocks or CNN stages; None: auto (see resolved_depth)
+    encoder_depth: int | None = None
     patch: int = _MODEL.patch  # >0: ViT patch size override (a finer token grid for small crops)
     conv_stem: bool = _MODEL.conv_stem
     crop_size: int = _MODEL.crop_size
@@ -138,8 +146,9 @@ class MalSettings:
     crf_variant: str = _TRAIN.crf_variant
     max_expand: float = 1.2
     outside: str = "wrap"
-    min_train_area: float = 2048.0  # boxes smaller than this (pixels²) do not train, but are labelled
-    threshold: float = 0.5
+    min_train_area: float = 64.0  # boxes smaller than this (pixels²) do not train, but are labelled
+    # the maps of a few hundred steps are soft at object edges, and human masks include the edge
+    threshold: float = 0.4
     exclusive: bool = True  # pixels shared by boxes of one image go to the most confident box (mal_writeback)
     predict_with: str = "student"
     seed: int = _TRAIN.seed
@@ -158,19 +167,32 @@ class MalSettings:
             raise ValueError(f"crf variant must be one of {', '.join(CRF_VARIANTS)}, got {self.crf_variant!r}")
         if not 0 <= self.ema_momentum <= 1:
             raise ValueError(f"ema momentum must be in [0, 1], got {self.ema_momentum}")
-        if min(self.max_expand, self.min_train_area, self.encoder_depth, self.patch) < 0 or self.decoder_dim < 1:
+        depth = self.encoder_depth or 0
+        if min(self.max_expand, self.min_train_area, depth, self.patch) < 0 or self.decoder_dim < 1:
             raise ValueError("max-expand, min-train-area, encoder-depth and patch must be >= 0, decoder-dim >= 1")
-        stride = encoder_stride(self.encoder, 0 if self.encoder in VIT_ENCODERS else self.encoder_depth,
+        stride = encoder_stride(self.encoder, 0 if self.encoder in VIT_ENCODERS else self.resolved_depth(),
                                 self.patch, self.conv_stem)
         if self.crop_size % stride:
             raise ValueError(f"crop size {self.crop_size} is not a multiple of the encoder stride {stride} "
                              f"({self.encoder})")
 
+    def resolved_depth(self) -> int:
+        """``encoder_depth``, or when it is None (auto): every block of a ViT, and for a CNN the deepest
+        stage whose grid on the crop is at least :data:`MIN_GRID` cells a side (stage 1, stride 4, at 48²
+        crops; all four at 512²): the decoder needs cells to draw a boundary with, and a small RoI crop
+        through the deep, stride-16 stages would leave it 3x3."""
+        if self.encoder_depth is not None:
+            return self.encoder_depth
+        if self.encoder in VIT_ENCODERS:
+            return 0
+        fine = [k for k, stride in enumerate(RESNET_STRIDES, 1) if self.crop_size // stride >= MIN_GRID]
+        return fine[-1] if fine else 1
+
     def model_spec(self) -> ModelSpec:
         # BN is frozen on pretrained weights (small RoI batches would wreck its statistics) and trained
         # when the encoder learns from scratch
-        names = {f.name for f in fields(ModelSpec)} - {"frozen_bn"}
-        return ModelSpec(**{k: getattr(self, k) for k in names},
+        names = {f.name for f in fields(ModelSpec)} - {"frozen_bn", "encoder_depth"}
+        return ModelSpec(**{k: getattr(self, k) for k in names}, encoder_depth=self.resolved_depth(),
                          frozen_bn=self.weights.lower() not in ("", "none", "random", "scratch"))
 
     def train_config(self, workers: int = 0) -> MalTrainConfig:
@@ -194,3 +216,12 @@ class MalJob:
     # ``boxes`` already read and checked by wsis_cli.stages.mal.inputs.load_boxes (the command line reads
     # them before torch loads, and stdin cannot be read twice); None: run reads ``boxes`` itself
     boxes_data: Any = field(default=None, compare=False, repr=False)
+
+
+# MAL's official recipe (``upstream-implementations.md`` §2.2), for a GPU and a COCO-sized data set:
+# ``wsis mal-label`` with these flags (the README lists them) reproduces upstream's configuration
+UPSTREAM = MalSettings(
+    encoder="vit_b_16", weights="DEFAULT", encoder_depth=0, crop_size=512, decoder_dim=256, scale_buckets=True,
+    epochs=10, batch_size=4, lr=None, warmup_epochs=1.0, crf_weight=0.5, mil_warmup=1000, crf_warmup=4000,
+    ema_momentum=0.996, crf_iterations=100, crf_variant="mal", min_train_area=2048.0, threshold=0.5,
+)
