@@ -207,7 +207,7 @@ __wsis_node__freemask() {
         --shard) :; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--arch --batch-size --category --checkpoint --device --embeddings --epochs --help --images --labeled --last-stride --lr --match-iou --max-size --max-width --min-center-y --min-score --no-amp --out --pretrain --pretrain-epochs --pretrain-lr --pretrain-side --quiet --regions --resume --run --scales --seed --shard --short-side --sigma --stage --tau --threshold --top-k --verbose --weights --workers -h -i -o -q -v'
+            __wsis_words '--arch --batch-size --category --checkpoint --device --embeddings --epochs --help --images --labeled --last-stride --lr --match-iou --max-size --max-width --min-center-y --min-score --no-amp --no-split --out --pretrain --pretrain-epochs --pretrain-lr --pretrain-side --quiet --regions --resume --run --scales --seed --shard --short-side --sigma --split --stage --tau --threshold --top-k --verbose --weights --workers -h -i -o -q -v'
             return
         fi
         case $npos in

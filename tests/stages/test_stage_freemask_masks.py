@@ -123,3 +123,47 @@ def test_filters_drop_what_upstream_drops() -> None:
     cy, width = upstream_box_stats(strict.masks)
     assert bool((strict.scores >= 0.9).all() and (cy > 8).all() and (width < 24).all())
     assert bool(strict.masks.flatten(1).any(dim=1).all())
+
+
+def _two_blobs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features of one kind of object twice on a background: ``(features (8, 16, 16), blob a, blob b)`` with
+    the blobs as ``(64, 64)`` image masks (4 px per feature cell)."""
+    f = torch.zeros(8, 16, 16)
+    f[0] = 1.0  # background
+    a, b = torch.zeros(16, 16, dtype=torch.bool), torch.zeros(16, 16, dtype=torch.bool)
+    a[2:6, 2:6], b[9:14, 8:13] = True, True
+    f[:, a | b] = 0.0
+    f[1, a | b] = 1.0  # the same object feature on both blobs
+    up = lambda m: m.repeat_interleave(4, 0).repeat_interleave(4, 1)  # noqa: E731
+    return f, up(a), up(b)
+
+
+def _iou(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((x & y).sum()) / float((x | y).sum())
+
+
+def test_split_turns_a_category_mask_into_its_instances() -> None:
+    f, a, b = _two_blobs()
+    off = FreeMaskParams(min_score=None, min_center_y=None, max_width=None, split=False)
+    whole = free_masks(f, (64, 64), off)
+    # without the split the object query's mask holds both blobs: no mask matches either one
+    assert max(_iou(m, a) for m in whole.masks) < 0.7 and max(_iou(m, b) for m in whole.masks) < 0.7
+    parts = free_masks(f, (64, 64), FreeMaskParams(min_score=None, min_center_y=None, max_width=None, split=True))
+    best_a = max(range(len(parts)), key=lambda i: _iou(parts.masks[i], a))
+    best_b = max(range(len(parts)), key=lambda i: _iou(parts.masks[i], b))
+    assert best_a != best_b and _iou(parts.masks[best_a], a) > 0.8 and _iou(parts.masks[best_b], b) > 0.8
+    # one instance per object: duplicates from overlapping parents are suppressed
+    assert sum(_iou(m, a) > 0.5 for m in parts.masks) == 1 and sum(_iou(m, b) > 0.5 for m in parts.masks) == 1
+    assert len(parts.embeddings) == len(parts.queries) == len(parts.scores) == len(parts.masks)
+    assert bool((parts.scores[:-1] >= parts.scores[1:]).all())
+
+
+def test_split_caps_instances_at_the_id_range() -> None:
+    from wsis_cli.stages.freemask.components import split_components
+
+    grid = torch.zeros(1, 200, 200, dtype=torch.bool)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            grid[0, dy::4, dx::4] = True  # 2,500 separate 2x2 dots: more than an image's id range holds
+    masks, scores, parent = split_components(grid, torch.ones(1), torch.ones(1, 50, 50), limit=999)
+    assert len(masks) == 999 and bool((parent == 0).all()) and bool((masks.flatten(1).sum(1) == 4).all())

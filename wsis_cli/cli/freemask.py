@@ -62,6 +62,10 @@ def freemask(
                                          rich_help_panel=_FM)] = 2.0,
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=999, help="Masks kept per image after NMS.",
                                        rich_help_panel=_FM)] = 20,
+    split: Annotated[bool, typer.Option("--split/--no-split", help="Split each kept mask into its connected "
+                                        "components, deduplicated by NMS (up to 999 per image): one query's mask "
+                                        "covers every object of its kind. --no-split: FreeSOLO's masks as they are.",
+                                        rich_help_panel=_FM)] = True,
     min_score: Annotated[float, typer.Option("--min-score", min=0, help="Keep masks with decayed maskness >= this.",
                                              rich_help_panel=_FILTERS)] = 0.7,
     min_center_y: Annotated[float, typer.Option("--min-center-y", min=0, help="Keep masks whose centre lies below "
@@ -134,7 +138,7 @@ def freemask(
                                   short_side=short_side, max_size=max_size),
             params=FreeMaskParams(scales=_scales(scales), threshold=threshold, sigma=sigma, top_k=top_k,
                                   min_score=min_score or None, min_center_y=min_center_y or None,
-                                  max_width=max_width or None),
+                                  max_width=max_width or None, split=split),
             tune=TuneSettings(epochs=epochs, lr=lr, tau=tau, match_iou=match_iou, seed=seed),
             pretrain=(PretrainSettings(epochs=pretrain_epochs, lr=pretrain_lr, regions=regions,
                                        short_side=pretrain_side, seed=seed)

@@ -4,7 +4,8 @@ FreeSOLO's ``demo/inference_freemask.py`` (see ``reference/upstream-implementati
 as pure tensor functions. Queries are the L2-normalised features bilinearly downsampled at each pyramid
 scale; every query's cosine score map against the keys (the features themselves) is min-max normalised
 into a soft mask, thresholded into a mask and ranked by maskness; matrix NMS decays the maskness of masks
-that overlap better ones; the top ``k`` are upsampled to the image and filtered.
+that overlap better ones; the top ``k`` are upsampled to the image and filtered, and with ``split`` each
+becomes its connected components (:mod:`~wsis_cli.stages.freemask.components`).
 
 Memory scales with the *kept* queries: :func:`wsis_kernels.score_maps.score_map_stats` gives the
 per-query numbers without holding the ``N x h*w`` score block, and only a prefix of the maskness ranking
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsis_cli.stages.freemask.settings import FreeMaskParams
+from wsis_cli.stages.freemask.settings import MAX_TOP_K, FreeMaskParams
 from wsis_kernels.score_maps import ScoreMapStats, score_map_stats, soft_masks
 
 __all__ = ["FreeMaskParams", "FreeMasks", "free_masks", "matrix_nms", "pyramid_queries", "query_embeddings",
@@ -206,11 +207,16 @@ def _finish(queries: Tensor, kept: Tensor, scores: Tensor, soft: Tensor, image_s
         keep &= cy > p.min_center_y * H
     if p.max_width is not None:
         keep &= width < p.max_width * W
-    kept = kept[keep]
+    kept, masks, scores, soft = kept[keep], masks[keep], scores[keep].to(torch.float32), soft[keep]
+    if p.split and kept.numel():
+        from wsis_cli.stages.freemask.components import split_components
+
+        masks, scores, parent = split_components(masks, scores, soft, limit=MAX_TOP_K)
+        kept, soft = kept[parent], soft[parent]
     return FreeMasks(
-        masks=masks[keep],
-        scores=scores[keep].to(torch.float32),
+        masks=masks,
+        scores=scores,
         embeddings=query_embeddings(queries[kept], p.embed_dim),
         queries=kept,
-        soft=soft[keep],
+        soft=soft,
     )

@@ -64,6 +64,9 @@ class FreeMaskParams:
     max_width: float | None = 0.95  # drop masks at least this fraction of the image wide
     embed_dim: int = 128  # query embedding length (channel-interpolated)
     pre_nms: int = 100  # first prefix of the maskness ranking materialised for NMS (grown as needed)
+    # each kept mask split into its connected components (NMS-deduplicated, at most MAX_TOP_K): query masks are
+    # category-level (a query on one nucleus lights up every nucleus), so one mask can hold many instances
+    split: bool = True
 
     def __post_init__(self) -> None:
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):

@@ -265,7 +265,7 @@ def demo_freemask(images_dir: Path, work: Path, labels: coco.Dataset | None = No
     pretrain(trained, region_samples(list(images.values()), DEMO_PRETRAIN), train_spec, DEMO_PRETRAIN, device)
     net = build_backbone(spec, weights="none")
     load_backbone_state(net, trained.state_dict(), "demo pre-training")
-    params = FreeMaskParams(min_score=None)
+    params = FreeMaskParams(min_score=None, split=False)  # the recipe its figures were measured with
     anns: list[dict[str, Any]] = []
     for image_id, res in generate(net, images.items(), spec, params, device, batch_size=8):
         anns += annotations_for(image_id, res)
