@@ -20,12 +20,10 @@ mkdir -p "$OUT"
 # 0. data: images + ground truth (gt.json) + the cheap labels derived from it (boxes.json, labels.json)
 $WSIS synth "$D" -n "$N" --size "$SIZE" --classes 3 --seed 0 --force -q
 
-# 1. boxes → masks (MAL). Without pretrained weights a small ResNet encoder learns shapes in minutes on a
-#    CPU where a from-scratch ViT does not; with a GPU and network use the default vit_b_16 --weights DEFAULT.
+# 1. boxes → masks (MAL). The defaults: the packaged ImageNet EfficientNet-Lite0 on 48² crops, sized for a
+#    CPU and a few hundred steps (MAL's own ViT-B recipe is in the README, for a GPU).
 $WSIS mal-label "$D/boxes.json" -i "$D/images" -o "$OUT/mal.json" --run "$OUT/mal-run" \
-  --encoder resnet18 --encoder-depth 2 --weights none --crop-size 64 --decoder-dim 32 \
-  --epochs $((EPOCHS * 3)) --batch-size 16 --lr 1e-3 --warmup-epochs 0.5 --ema-momentum 0.95 \
-  --mil-warmup 20 --crf-warmup 60 --crf-iterations 20 --min-train-area 64 -q
+  --epochs $((EPOCHS * 3)) --batch-size 16 -q
 
 # 2. image-level tags → class attention maps → IRNet instances
 $WSIS cam "$D/labels.json" -i "$D/images" -o "$OUT/cams.h5" --run "$OUT/cam-run" \

@@ -10,7 +10,7 @@ import torch
 
 from wsis_cli.cli.mal_label import mal_label
 from wsis_cli.stages.mal.demo import DEMO_SETTINGS
-from wsis_cli.stages.mal.settings import UPSTREAM, MalSettings
+from wsis_cli.stages.mal.settings import UPSTREAM, MalSettings, auto_epochs
 from wsis_cli.stages.mal.train import MalTrainConfig, ModelSpec, crf_params, denormalize
 from wsis_kernels.crf import CRFParams, mal_crf_params
 
@@ -54,6 +54,14 @@ def test_auto_encoder_depth_keeps_a_fine_grid_and_every_vit_block():
     assert MalSettings(crop_size=32).resolved_depth() == 1  # too small for any: the finest
     assert MalSettings(encoder="vit_b_16", crop_size=512).resolved_depth() == 0
     assert MalSettings(crop_size=512, encoder_depth=2).resolved_depth() == 2  # a given depth is kept
+
+
+def test_auto_epochs_aim_at_a_fixed_number_of_steps():
+    assert MalSettings().epochs is None
+    assert auto_epochs(111) == 6  # 12 nuclei images: the recipe as measured
+    assert auto_epochs(25) == 24  # the demo's ~100 boxes: capped
+    assert auto_epochs(690) == 1  # 60 nuclei images, 2,758 boxes: not hours on a CPU
+    assert auto_epochs(0) == 24
 
 
 def test_upstream_recipe_is_mals():

@@ -10,7 +10,6 @@ from wsis_cli.cli.common import (
     BatchSize,
     CheckpointOpt,
     Device,
-    Epochs,
     ImagesDir,
     NoAmp,
     Quiet,
@@ -78,7 +77,9 @@ def mal_label(
                                             rich_help_panel=_MODEL)] = True,
     predict_with: Annotated[str, typer.Option(help="Label with the student (as MAL) or the EMA teacher.",
                                               rich_help_panel=_MODEL)] = "student",
-    epochs: Epochs = 6,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=0, help="Training epochs. Default: enough for "
+                                               "~600 steps (1 to 24 epochs), whatever the number of boxes.",
+                                               rich_help_panel=_TRAIN)] = None,
     lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="Base learning rate "
                                              "(MAL's: 1.5e-6 x global batch).",
                                              rich_help_panel=_TRAIN)] = 1e-3,

@@ -28,9 +28,19 @@ ENCODERS = VIT_ENCODERS + RESNET_ENCODERS
 # output stride of a ResNet kept to 1..4 stages (last stage at stride 16 without dilation, IRNet's strides)
 RESNET_STRIDES = (4, 8, 16, 16)
 CRF_VARIANTS = ("mal", "dense")
+# auto epochs: the recipe is sized for ~600 steps (6 epochs of 12 nuclei images, 24 of the demo's 24
+# small images); a set of thousands of boxes gets fewer epochs instead of hours on a CPU
+AUTO_STEPS = 600
+MAX_AUTO_EPOCHS = 24
 MIN_GRID = 12  # auto encoder depth: the fewest feature cells a side a CNN stage may leave on the crop
 OUTSIDE_MODES: tuple[str, ...] = ("wrap", "reflect", "replicate")
 PREDICT_WITH = ("student", "teacher")
+
+
+def auto_epochs(steps_per_epoch: int) -> int:
+    """Epochs for ``--epochs`` auto: enough for :data:`AUTO_STEPS` optimiser steps (rounded up), 1 to
+    :data:`MAX_AUTO_EPOCHS`."""
+    return max(1, min(MAX_AUTO_EPOCHS, -(-AUTO_STEPS // max(steps_per_epoch, 1))))
 
 
 def vit_patch(encoder: str) -> int:
@@ -89,7 +99,7 @@ class MalTrainConfig:
     within ~20 steps, and a CRF-loss weight that lets colour edges shape the masks early.
     """
 
-    epochs: int = 6
+    epochs: int | None = None  # None: auto_epochs (about AUTO_STEPS optimiser steps, whatever the set's size)
     batch_size: int = 4
     lr: float | None = 1e-3  # None: 1.5e-6 x global batch (MAL's, for its 100k steps)
     weight_decay: float = 5e-4

@@ -32,7 +32,7 @@ from wsis_cli.models.mal_losses import crf_loss, mil_loss
 from wsis_cli.runtime.device import autocast, grad_scaler
 from wsis_cli.runtime.log import get_logger
 from wsis_cli.runtime.training import EMA, EpochBookkeeping, check_finite, linear_ramp, set_lr, warmup_cosine
-from wsis_cli.stages.mal.settings import CRF_VARIANTS, MalTrainConfig, ModelSpec
+from wsis_cli.stages.mal.settings import CRF_VARIANTS, MalTrainConfig, ModelSpec, auto_epochs
 from wsis_kernels.crf import CRFParams, mal_crf_params
 
 log = get_logger("mal-label")
@@ -111,11 +111,12 @@ def train(model: MalNet, dataset: Any, cfg: MalTrainConfig, run_dir: Any, ctx: A
                         drop_last=drop_last, worker_init_fn=worker_init_fn, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.workers > 0)
     per_epoch = max(len(loader), 1)
-    total = cfg.epochs * per_epoch
+    epochs = cfg.epochs if cfg.epochs is not None else auto_epochs(per_epoch)
+    total = epochs * per_epoch
     warmup = int(round(cfg.warmup_epochs * per_epoch))
     # mal-label's checkpoints have always stored the finished epoch's index (epoch_is_index)
     book = EpochBookkeeping(run_dir, {"model": model, "teacher": ema, "optimizer": optimizer, "scaler": scaler},
-                            cfg.epochs, ctx=ctx, steps_per_epoch=per_epoch, progress=progress,
+                            epochs, ctx=ctx, steps_per_epoch=per_epoch, progress=progress,
                             label="mal-label: training", epoch_is_index=True)
     book.resume()
     student = ctx.wrap(model)
@@ -125,7 +126,7 @@ def train(model: MalNet, dataset: Any, cfg: MalTrainConfig, run_dir: Any, ctx: A
     out = model.decoder.out
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     log.info("mal-label: training on %d boxes, %d epochs x %d steps (batch %d x %d processes), lr %.3g, on %s",
-             len(dataset), cfg.epochs, per_epoch, cfg.batch_size, ctx.world_size, lr, device)
+             len(dataset), epochs, per_epoch, cfg.batch_size, ctx.world_size, lr, device)
     # one order per epoch, not one stream per process: a resumed run replays the same epochs
     for epoch in book.epochs(sampler, cfg.seed):
         dataset.set_epoch(epoch)
@@ -162,7 +163,7 @@ def train(model: MalNet, dataset: Any, cfg: MalTrainConfig, run_dir: Any, ctx: A
         record = {"epoch": epoch, "step": book.step, **{k: means.get(k, 0.0) for k in ("loss", "mil", "crf")},
                   "lr": optimizer.param_groups[0]["lr"], "seconds": book.seconds}
         if ctx.is_main:
-            log.info("mal-label: epoch %d/%d  loss %.4f  mil %.4f  crf %.4f  (%.1f s)", epoch + 1, cfg.epochs,
+            log.info("mal-label: epoch %d/%d  loss %.4f  mil %.4f  crf %.4f  (%.1f s)", epoch + 1, epochs,
                      record["loss"], record["mil"], record["crf"], record["seconds"])
             run_dir.log_metrics(record)
             book.save(epoch + 1)
