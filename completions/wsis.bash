@@ -342,7 +342,7 @@ __wsis_node__merge() {
 # wsis refine-crf
 __wsis_node__refine_crf() {
     case $1 in
-    vopts) __wsis_r=' -i --images -o --out --margin --min-margin --confidence --threshold --kernel-size --dilation --iterations --w-appearance --theta-alpha --theta-beta --w-smooth --theta-gamma --guard --guard-iou --guard-gain --bg-score --dataset --device --batch-size --shard ' ;;
+    vopts) __wsis_r=' -i --images -o --out --margin --min-margin --confidence --threshold --kernel-size --dilation --iterations --w-appearance --theta-alpha --theta-beta --w-smooth --theta-gamma --guard --guard-iou --guard-gain --guard-slope --bg-score --dataset --device --batch-size --shard ' ;;
     complete)
         case $prev in
         -i|--images) __wsis_dirs 0; return ;;
@@ -362,6 +362,7 @@ __wsis_node__refine_crf() {
         --guard) :; return ;;
         --guard-iou) :; return ;;
         --guard-gain) :; return ;;
+        --guard-slope) :; return ;;
         --bg-score) :; return ;;
         --dataset) :; return ;;
         --device) :; return ;;
@@ -369,7 +370,7 @@ __wsis_node__refine_crf() {
         --shard) :; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--batch-size --bg-score --confidence --dataset --device --dilation --guard --guard-gain --guard-iou --help --images --iterations --kernel-size --margin --min-margin --out --quiet --resume --shard --theta-alpha --theta-beta --theta-gamma --threshold --verbose --w-appearance --w-smooth -h -i -o -q -v'
+            __wsis_words '--batch-size --bg-score --confidence --dataset --device --dilation --guard --guard-gain --guard-iou --guard-slope --help --images --iterations --kernel-size --margin --min-margin --out --quiet --resume --shard --theta-alpha --theta-beta --theta-gamma --threshold --verbose --w-appearance --w-smooth -h -i -o -q -v'
             return
         fi
         case $npos in

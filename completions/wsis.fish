@@ -287,6 +287,7 @@ complete -c wsis -n '__wsis_in refine-crf' -l theta-gamma -r -f -d 'Spatial std 
 complete -c wsis -n '__wsis_in refine-crf' -l guard -r -f -d 'contrast: keep the input mask unless the refined mask\'s boundary lies on --guard-gain times...'
 complete -c wsis -n '__wsis_in refine-crf' -l guard-iou -r -f -d 'Least IoU between input and refined mask the guard accepts.'
 complete -c wsis -n '__wsis_in refine-crf' -l guard-gain -r -f -d 'How much stronger the refined mask\'s boundary edges must be than the input\'s.'
+complete -c wsis -n '__wsis_in refine-crf' -l guard-slope -r -f -d 'Extra edge strength asked per unit of mask the change moves: the guard needs --guard-gain +...'
 complete -c wsis -n '__wsis_in refine-crf' -l bg-score -r -f -d 'Score maps: constant background score in front of the classes.'
 complete -c wsis -n '__wsis_in refine-crf' -l dataset -r -f -d 'Score maps: COCO file naming the images, when the store does not.'
 complete -c wsis -n '__wsis_in refine-crf' -l device -r -f -d 'auto, cpu, cuda or cuda:N (auto picks CUDA when available).'

@@ -38,7 +38,8 @@ def test_refinement_repairs_degraded_masks(data, tmp_path, kind):
     assert after > before + 0.08, (kind, before, after)
     # a tiny, badly eroded mask can vanish under the CRF: then the input mask is kept
     assert stats.refined + stats.kept_empty + stats.kept_guard == len(bad.annotations)
-    assert stats.refined >= 0.7 * len(bad.annotations)
+    # the guard keeps a few: repairing a small eroded mask moves much of it, and big moves need strong edges
+    assert stats.refined >= 0.65 * len(bad.annotations)
     # ids, classes and every other key survive; boxes and areas follow the new masks
     assert [(a["id"], a["category_id"]) for a in refined.annotations] == \
         [(a["id"], a["category_id"]) for a in bad.annotations]
@@ -137,7 +138,8 @@ def test_guard_accepts_a_move_onto_the_object_edge():
     box[:, 18:47, 18:47] = True
     edges = refine_crf.edge_strength(crops)
     assert refine_crf.guard_accepts(edges, torch_bool(box), disc, 0.5).item()
-    assert refine_crf.guard_accepts(edges, torch_bool(box), disc, 0.5, refine_crf.RefineSettings().guard_gain).item()
+    s = refine_crf.RefineSettings()
+    assert refine_crf.guard_accepts(edges, torch_bool(box), disc, 0.5, s.guard_gain, s.guard_slope).item()
     assert not refine_crf.guard_accepts(edges, disc, disc, 0.5, 1.25).item()  # no gain, no change
 
 
@@ -152,6 +154,25 @@ def test_guard_rejects_a_move_off_the_edge_or_onto_another_object():
     small[:, 30:34, 30:34] = True
     assert not refine_crf.guard_accepts(edges, disc, torch_bool(small), 0.5).item()  # IoU far below 0.5
     assert refine_crf.guard_accepts(edges, disc, torch_bool(small), 0.0).item() is False  # no edge there either
+
+
+def test_guard_slope_asks_bigger_changes_for_stronger_edges():
+    import cv2
+    import torch
+
+    def disc(r):
+        m = np.zeros((64, 64), np.uint8)
+        cv2.circle(m, (32, 32), r, 1, -1)
+        return torch_bool(m.astype(bool)[None])
+
+    before = disc(16)
+    edges = torch.full((1, 64, 64), 1.5)  # every candidate boundary 1.5x as strong as the input's
+    edges[refine_crf.boundary_band(before)] = 1.0
+    small, big = disc(13), disc(12)  # IoU with the input 0.66 and 0.55
+    for after in (small, big):  # with no slope both clear gain 1.1
+        assert refine_crf.guard_accepts(edges, before, after, 0.5, 1.1, 0.0).item()
+    assert refine_crf.guard_accepts(edges, before, small, 0.5, 1.1, 1.0).item()  # needs 1.1 + 0.34
+    assert not refine_crf.guard_accepts(edges, before, big, 0.5, 1.1, 1.0).item()  # needs 1.1 + 0.45
 
 
 def torch_bool(a):

@@ -42,7 +42,10 @@ def refine_crf(
     guard_iou: Annotated[float, typer.Option(help="Least IoU between input and refined mask the guard accepts.",
                                              min=0, max=1)] = 0.5,
     guard_gain: Annotated[float, typer.Option(help="How much stronger the refined mask's boundary edges must be "
-                                              "than the input's.", min=0)] = 1.25,
+                                              "than the input's.", min=0)] = 1.1,
+    guard_slope: Annotated[float, typer.Option(help="Extra edge strength asked per unit of mask the change "
+                                               "moves: the guard needs --guard-gain + slope × (1 − IoU).",
+                                               min=0)] = 1.0,
     bg_score: Annotated[float, typer.Option(help="Score maps: constant background score in front of the classes.",
                                             rich_help_panel="Score maps (HDF5 input)")] = 0.15,
     dataset: Annotated[str | None, typer.Option(help="Score maps: COCO file naming the images, when the store "
@@ -83,7 +86,7 @@ def refine_crf(
             margin=margin, min_margin=min_margin, confidence=confidence, threshold=threshold,
             kernel_size=kernel_size, dilation=dilation, iterations=iterations, w_appearance=w_appearance,
             theta_alpha=theta_alpha, theta_beta=theta_beta, w_smooth=w_smooth, theta_gamma=theta_gamma,
-            guard=guard, guard_iou=guard_iou, guard_gain=guard_gain,
+            guard=guard, guard_iou=guard_iou, guard_gain=guard_gain, guard_slope=guard_slope,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

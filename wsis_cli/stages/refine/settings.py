@@ -38,13 +38,14 @@ class RefineSettings:
     theta_gamma: float = 1.5
     bucket: int = 16  # crop sides rounded up to a multiple of this (batching); 1 disables
     # keep the input mask unless the image supports the CRF's change (stage.guard_accepts): "contrast"
-    # accepts a refined mask whose boundary lies on image edges guard_gain times as strong as the input's
-    # and that still overlaps the input by guard_iou; "none" always takes the CRF's mask. Gain 1.25, not 1:
-    # on real nuclei the CRF's changes to mal-label masks raised edge strength slightly as often as not while
-    # making them worse overall (bench/NOTES.md, "refine-crf guard")
+    # accepts a refined mask whose boundary lies on image edges guard_gain + guard_slope * (1 - IoU) times
+    # as strong as the input's and that still overlaps the input by guard_iou; "none" always takes the CRF's
+    # mask. The slope asks more evidence of bigger changes: on real nuclei the CRF's large moves of
+    # mal-label masks were mostly losses, while boxes need large moves (bench/NOTES.md, "refine-crf guard")
     guard: str = "contrast"
     guard_iou: float = 0.5
-    guard_gain: float = 1.25
+    guard_gain: float = 1.1
+    guard_slope: float = 1.0
 
     def __post_init__(self) -> None:
         if self.guard not in GUARDS:
@@ -53,6 +54,8 @@ class RefineSettings:
             raise ValueError(f"guard IoU must be in [0, 1], got {self.guard_iou}")
         if self.guard_gain <= 0:
             raise ValueError(f"guard gain must be > 0, got {self.guard_gain}")
+        if self.guard_slope < 0:
+            raise ValueError(f"guard slope must be >= 0, got {self.guard_slope}")
         if not 0.5 < self.confidence < 1:
             raise ValueError(f"confidence must be in (0.5, 1), got {self.confidence}")
         if not 0 < self.threshold < 1:

@@ -72,11 +72,12 @@ def boundary_band(masks: torch.Tensor) -> torch.Tensor:
 
 
 def guard_accepts(edges: torch.Tensor, before: torch.Tensor, after: torch.Tensor, min_iou: float,
-                  gain: float = 1.0) -> torch.Tensor:
+                  gain: float = 1.0, slope: float = 0.0) -> torch.Tensor:
     """Per instance: is the CRF's mask ``after`` backed by the image, against the input mask ``before``?
 
     Both ``(B, H, W)`` bool on one crop; ``edges`` from :func:`edge_strength`. Accepted where the mean edge
-    strength on ``after``'s boundary band is at least ``gain`` times that on ``before``'s, and ``after`` overlaps
+    strength on ``after``'s boundary band is at least ``gain + slope * (1 - IoU)`` times that on ``before``'s
+    (the more of the mask a change moves, the stronger the edges it must find), and ``after`` overlaps
     ``before`` with IoU ≥ ``min_iou`` (a CRF that moves most of a mask has found another object). Uses only
     the image and the two masks: no ground truth, no learnt score.
     """
@@ -85,8 +86,8 @@ def guard_accepts(edges: torch.Tensor, before: torch.Tensor, after: torch.Tensor
         return (edges * band).sum(dim=(1, 2)) / band.sum(dim=(1, 2)).clamp_min(1.0)
 
     inter = (before & after).sum(dim=(1, 2)).float()
-    union = (before | after).sum(dim=(1, 2)).float().clamp_min(1.0)
-    return (contrast(after) >= gain * contrast(before)) & (inter / union >= min_iou)
+    iou = inter / (before | after).sum(dim=(1, 2)).float().clamp_min(1.0)
+    return (contrast(after) >= (gain + slope * (1 - iou)) * contrast(before)) & (iou >= min_iou)
 
 
 def refine_image(
@@ -130,7 +131,7 @@ def refine_image(
             fg = mean_field_crf(crops, unary, None, params)[:, 0] >= settings.threshold
             if settings.guard == "contrast":
                 ok = guard_accepts(edge_strength(crops), unary[:, 0] > 0.5, fg, settings.guard_iou,
-                                   settings.guard_gain).tolist()
+                                   settings.guard_gain, settings.guard_slope).tolist()
             else:
                 ok = [True] * len(chunk)
             for (k, mask, (y0, y1, x0, x1)), crop_fg, accept in zip(chunk, fg.cpu().numpy(), ok, strict=True):
