@@ -228,13 +228,9 @@ def train(model: IRNet, samples: Sequence[Sample], cfg: IRNetTrainConfig, ctx: D
     book = EpochBookkeeping(run, {"model": _Heads(model), "optimizer": opt, "scaler": scaler}, cfg.epochs, ctx=ctx,
                             steps_per_epoch=steps_per_epoch, progress=progress, label="irnet train")
     book.resume()
-    for epoch in book.epochs():
+    for epoch in book.epochs(sampler, cfg.seed):  # the shuffle reseeded per epoch: exact resumes
         model.train()
         dataset.set_epoch(epoch)
-        # not book.epochs(sampler): irnet's single-process shuffle is one stream over all epochs, and
-        # reseeding it per epoch (exact resumes, as in the other stages) would change the batches it trains on
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
         for images, labels, regions, index, flip in loader:
             set_lr(opt, base_lrs, poly_lr(book.step, total))
             labels = labels.to(device, non_blocking=True)
