@@ -7,7 +7,9 @@ good mask ranks below its solid parts). Parents overlap, so the same object come
 greedy NMS over the components (best first, IoU above ``iou`` suppressed) keeps one, at most ``limit``.
 
 Pairwise IoUs come from one joint histogram of the two label maps per pair of parents: components of
-one parent are disjoint, so no ``C x H x W`` stack of component masks is ever built.
+one parent are disjoint, so no ``C x H x W`` stack of component masks is ever built, and only the pairs above
+``iou`` are kept (a sparse list: a small-object image can have tens of thousands of components, whose dense
+``C x C`` matrix would take gigabytes).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def split_components(masks: Tensor, scores: Tensor, soft: Tensor, *, min_pixels:
         return (torch.zeros((0, h, w), dtype=torch.bool, device=device), torch.zeros(0, device=device),
                 torch.zeros(0, dtype=torch.int64, device=device))
     areas, boxes, s = np.concatenate(area), np.concatenate(box), np.concatenate(score)
-    ious = _pairwise_iou(labels, offsets, areas)
+    indptr, neighbours = _duplicates(labels, offsets, areas, iou)
     keep: list[int] = []
     suppressed = np.zeros(total, bool)
     for j in np.argsort(-s, kind="stable"):
@@ -70,7 +72,7 @@ def split_components(masks: Tensor, scores: Tensor, soft: Tensor, *, min_pixels:
         keep.append(int(j))
         if len(keep) == limit:
             break
-        suppressed |= ious[j] > iou
+        suppressed[neighbours[indptr[j]:indptr[j + 1]]] = True
     out = torch.zeros((len(keep), h, w), dtype=torch.bool)
     parents = np.asarray(parent, np.int64)
     for r, j in enumerate(keep):
@@ -82,10 +84,12 @@ def split_components(masks: Tensor, scores: Tensor, soft: Tensor, *, min_pixels:
             torch.from_numpy(parents[idx]).to(device))
 
 
-def _pairwise_iou(labels: list[np.ndarray], offsets: list[int], areas: np.ndarray) -> np.ndarray:
-    """``(C, C)`` IoU of every pair of components (zero within one parent: its components are disjoint)."""
+def _duplicates(labels: list[np.ndarray], offsets: list[int], areas: np.ndarray,
+                iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of components with IoU above ``iou``, as CSR rows: component ``j``'s duplicates are
+    ``neighbours[indptr[j]:indptr[j + 1]]`` (none within one parent: its components are disjoint)."""
     total = offsets[-1]
-    ious = np.zeros((total, total), np.float32)
+    rows, cols = [], []
     for a in range(len(labels)):
         na = offsets[a + 1] - offsets[a]
         if na == 0:
@@ -102,7 +106,11 @@ def _pairwise_iou(labels: list[np.ndarray], offsets: list[int], areas: np.ndarra
             ia, ib = np.nonzero(hist)
             ga, gb = offsets[a] + ia, offsets[b] + ib
             inter = hist[ia, ib]
-            v = inter / (areas[ga] + areas[gb] - inter)
-            ious[ga, gb] = v
-            ious[gb, ga] = v
-    return ious
+            dup = inter / (areas[ga] + areas[gb] - inter) > iou
+            rows += [ga[dup], gb[dup]]
+            cols += [gb[dup], ga[dup]]
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    order = np.argsort(r, kind="stable")
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=total))])
+    return indptr, c[order]
