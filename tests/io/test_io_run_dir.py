@@ -37,6 +37,20 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path):
         RunDir(tmp_path / "run", "irnet", {"lr": 0.1}, resume=True)
 
 
+def test_resume_into_a_folder_holding_only_a_nested_run(tmp_path):
+    # freemask --pretrain --labeled interrupted during pre-training: <run>/pretrain/ exists, <run>/run.json not
+    inner = RunDir(tmp_path / "run" / "pretrain", "freemask", {"epochs": 2}, resume=False)
+    inner.save_checkpoint({"epoch": 1})
+    outer = RunDir(tmp_path / "run", "freemask", {"epochs": 3}, resume=True)
+    assert outer.load_checkpoint() is None
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"] == {"epochs": 3}
+    # anything else in the folder still makes it not a run to resume
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(BadInputError, match="no run.json"):
+        RunDir(tmp_path / "other", "freemask", {}, resume=True)
+
+
 def test_model_file_for_checkpoint_flag(tmp_path):
     run = RunDir(tmp_path / "run", "cam", {"arch": "resnet18"}, resume=False)
     path = run.save_model({"w": torch.zeros(3)}, {"category_ids": [1, 2]})

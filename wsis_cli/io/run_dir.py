@@ -108,7 +108,8 @@ class RunDir:
 
     def _check_resume(self, run_json: Path) -> None:
         if not run_json.exists():
-            if self.path.exists() and any(self.path.iterdir()):
+            # a nested run (freemask's pretrain/, interrupted before the outer run began) is not foreign
+            if self.path.exists() and any(not (p / "run.json").is_file() for p in self.path.iterdir()):
                 raise BadInputError(run_json, None, "not a wsis run folder (no run.json) to resume")
             log.info("%s: nothing to resume, starting from scratch", self.path)
             return
