@@ -308,7 +308,7 @@ __wsis_node__mal_label() {
         --seed) :; return ;;
         esac
         if [[ $ddash == 0 && $cur == -* ]]; then
-            __wsis_words '--batch-size --checkpoint --conv-stem --crf-iterations --crf-variant --crf-warmup --crf-weight --crf-zeta --crop-size --decoder-dim --device --ema-momentum --encoder --encoder-depth --epochs --exclusive --final-lr --help --images --lr --max-expand --mil-warmup --mil-weight --min-train-area --no-amp --no-conv-stem --no-exclusive --no-scale-buckets --out --outside --patch --predict-with --quiet --resume --run --scale-buckets --seed --shard --threshold --verbose --warmup-epochs --weight-decay --weights --workers -h -i -o -q -v'
+            __wsis_words '--batch-size --checkpoint --conv-stem --crf-iterations --crf-variant --crf-warmup --crf-weight --crf-zeta --crop-size --decoder-dim --device --ema-momentum --encoder --encoder-depth --epochs --exclusive --final-lr --flip --help --images --lr --max-expand --mil-warmup --mil-weight --min-train-area --no-amp --no-conv-stem --no-exclusive --no-flip --no-scale-buckets --out --outside --patch --predict-with --quiet --resume --run --scale-buckets --seed --shard --threshold --verbose --warmup-epochs --weight-decay --weights --workers -h -i -o -q -v'
             return
         fi
         case $npos in

@@ -232,6 +232,8 @@ complete -c wsis -n '__wsis_in mal-label' -l outside -r -f -d 'Crop parts outsid
 complete -c wsis -n '__wsis_in mal-label' -l threshold -r -f -d 'Foreground probability that becomes mask.'
 complete -c wsis -n '__wsis_in mal-label' -l exclusive -d 'Give each pixel shared by boxes of one image to the box most confident there (visible instances...'
 complete -c wsis -n '__wsis_in mal-label' -l no-exclusive -d 'Give each pixel shared by boxes of one image to the box most confident there (visible instances...'
+complete -c wsis -n '__wsis_in mal-label' -l flip -d 'Label each box with the mean map of its crop and of the crop mirrored (twice the labelling time).'
+complete -c wsis -n '__wsis_in mal-label' -l no-flip -d 'Label each box with the mean map of its crop and of the crop mirrored (twice the labelling time).'
 complete -c wsis -n '__wsis_in mal-label' -l predict-with -r -f -d 'Label with the student (as MAL) or the EMA teacher.'
 complete -c wsis -n '__wsis_in mal-label' -l epochs -r -f -d 'Training epochs.'
 complete -c wsis -n '__wsis_in mal-label' -l lr -r -f -d 'Base learning rate (MAL\'s: 1.5e-6 x global batch).'

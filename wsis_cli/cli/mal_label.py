@@ -75,6 +75,9 @@ def mal_label(
                                             "boxes of one image to the box most confident there (visible "
                                             "instances do not overlap); --no-exclusive keeps overlaps.",
                                             rich_help_panel=_MODEL)] = True,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Label each box with the mean map of its crop "
+                                       "and of the crop mirrored (twice the labelling time).",
+                                       rich_help_panel=_MODEL)] = True,
     predict_with: Annotated[str, typer.Option(help="Label with the student (as MAL) or the EMA teacher.",
                                               rich_help_panel=_MODEL)] = "student",
     epochs: Annotated[int | None, typer.Option("--epochs", min=0, help="Training epochs. Default: enough for "
@@ -139,7 +142,7 @@ def mal_label(
             final_lr=final_lr, mil_weight=mil_weight, crf_weight=crf_weight, mil_warmup=mil_warmup,
             crf_warmup=crf_warmup, ema_momentum=ema_momentum, crf_iterations=crf_iterations, crf_zeta=crf_zeta,
             crf_variant=crf_variant, max_expand=max_expand, outside=outside, min_train_area=min_train_area,
-            threshold=threshold, exclusive=exclusive, predict_with=predict_with, seed=seed, amp=not no_amp,
+            threshold=threshold, exclusive=exclusive, flip=flip, predict_with=predict_with, seed=seed, amp=not no_amp,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

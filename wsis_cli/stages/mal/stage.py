@@ -78,7 +78,8 @@ def training_boxes(ds: coco.Dataset, settings: MalSettings) -> list[dict[str, An
 @torch.no_grad()
 def label_images(model: torch.nn.Module, dataset: RoiImageSet, device: torch.device, batch_size: int,
                  threshold: float, workers: int = 0, amp: bool = True,
-                 exclusive: bool = True, channels_last: bool = True) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+                 exclusive: bool = True, channels_last: bool = True,
+                 flip: bool = False) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     """Yield ``(image_id, labelled annotations)`` for every image of ``dataset``, in order.
 
     RoIs of consecutive images are batched together, but every forward pass has one shape: ``batch_size``
@@ -90,7 +91,8 @@ def label_images(model: torch.nn.Module, dataset: RoiImageSet, device: torch.dev
     waits on a bucket for more than ``4 x batch_size`` labelled boxes. ``exclusive``: pixels shared by
     boxes of one image go to the most confident box (:mod:`wsis_cli.stages.mal.writeback`).
     ``channels_last``: the network runs channels-last (1.9x faster on one CPU thread for the demo's
-    ResNet; the same masks up to float rounding).
+    ResNet; the same masks up to float rounding). ``flip``: each crop's map is the mean of the maps of the
+    crop and of its mirror image (mirrored back), at twice the network time.
     """
     from torch.utils.data import DataLoader
 
@@ -118,9 +120,12 @@ def label_images(model: torch.nn.Module, dataset: RoiImageSet, device: torch.dev
         if pad:  # copies, so that the shape never changes; their outputs are dropped below
             crops = torch.cat([crops, crops[-1:].expand(pad, -1, -1, -1)])
             buckets = torch.cat([buckets, buckets[-1:].expand(pad)])
+        x, b = crops.to(device, memory_format=fmt), buckets.to(device)
         with autocast(device, amp):
-            logits = model(crops.to(device, memory_format=fmt), buckets.to(device))
-        probs = torch.sigmoid(logits.float()).cpu().numpy()
+            probs = torch.sigmoid(model(x, b).float())
+            if flip:
+                probs = (probs + torch.sigmoid(model(x.flip(-1), b).float()).flip(-1)) / 2
+        probs = probs.cpu().numpy()
         for (it, j), p in zip(take, probs, strict=False):
             it["probs"][j] = p
             it["left"] -= 1
@@ -247,7 +252,7 @@ def run(settings: MalSettings, job: MalJob, progress: Any = None) -> MalSummary:
             fresh = 0  # boxes labelled by this run (the rate's); a resumed run's summary counts them all
             for image_id, records in label_images(model, dataset, ctx.device, settings.batch_size,
                                                   settings.threshold, job.workers, settings.amp,
-                                                  settings.exclusive):
+                                                  settings.exclusive, flip=settings.flip):
                 ckpt.add(image_id, records)
                 fresh += len(records)
                 progress.advance(1)
