@@ -99,21 +99,11 @@ def test_predict_from_checkpoint_gradcam_and_shards(data, trained, tmp_path):
         cam_stage.run(MAPS, _job(data, tmp_path / "x.h5", shard="1/2"))
 
 
-def test_training_resume_is_exact(data, tmp_path, monkeypatch):
-    from wsis_cli.io.run_dir import RunDir
-
+def test_training_resume_is_exact(data, tmp_path, preempted_after_first_checkpoint):
     two = replace(TRAIN, epochs=2, val_fraction=0.0)
     whole = cam_stage.run(replace(MAPS, train=two), _job(data, tmp_path / "a.h5"))
-    real = RunDir.save_checkpoint
-
-    def killed_after_saving(self, state):  # a preemption right after the first epoch's checkpoint
-        real(self, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", killed_after_saving)
-    with pytest.raises(KeyboardInterrupt):
+    with preempted_after_first_checkpoint():
         cam_stage.run(replace(MAPS, train=two), _job(data, tmp_path / "b.h5"))
-    monkeypatch.setattr(RunDir, "save_checkpoint", real)
     resumed = cam_stage.run(replace(MAPS, train=two), _job(data, tmp_path / "b.h5", resume=True))
     lines = (tmp_path / "b.cam-run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]

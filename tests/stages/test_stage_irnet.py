@@ -65,23 +65,13 @@ def test_trains_predicts_and_reuses_the_checkpoint(small: Path, tmp_path: Path) 
     assert json.loads(resumed.read_text())["annotations"] == json.loads(out.read_text())["annotations"]
 
 
-def test_resume_continues_training(small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_continues_training(small: Path, tmp_path: Path, preempted_after_first_checkpoint) -> None:
     import torch
-
-    from wsis_cli.io.run_dir import RunDir
 
     # batches of 1: four per epoch, so the resumed epoch must draw the shuffle an uninterrupted run draws
     longer = IRNetSettings(**{**FAST.to_json(), "epochs": 2, "batch_size": 1})
-    real = RunDir.save_checkpoint
-
-    def killed_after_saving(self, state):  # a preemption right after the first epoch's checkpoint
-        real(self, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", killed_after_saving)
-    with pytest.raises(KeyboardInterrupt):
+    with preempted_after_first_checkpoint():
         run(longer, job(small, str(tmp_path / "b.json"), run=str(tmp_path / "r")))
-    monkeypatch.setattr(RunDir, "save_checkpoint", real)
     run(longer, job(small, str(tmp_path / "b.json"), run=str(tmp_path / "r"), resume=True))
     state = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
     assert state["epoch"] == 2

@@ -128,20 +128,10 @@ def test_records_keep_ids_categories_scores_and_area_is_mask_area(small, tmp_pat
     assert coco.load_dataset(again).annotations == out.annotations
 
 
-def test_training_resumes_to_the_same_result(small, tmp_path, monkeypatch):
-    from wsis_cli.io.run_dir import RunDir
-
+def test_training_resumes_to_the_same_result(small, tmp_path, preempted_after_first_checkpoint):
     run(TINY, _job(small, tmp_path, out=str(tmp_path / "full.json"), run=str(tmp_path / "full")))
-    real = RunDir.save_checkpoint
-
-    def save_then_die(self, state):
-        real(self, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with preempted_after_first_checkpoint():
         run(TINY, _job(small, tmp_path, out=str(tmp_path / "cut.json"), run=str(tmp_path / "cut")))
-    monkeypatch.setattr(RunDir, "save_checkpoint", real)
     assert not (tmp_path / "cut.json").exists()
     run(TINY, _job(small, tmp_path, out=str(tmp_path / "cut.json"), run=str(tmp_path / "cut"), resume=True))
     full = coco.load_dataset(tmp_path / "full.json").annotations
