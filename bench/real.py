@@ -14,7 +14,8 @@ Paths (``--paths``; each runs what the set's supervision allows):
 - ``nolabels``: Otsu threshold + components and colour components (floors), ``wsis freemask`` (pretrained
   features, the CLI default) and ``wsis freemask --pretrain``, scored class-agnostically;
 - ``few``: ``wsis freemask --labeled`` with the masks of every tenth image (10%), scored on all images;
-- ``tags``: ``wsis cam`` → ``wsis irnet`` where the set has several classes (skipped otherwise);
+- ``tags``: ``wsis cam`` → ``wsis irnet`` where the set has several classes (skipped otherwise), with the
+  thresholded-CAM floor (IRNet's "CAM" row, at the threshold that scores best) from the same CAMs;
 - ``students``: ``wsis train-student`` on the best box path's labels (mal-label + refine-crf) of the images
   with odd ids and on their ground truth, both scored on the even ids: retention = pseudo AP / GT AP.
 
