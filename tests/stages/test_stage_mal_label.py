@@ -242,3 +242,34 @@ def _check_quality(tmp_path):
     # at 8 (bench/NOTES.md)
     assert ours.mean_iou >= floor.mean_iou + 0.18, (ours.mean_iou, floor.mean_iou)
     assert ours.mask_ap >= floor.mask_ap + 0.38, (ours.mask_ap, floor.mask_ap)
+
+
+def test_flip_mirrors_the_second_map_back(small):
+    """A network whose logits fall from left to right: alone it labels the left part of each crop; averaged with
+    its map of the mirrored crop, mirrored back, every pixel gets sigmoid(r)/2 + sigmoid(-r)/2 = 0.5 (a map left
+    unmirrored would be the first one again)."""
+    from wsis_cli.stages.mal.data import RoiImageSet
+    from wsis_cli.stages.mal.stage import label_images
+
+    class Ramp(torch.nn.Module):
+        def forward(self, x, buckets):
+            ramp = torch.linspace(3.0, -3.0, x.shape[-1])
+            return ramp.expand(x.shape[0], x.shape[-2], x.shape[-1]).clone()
+
+    ds = coco.load_dataset(small / "boxes.json")
+    by_image = ds.annotations_by_image()
+    big = [a for a in ds.annotations if a["bbox"][2] >= 12]  # boxes wide enough to have a left half
+    ids = sorted({a["image_id"] for a in big})
+    data = RoiImageSet(ids, by_image, ds.image_index, str(small / "images"), ds.source, 32)
+
+    def filled(flip):
+        out = {}
+        for _, records in label_images(Ramp(), data, torch.device("cpu"), 4, 0.4, amp=False, exclusive=False,
+                                       channels_last=False, flip=flip):
+            for r in records:
+                box = rle_utils.box_mask(r["bbox"], *r["segmentation"]["size"]).sum()
+                out[r["id"]] = rle_utils.area(r["segmentation"]) / box
+        return np.array([out[a["id"]] for a in big])
+
+    assert np.median(filled(False)) < 0.8  # the left part only
+    assert (filled(True) > 0.95).all()  # the whole box
