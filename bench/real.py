@@ -253,8 +253,7 @@ class Bench:
             return rep.coco["segm"].stats["AP50"] or 0.0, t, ds
 
         _, best_t, best = max((ap50(round(0.05 * k, 2)) for k in range(1, 20)), key=lambda x: x[:2])
-        out = self.work / "cam_components.json"
-        self._write("cam_components", best)
+        out = self._write("cam_components", best)
         self.score("tags", f"thresholded CAM (floor, best threshold {best_t})", out, time.perf_counter() - t0)
 
     def students(self) -> None:

@@ -21,9 +21,9 @@ from wsis_cli.stages.synth import stage as synth
 
 PER_RANK_BATCH = 2
 # a LayerNorm encoder: BatchNorm statistics would legitimately differ between a batch of 2 and one of 4
-SETTINGS = replace(DEMO_SETTINGS, encoder="vit_tiny", weights="none", encoder_depth=1, crop_size=32, decoder_dim=8, epochs=2,
-                   batch_size=PER_RANK_BATCH, lr=1e-3, warmup_epochs=0.5, crf_iterations=3, min_train_area=16.0,
-                   amp=False)
+SETTINGS = replace(DEMO_SETTINGS, encoder="vit_tiny", weights="none", encoder_depth=1, crop_size=32,
+                   decoder_dim=8, epochs=2, batch_size=PER_RANK_BATCH, lr=1e-3, warmup_epochs=0.5,
+                   crf_iterations=3, min_train_area=16.0, amp=False)
 
 
 def _job(root: Path, out: Path, run_dir: Path) -> MalJob:
