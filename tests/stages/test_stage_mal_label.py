@@ -79,6 +79,25 @@ def test_exclusive_pixels_go_to_the_most_confident_box():
     assert kept[0].all() and kept[1].all()
 
 
+def test_a_box_nested_in_another_keeps_the_pixels_its_mask_claims():
+    # a large box (a potted plant, 10x10) holds a small one (a vase, columns/rows 3-6); the large box's map
+    # is surer than the small one's everywhere, the vase's own object included, as on real photos
+    regions = [(0, 0, 10, 10), (3, 3, 7, 7)]
+    large = np.full((10, 10), 0.95, np.float32)
+    small = np.full((4, 4), 0.2, np.float32)
+    small[1:, :] = 0.6  # the vase claims its lower three rows
+    masks = [large >= 0.5, small >= 0.5]
+    kept_large, kept_small = exclusive_masks([large, small], regions, masks)
+    assert kept_small[1:].all() and not kept_small[0].any()  # its claim, and no more
+    assert not kept_large[4:7, 3:7].any()  # the large box gives up what the small one claims ...
+    assert kept_large[3, 3:7].all() and kept_large.sum() == 100 - 12  # ... and keeps the rest
+    # side by side (overlap under half of the smaller box) the surer map still decides
+    regions = [(0, 0, 10, 10), (9, 0, 13, 4)]
+    kept_large, kept_small = exclusive_masks([large, np.full((4, 4), 0.6, np.float32)], regions,
+                                             [large >= 0.5, np.ones((4, 4), bool)])
+    assert kept_large[0:4, 9].all() and not kept_small[:, 0].any() and kept_small[:, 1:].all()
+
+
 def test_ema_teacher_starts_as_the_student():
     model = build_model(TINY.model_spec())
     teacher = EMA(model, TINY.ema_momentum).teacher

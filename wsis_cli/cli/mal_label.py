@@ -72,8 +72,9 @@ def mal_label(
     threshold: Annotated[float, typer.Option(help="Foreground probability that becomes mask.",
                                              rich_help_panel=_MODEL)] = 0.4,
     exclusive: Annotated[bool, typer.Option("--exclusive/--no-exclusive", help="Give each pixel shared by "
-                                            "boxes of one image to the box most confident there (visible "
-                                            "instances do not overlap); --no-exclusive keeps overlaps.",
+                                            "boxes of one image to one box: a box nested in another gets what "
+                                            "its mask claims, elsewhere the box most confident there wins "
+                                            "(visible instances do not overlap); --no-exclusive keeps overlaps.",
                                             rich_help_panel=_MODEL)] = True,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Label each box with the mean map of its crop "
                                        "and of the crop mirrored (twice the labelling time).",

@@ -159,7 +159,8 @@ class MalSettings:
     min_train_area: float = 64.0  # boxes smaller than this (pixels²) do not train, but are labelled
     # the maps of a few hundred steps are soft at object edges, and human masks include the edge
     threshold: float = 0.4
-    exclusive: bool = True  # pixels shared by boxes of one image go to the most confident box (mal_writeback)
+    # pixels shared by boxes of one image go to one box: a nested box's claim first, else the surest (writeback)
+    exclusive: bool = True
     # label each box with the mean map of its crop and the crop's mirror image (upstream's --use_flip_test,
     # off there): on both real sets and the synthetic one it raised mean IoU and mask AP (bench/NOTES.md)
     flip: bool = True

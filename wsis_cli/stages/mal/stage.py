@@ -3,11 +3,11 @@
 Trains the class-agnostic MAL network on the boxes themselves (:mod:`wsis_cli.stages.mal.train`; or
 loads ``--checkpoint``), then labels every box: the 1.3 x crop around it is decoded, the probability map
 is resized into that window, pasted into the image (clipped at its borders), cut to the box, thresholded
-and written as RLE; pixels shared by boxes of one image go to the most confident box
-(:mod:`wsis_cli.stages.mal.writeback`, ``--no-exclusive`` keeps overlaps). Each output annotation keeps the input's ``id``, ``image_id``, ``bbox``,
-``category_id``, ``score`` and other keys; ``area`` is the *mask* area (upstream writes the box area).
-Without an input ``score`` the score is the mask's mean foreground probability, so that AP ranks
-confident masks first.
+and written as RLE; pixels shared by boxes of one image go to one box (a nested box's claim first, else the
+most confident box: :mod:`wsis_cli.stages.mal.writeback`, ``--no-exclusive`` keeps overlaps). Each output
+annotation keeps the input's ``id``, ``image_id``, ``bbox``, ``category_id``, ``score`` and other keys;
+``area`` is the *mask* area (upstream writes the box area). Without an input ``score`` the score is the
+mask's mean foreground probability, so that AP ranks confident masks first.
 
 Threshold: upstream thresholds ``sigmoid x box mask`` at 0.1 with its MAE-pretrained ViT after 10
 COCO epochs. Our default is 0.5: the demo's from-scratch encoders give soft maps, and on the 40-image
@@ -89,7 +89,7 @@ def label_images(model: torch.nn.Module, dataset: RoiImageSet, device: torch.dev
     would otherwise depend on its neighbours in the batch, which shard boundaries and resumes move
     (issue 17). Padding costs at most one partial batch per bucket at the end, plus one wherever an image
     waits on a bucket for more than ``4 x batch_size`` labelled boxes. ``exclusive``: pixels shared by
-    boxes of one image go to the most confident box (:mod:`wsis_cli.stages.mal.writeback`).
+    boxes of one image go to one box (:mod:`wsis_cli.stages.mal.writeback`).
     ``channels_last``: the network runs channels-last (1.9x faster on one CPU thread for the demo's
     ResNet; the same masks up to float rounding). ``flip``: each crop's map is the mean of the maps of the
     crop and of its mirror image (mirrored back), at twice the network time.

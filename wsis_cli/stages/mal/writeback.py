@@ -7,12 +7,14 @@ the box's peak probability are kept (the whole box if the map is all zero).
 
 **Exclusive pixels** (``exclusive=True``, the default): where boxes of one image overlap, MAL labels
 each box on its own and both masks tend to claim the shared pixels, since the occluder is the most salient
-thing in the occluded object's box too. A visible-instance mask set has no overlap, so each pixel shared
-by several boxes goes to the box whose map is the most confident there (ties to the earlier box); the
-other boxes drop it. A box that would lose every pixel keeps its own thresholded mask. The most
-confident box owns a shared pixel more often than the smaller box or the box it lies deeper in, and
-without the rule occluded boxes' masks claim their occluders (figures, and the variants not kept:
-bench/NOTES.md, "mal-label write-back: exclusive pixels").
+thing in the occluded object's box too. A visible-instance mask set has no overlap, so each shared pixel
+goes to one box. Where one box of a pair is nested in the other (their overlap covers at least
+:data:`NESTED` of the smaller box), the smaller box gets the pixels its mask claims: a box inside another
+is mostly an object in front of it (a vase before a potted plant, a rider on a horse), and the larger
+box's map claims that salient object as well. Elsewhere (side by side, as touching nuclei) the box whose
+map is the most confident there keeps the pixel (ties to the earlier box). A box that would lose every
+pixel keeps its own thresholded mask. Figures, and the variants not kept: bench/NOTES.md, "mal-label
+write-back: exclusive pixels".
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 from wsis_cli.io import rle as rle_utils
 
 Region = tuple[int, int, int, int]  # x0, y0, x1, y1 integer pixels, x1/y1 exclusive
+NESTED = 0.5  # a pair of boxes is nested when their overlap covers at least this fraction of the smaller one
 
 
 def box_probabilities(prob: np.ndarray, bounds: Sequence[int], region: Region) -> np.ndarray:
@@ -48,27 +51,39 @@ def threshold_mask(prob: np.ndarray, threshold: float) -> np.ndarray:
 
 def exclusive_masks(probs: Sequence[np.ndarray], regions: Sequence[Region],
                     masks: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Give each pixel shared by several boxes to the box with the highest probability there.
+    """Give each pixel shared by several boxes to one of them (module docstring: the rule and why).
 
-    ``probs[k]`` and ``masks[k]`` (bool) cover ``regions[k]``. A pixel stays in mask ``k`` only if no other
-    box whose region holds it has a higher probability (an equal one counts as higher for an earlier
-    box). A mask left empty falls back to ``masks[k]``. Returns new masks; the inputs are not changed.
+    ``probs[k]`` and ``masks[k]`` (bool) cover ``regions[k]``. Mask ``k`` drops a shared pixel to box ``j``
+    when the pair is nested and ``j`` is the smaller box (the earlier one at equal areas) and ``masks[j]``
+    holds the pixel; when the pair is not nested, where ``j`` has a higher probability there (an equal one
+    counts as higher for an earlier box). A mask left empty falls back to ``masks[k]``. Returns new masks;
+    the inputs are not changed.
     """
     keep = [np.ones_like(m) for m in masks]
     boxes = np.asarray(regions, dtype=np.int64).reshape(-1, 4)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     for k in range(len(masks)):
         # regions that overlap box k's (vectorised: images may hold hundreds of boxes)
         lo_x, lo_y = np.maximum(boxes[:, 0], boxes[k, 0]), np.maximum(boxes[:, 1], boxes[k, 1])
         hi_x, hi_y = np.minimum(boxes[:, 2], boxes[k, 2]), np.minimum(boxes[:, 3], boxes[k, 3])
-        for j in np.nonzero((hi_x > lo_x) & (hi_y > lo_y))[0].tolist():
+        overlap = np.clip(hi_x - lo_x, 0, None) * np.clip(hi_y - lo_y, 0, None)
+        nested = overlap >= NESTED * np.minimum(areas, areas[k])
+        for j in np.nonzero(overlap > 0)[0].tolist():
             if j == k:
                 continue
-            xs, ys = slice(lo_x[j], hi_x[j]), slice(lo_y[j], hi_y[j])
+            smaller = areas[j] < areas[k] or (areas[j] == areas[k] and j < k)
+            if nested[j] and not smaller:
+                continue  # k is the nested box: the larger j takes nothing from it
+            ys, xs = slice(lo_y[j], hi_y[j]), slice(lo_x[j], hi_x[j])
             kx0, ky0, jx0, jy0 = boxes[k, 0], boxes[k, 1], boxes[j, 0], boxes[j, 1]
-            pk = probs[k][ys.start - ky0 : ys.stop - ky0, xs.start - kx0 : xs.stop - kx0]
-            pj = probs[j][ys.start - jy0 : ys.stop - jy0, xs.start - jx0 : xs.stop - jx0]
-            lose = pj >= pk if j < k else pj > pk
-            keep[k][ys.start - ky0 : ys.stop - ky0, xs.start - kx0 : xs.stop - kx0] &= ~lose
+            kys, kxs = slice(ys.start - ky0, ys.stop - ky0), slice(xs.start - kx0, xs.stop - kx0)
+            jys, jxs = slice(ys.start - jy0, ys.stop - jy0), slice(xs.start - jx0, xs.stop - jx0)
+            if nested[j]:
+                lose = masks[j][jys, jxs]
+            else:
+                pk, pj = probs[k][kys, kxs], probs[j][jys, jxs]
+                lose = pj >= pk if j < k else pj > pk
+            keep[k][kys, kxs] &= ~lose
     out = []
     for m, kp in zip(masks, keep, strict=True):
         mine = m & kp
