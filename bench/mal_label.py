@@ -4,7 +4,8 @@ depend on the weights), on a synthetic set; and the share of the time the networ
 
     uv run python bench/mal_label.py --images 20 --configs demo,vit_tiny128 [--device cuda]
 
-Configurations: ``demo`` (ResNet-18 stem + stage 1, 48² crops: the CPU demo), ``demo_64`` (the earlier 64²
+Configurations: ``demo`` (the demo's settings at 96² crops, what auto picks for its boxes), ``demo_48`` (the
+same at 48², what auto picks for tiny boxes), ``demo_64`` (the earlier 64²
 recipe: 64² crops, 16 epochs, threshold 0.6, overlapping masks), ``vit_tiny128`` (vit_tiny, 128² crops),
 ``vit_b_16`` (upstream: vit_b_16 at 512², best on a GPU).
 
@@ -40,7 +41,9 @@ from wsis_cli.stages.mal.train import build_model
 from wsis_cli.stages.synth import stage as synth
 
 CONFIGS = {
-    "demo": DEMO_SETTINGS,
+    # the demo's settings at each auto crop size (the demo's own boxes get 96²)
+    "demo": replace(DEMO_SETTINGS, crop_size=96),
+    "demo_48": replace(DEMO_SETTINGS, crop_size=48),
     # the earlier 64² demo recipe (overlapping masks): "demo_64 nchw" is how it labelled before channels-last
     "demo_64": replace(DEMO_SETTINGS, crop_size=64, epochs=16, threshold=0.6, exclusive=False),
     "vit_tiny128": replace(DEMO_SETTINGS, encoder="vit_tiny", encoder_depth=0, crop_size=128, decoder_dim=64),

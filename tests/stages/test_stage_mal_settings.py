@@ -10,7 +10,7 @@ import torch
 
 from wsis_cli.cli.mal_label import mal_label
 from wsis_cli.stages.mal.demo import DEMO_SETTINGS
-from wsis_cli.stages.mal.settings import UPSTREAM, MalSettings, auto_epochs
+from wsis_cli.stages.mal.settings import UPSTREAM, MalSettings, auto_crop_size, auto_epochs
 from wsis_cli.stages.mal.train import MalTrainConfig, ModelSpec, crf_params, denormalize
 from wsis_kernels.crf import CRFParams, mal_crf_params
 
@@ -22,16 +22,33 @@ def _defaults(cls) -> dict:
 def test_settings_take_their_defaults_from_the_model_spec_and_train_config():
     settings = _defaults(MalSettings)
     shared = {**_defaults(ModelSpec), **_defaults(MalTrainConfig)}
-    for name in set(shared) - {"frozen_bn", "workers", "encoder_depth"}:
+    for name in set(shared) - {"frozen_bn", "workers", "encoder_depth", "crop_size"}:
         assert settings[name] == shared[name], name
-    # and hand them back unchanged, the auto encoder depth resolved (stage 1 of a CNN at 48² crops)
+    # and hand them back unchanged, the auto crop and encoder depth resolved (stage 1 of a CNN at 48² crops)
     s = MalSettings()
-    assert s.encoder_depth is None
+    assert s.encoder_depth is None and s.crop_size is None
     assert s.train_config() == MalTrainConfig()
-    assert s.model_spec() == ModelSpec(frozen_bn=True, encoder_depth=1)
+    tiny_boxes = [{"bbox": [0, 0, 20, 20]}] * 3
+    assert s.with_crop_for(tiny_boxes).model_spec() == ModelSpec(frozen_bn=True, encoder_depth=1)
+    with pytest.raises(ValueError, match="auto"):
+        s.model_spec()  # an unresolved crop never builds a network silently
     demo = DEMO_SETTINGS.train_config(workers=2)
     assert (demo.epochs, demo.lr, demo.workers) == (DEMO_SETTINGS.epochs, DEMO_SETTINGS.lr, 2)
-    assert DEMO_SETTINGS.model_spec() == MalSettings().model_spec()  # the defaults, trained longer
+    # the defaults, trained longer
+    assert DEMO_SETTINGS.with_crop_for(tiny_boxes).model_spec() == s.with_crop_for(tiny_boxes).model_spec()
+
+
+def test_auto_crop_is_96_unless_that_magnifies_the_median_box_over_4x():
+    assert auto_crop_size([20.0] * 5 + [200.0] * 4) == 48  # nuclei: median side 20 px
+    assert auto_crop_size([26.0, 24.0, 100.0]) == 96  # median 26 px: magnified 3.7x
+    assert auto_crop_size([24.0]) == 96 and auto_crop_size([23.9]) == 48
+    assert auto_crop_size([]) == 48
+    boxes = [{"bbox": [0, 0, 60, 40]}, {"bbox": [5, 5, 50, 50]}]
+    assert MalSettings().with_crop_for(boxes).crop_size == 96
+    assert MalSettings(crop_size=64).with_crop_for(boxes).crop_size == 64  # a given crop is kept
+    assert MalSettings().with_crop_for(boxes).model_spec().encoder_depth == 2  # stride 8 at 96²
+    with pytest.raises(ValueError, match="auto; pick one with --crop-size"):
+        MalSettings(encoder="vit_h_14")  # neither auto crop is a multiple of 14
 
 
 def test_cli_defaults_are_the_settings_defaults():
@@ -48,7 +65,8 @@ def test_cli_defaults_are_the_settings_defaults():
 
 
 def test_auto_encoder_depth_keeps_a_fine_grid_and_every_vit_block():
-    assert MalSettings().resolved_depth() == 1  # 48 / 4 = 12 cells
+    assert MalSettings(crop_size=48).resolved_depth() == 1  # 48 / 4 = 12 cells
+    assert MalSettings().resolved_depth(48) == 1
     assert MalSettings(crop_size=96).resolved_depth() == 2  # 96 / 8
     assert MalSettings(crop_size=512).resolved_depth() == 4  # MAL's crops: every stage, as before
     assert MalSettings(crop_size=32).resolved_depth() == 1  # too small for any: the finest

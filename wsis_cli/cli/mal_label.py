@@ -59,8 +59,10 @@ def mal_label(
     conv_stem: Annotated[bool, typer.Option("--conv-stem/--no-conv-stem", help="ViT: MAL's convolutional stem "
                                             "(stride-2 conv3x3 + GroupNorm + GELU layers, trained from scratch) "
                                             "instead of the patch embedding.", rich_help_panel=_MODEL)] = False,
-    crop_size: Annotated[int, typer.Option(min=32, help="Side of the square RoI crop fed to the encoder "
-                                           "(a multiple of its stride).", rich_help_panel=_MODEL)] = 48,
+    crop_size: Annotated[int | None, typer.Option(min=32, help="Side of the square RoI crop fed to the encoder "
+                                                  "(a multiple of its stride). Default: 96, or 48 where 96 would "
+                                                  "magnify the median training box more than 4x (side < 24 px).",
+                                                  rich_help_panel=_MODEL)] = None,
     decoder_dim: Annotated[int, typer.Option(min=1, help="Channels of the attention decoder.",
                                              rich_help_panel=_MODEL)] = 32,
     scale_buckets: Annotated[bool, typer.Option("--scale-buckets/--no-scale-buckets", help="Decode small/medium/large boxes at "

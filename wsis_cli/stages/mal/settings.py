@@ -7,8 +7,8 @@ re-export these classes.
 
 ``ModelSpec`` and ``MalTrainConfig`` hold the only copy of the defaults; ``MalSettings`` takes its own
 from them and a test checks that the CLI mirrors them. The defaults are a recipe for the data sets wsis
-users bring (tens of images, hundreds to thousands of boxes, a laptop CPU): small RoI crops through the
-early, stride-4 levels of the packaged ImageNet EfficientNet-Lite0, a learning rate and loss warm-ups
+users bring (tens of images, hundreds to thousands of boxes, a laptop CPU): small RoI crops (96², or 48² for
+tiny boxes) through the early, stride-8 or stride-4 levels of the packaged ImageNet EfficientNet-Lite0, a learning rate and loss warm-ups
 sized for hundreds of steps. MAL's own values (a ViT-B on 512² crops, warm-ups of thousands of steps,
 for 8 GPUs and COCO) are kept as data in :data:`UPSTREAM` (``upstream-implementations.md`` §2.2);
 what each recipe gives on real and synthetic images is in the README ("Real images").
@@ -16,7 +16,9 @@ what each recipe gives on real and synthetic images is in the README ("Real imag
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from wsis_cli.models.backbone_names import DEFAULT_ARCH, DEFAULT_WEIGHTS, TIMM_PREFIX
@@ -33,6 +35,12 @@ CRF_VARIANTS = ("mal", "dense")
 AUTO_STEPS = 600
 MAX_AUTO_EPOCHS = 24
 MIN_GRID = 12  # auto encoder depth: the fewest feature cells a side a CNN stage may leave on the crop
+# auto crop size: 96² (stride-8 features on a 12x12 grid), or 48² (stride 4) where 96² would magnify the
+# median training box more than MAX_MAGNIFICATION times; measured on both real sets and two synthetic ones,
+# 96² won wherever the median box side was 26 px or more and lost on nuclei (20 px), all of it on the small
+# ones (bench/NOTES.md, "mal-label crop size")
+AUTO_CROPS = (48, 96)
+MAX_MAGNIFICATION = 4.0
 OUTSIDE_MODES: tuple[str, ...] = ("wrap", "reflect", "replicate")
 PREDICT_WITH = ("student", "teacher")
 
@@ -41,6 +49,14 @@ def auto_epochs(steps_per_epoch: int) -> int:
     """Epochs for ``--epochs`` auto: enough for :data:`AUTO_STEPS` optimiser steps (rounded up), 1 to
     :data:`MAX_AUTO_EPOCHS`."""
     return max(1, min(MAX_AUTO_EPOCHS, -(-AUTO_STEPS // max(steps_per_epoch, 1))))
+
+
+def auto_crop_size(box_sides: Sequence[float]) -> int:
+    """``--crop-size`` auto for training boxes of these sides (``sqrt(w * h)``, pixels): the larger of
+    :data:`AUTO_CROPS` unless it magnifies the median box more than :data:`MAX_MAGNIFICATION` times."""
+    if not box_sides:
+        return AUTO_CROPS[0]
+    return AUTO_CROPS[1] if AUTO_CROPS[1] <= MAX_MAGNIFICATION * statistics.median(box_sides) else AUTO_CROPS[0]
 
 
 def vit_patch(encoder: str) -> int:
@@ -79,7 +95,7 @@ class ModelSpec:
 
     encoder: str = DEFAULT_ARCH  # installs with its ImageNet weights; MAL's own is vit_b_16 (a download)
     encoder_depth: int = 0  # >0: the first N ViT blocks or CNN stages (MalSettings picks one by crop size)
-    crop_size: int = 48
+    crop_size: int = 48  # MalSettings picks 48 or 96 from the boxes (auto_crop_size)
     decoder_dim: int = 32
     scale_buckets: bool = False  # MAL's buckets assume 512² crops; at 48² they would decode on 1-6 cells
     patch: int = 0  # >0: ViT patch size override
@@ -137,7 +153,7 @@ class MalSettings:
     encoder_depth: int | None = None
     patch: int = _MODEL.patch  # >0: ViT patch size override (a finer token grid for small crops)
     conv_stem: bool = _MODEL.conv_stem
-    crop_size: int = _MODEL.crop_size
+    crop_size: int | None = None  # None: auto (auto_crop_size of the training boxes; see with_crop_for)
     decoder_dim: int = _MODEL.decoder_dim
     scale_buckets: bool = _MODEL.scale_buckets
     epochs: int = _TRAIN.epochs
@@ -169,7 +185,7 @@ class MalSettings:
     amp: bool = _TRAIN.amp
 
     def __post_init__(self) -> None:
-        if self.crop_size < 32:
+        if self.crop_size is not None and self.crop_size < 32:
             raise ValueError(f"crop size must be at least 32, got {self.crop_size}")
         if not 0 < self.threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
@@ -184,25 +200,42 @@ class MalSettings:
         depth = self.encoder_depth or 0
         if min(self.max_expand, self.min_train_area, depth, self.patch) < 0 or self.decoder_dim < 1:
             raise ValueError("max-expand, min-train-area, encoder-depth and patch must be >= 0, decoder-dim >= 1")
-        stride = encoder_stride(self.encoder, 0 if self.encoder in VIT_ENCODERS else self.resolved_depth(),
-                                self.patch, self.conv_stem)
-        if self.crop_size % stride:
-            raise ValueError(f"crop size {self.crop_size} is not a multiple of the encoder stride {stride} "
-                             f"({self.encoder})")
+        for crop in (self.crop_size,) if self.crop_size is not None else AUTO_CROPS:
+            stride = encoder_stride(self.encoder, 0 if self.encoder in VIT_ENCODERS else self.resolved_depth(crop),
+                                    self.patch, self.conv_stem)
+            if crop % stride:
+                auto = "" if self.crop_size is not None else " (auto; pick one with --crop-size)"
+                raise ValueError(f"crop size {crop}{auto} is not a multiple of the encoder stride {stride} "
+                                 f"({self.encoder})")
 
-    def resolved_depth(self) -> int:
+    def with_crop_for(self, boxes: Sequence[dict[str, Any]]) -> MalSettings:
+        """These settings with the crop size resolved for the training ``boxes`` (annotations with
+        ``bbox``) when it is auto; unchanged otherwise."""
+        if self.crop_size is not None:
+            return self
+        sides = [max(float(a["bbox"][2]) * float(a["bbox"][3]), 0.0) ** 0.5 for a in boxes]
+        return replace(self, crop_size=auto_crop_size(sides))
+
+    def resolved_depth(self, crop: int | None = None) -> int:
         """``encoder_depth``, or when it is None (auto): every block of a ViT, and for a CNN the deepest
         stage whose grid on the crop is at least :data:`MIN_GRID` cells a side (stage 1, stride 4, at 48²
         crops; all four at 512²): the decoder needs cells to draw a boundary with, and a small RoI crop
-        through the deep, stride-16 stages would leave it 3x3."""
+        through the deep, stride-16 stages would leave it 3x3. ``crop``: the crop side to resolve it for
+        (default: the settings', which must then be set)."""
         if self.encoder_depth is not None:
             return self.encoder_depth
         if self.encoder in VIT_ENCODERS:
             return 0
-        fine = [k for k, stride in enumerate(RESNET_STRIDES, 1) if self.crop_size // stride >= MIN_GRID]
+        crop = crop or self.crop_size
+        if crop is None:
+            raise ValueError("the crop size is auto: resolve it with with_crop_for(boxes) first")
+        fine = [k for k, stride in enumerate(RESNET_STRIDES, 1) if crop // stride >= MIN_GRID]
         return fine[-1] if fine else 1
 
     def model_spec(self) -> ModelSpec:
+        """What builds the network; the crop size must be resolved (:meth:`with_crop_for`)."""
+        if self.crop_size is None:
+            raise ValueError("the crop size is auto: resolve it with with_crop_for(boxes) first")
         # BN is frozen on pretrained weights (small RoI batches would wreck its statistics) and trained
         # when the encoder learns from scratch
         names = {f.name for f in fields(ModelSpec)} - {"frozen_bn", "encoder_depth"}

@@ -193,6 +193,11 @@ def _train(ds: coco.Dataset, settings: MalSettings, job: MalJob, ctx: Any, progr
         raise UsageError(f"mal-label: no box is large enough to train on (w, h > 2 and area >= "
                          f"{settings.min_train_area:g}); lower --min-train-area or pass --checkpoint")
     summary.trained_on = len(boxes)
+    if settings.crop_size is None:
+        settings = settings.with_crop_for(boxes)
+        sides = sorted((a["bbox"][2] * a["bbox"][3]) ** 0.5 for a in boxes)
+        log.info("mal-label: crop %d² (auto: median training box side %.0f px)", settings.crop_size,
+                 sides[len(sides) // 2])
     try:
         model = build_model(settings.model_spec(), settings.weights)
     except ValueError as e:  # e.g. a crop size that is not a multiple of the encoder's stride
