@@ -26,6 +26,21 @@ def test_checkpoint_roundtrip_and_resume(tmp_path):
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1
 
 
+def test_prune_metrics_drops_epochs_after_the_checkpoint_and_torn_lines(tmp_path):
+    run = RunDir(tmp_path / "run", "irnet", {"lr": 0.1}, resume=False)
+    for epoch in (1, 2, 3):
+        run.log_metrics({"epoch": epoch, "loss": 1.0 / epoch})
+    run.log_metrics({"note": "no epoch"})
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 4, "lo')  # killed mid-write
+    assert run.prune_metrics(2) == 2
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5}, {"note": "no epoch"}]
+    # mal-label logs 0-based indices: after two finished epochs index 1 stays and index 2 goes
+    assert run.prune_metrics(2, index_based=True) == 1
+    assert run.prune_metrics(2, index_based=True) == 0
+
+
 def test_existing_run_needs_resume_and_same_settings(tmp_path):
     run = RunDir(tmp_path / "run", "cam", {"lr": 0.1}, resume=False)
     run.save_checkpoint({"epoch": 0})

@@ -69,6 +69,11 @@ class _Run:
 
     def __init__(self) -> None:
         self.saved: dict | None = None
+        self.pruned: tuple | None = None
+
+    def prune_metrics(self, finished: int, index_based: bool = False) -> int:
+        self.pruned = (finished, index_based)
+        return 0
 
     def save_checkpoint(self, state: dict) -> None:
         self.saved = state
@@ -112,6 +117,7 @@ def test_epoch_bookkeeping_saves_and_resumes_where_it_stopped():
     again = EpochBookkeeping(run, {"model": model}, 3, steps_per_epoch=2)
     assert again.resume() is run.saved
     assert (again.start_epoch, again.step) == (2, 4) and list(again.epochs()) == [2]
+    assert run.pruned == (2, False)  # metrics of epochs after the checkpoint's go
     assert torch.equal(model.weight, run.saved["model"]["weight"]) and torch.equal(torch.rand(3), draw)
 
 
@@ -126,7 +132,7 @@ def test_epoch_bookkeeping_epoch_index_format_and_progress():
     assert progress.calls == [("start", 2, "epochs"), ("advance", 1), ("advance", 1), ("finish",)]
     resumed = EpochBookkeeping(run, {}, 4, steps_per_epoch=3, epoch_is_index=True)
     resumed.resume()
-    assert resumed.start_epoch == 2 and list(resumed.epochs()) == [2, 3]
+    assert resumed.start_epoch == 2 and list(resumed.epochs()) == [2, 3] and run.pruned == (2, True)
     del run.saved["step"]  # freemask's older checkpoints: whole epochs of steps
     resumed.resume()
     assert resumed.step == 6

@@ -167,6 +167,31 @@ class RunDir:
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
 
+    def prune_metrics(self, finished: int, index_based: bool = False) -> int:
+        """Drop the ``metrics.jsonl`` lines of epochs after the first ``finished`` ones, and torn lines.
+
+        A loop logs an epoch's line and then checkpoints it; a job killed between the two would log that epoch
+        again after ``--resume``. ``index_based``: a line's ``epoch`` is the epoch's 0-based index rather than
+        the number of epochs finished. Lines without an ``epoch`` stay. Returns the number of lines dropped.
+        """
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return 0
+        lines = path.read_text(encoding="utf-8").splitlines()
+
+        def kept(line: str) -> bool:
+            try:
+                epoch = json.loads(line).get("epoch")
+            except (ValueError, AttributeError):
+                return False
+            return not isinstance(epoch, int) or epoch + (1 if index_based else 0) <= finished
+
+        keep = [line for line in lines if kept(line)]
+        if len(keep) < len(lines):
+            with atomic_write_text(path) as fh:
+                fh.write("".join(line + "\n" for line in keep))
+        return len(lines) - len(keep)
+
 
 _OPENED: list[RunDir] = []  # the run folders this process opened, in order
 

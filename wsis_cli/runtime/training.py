@@ -187,6 +187,8 @@ class EpochBookkeeping:
         for key, obj in self.state.items():
             obj.load_state_dict(ckpt[key])
         self.start_epoch = int(ckpt["epoch"]) + (1 if self.epoch_is_index else 0)
+        if self.ctx is None or self.ctx.is_main:  # an epoch logged but not checkpointed is trained and logged again
+            self.run.prune_metrics(self.start_epoch, index_based=self.epoch_is_index)
         # freemask's older checkpoints hold no step count: whole epochs of steps_per_epoch
         self.step = int(ckpt.get("step", self.start_epoch * self.steps_per_epoch))
         if self.rank_rngs:

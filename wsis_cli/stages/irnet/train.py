@@ -249,8 +249,8 @@ def train(model: IRNet, samples: Sequence[Sample], cfg: IRNetTrainConfig, ctx: D
             book.add(losses.items())
         means = book.means(all_ranks=False)  # each rank logs its own mean, as irnet always has
         if ctx.is_main:
-            book.save(epoch + 1)
             run.log_metrics({"epoch": epoch + 1, "step": book.step, **means})
+            book.save(epoch + 1)
         log.info("irnet: epoch %d/%d loss %.4f (pos bg %.3f fg %.3f, neg %.3f, dp fg %.3f bg %.3f)",
                  epoch + 1, cfg.epochs, means.get("total", math.nan), means.get("pos_bg", math.nan),
                  means.get("pos_fg", math.nan), means.get("neg", math.nan), means.get("dp_fg", math.nan),
