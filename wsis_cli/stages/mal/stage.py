@@ -21,6 +21,7 @@ Training needs the whole box set on every process; label shards (``--shard``) ar
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -185,19 +186,18 @@ def _train(ds: coco.Dataset, settings: MalSettings, job: MalJob, ctx: Any, progr
            summary: MalSummary) -> torch.nn.Module:
     from wsis_cli.io.run_dir import RunDir, default_run_dir
 
-    run_path = Path(job.run) if job.run else default_run_dir(job.out, STAGE)
-    run_dir = RunDir(run_path, STAGE, {**asdict(settings), "boxes": str(job.boxes)}, resume=job.resume)
-    summary.run_dir = str(run_path)
     boxes = training_boxes(ds, settings)
     if not boxes:
         raise UsageError(f"mal-label: no box is large enough to train on (w, h > 2 and area >= "
                          f"{settings.min_train_area:g}); lower --min-train-area or pass --checkpoint")
     summary.trained_on = len(boxes)
-    if settings.crop_size is None:
+    if settings.crop_size is None:  # resolved before the run folder records the settings
         settings = settings.with_crop_for(boxes)
-        sides = sorted((a["bbox"][2] * a["bbox"][3]) ** 0.5 for a in boxes)
-        log.info("mal-label: crop %d² (auto: median training box side %.0f px)", settings.crop_size,
-                 sides[len(sides) // 2])
+        side = statistics.median((a["bbox"][2] * a["bbox"][3]) ** 0.5 for a in boxes)
+        log.info("mal-label: crop %d² (auto: median training box side %.0f px)", settings.crop_size, side)
+    run_path = Path(job.run) if job.run else default_run_dir(job.out, STAGE)
+    run_dir = RunDir(run_path, STAGE, {**asdict(settings), "boxes": str(job.boxes)}, resume=job.resume)
+    summary.run_dir = str(run_path)
     try:
         model = build_model(settings.model_spec(), settings.weights)
     except ValueError as e:  # e.g. a crop size that is not a multiple of the encoder's stride
