@@ -10,9 +10,9 @@ annotation keeps the input's ``id``, ``image_id``, ``bbox``, ``category_id``, ``
 mask's mean foreground probability, so that AP ranks confident masks first.
 
 Threshold: upstream thresholds ``sigmoid x box mask`` at 0.1 with its MAE-pretrained ViT after 10
-COCO epochs. Our default is 0.5: the demo's from-scratch encoders give soft maps, and on the 40-image
-``wsis synth`` set mean IoU and mask AP peak at 0.5-0.6 (figures: bench/NOTES.md, "mal-label mask
-threshold"). A mask never comes out empty: if nothing passes the threshold, the pixels of the box within
+COCO epochs. Our default is 0.4 (``MalSettings.threshold``): a few hundred steps leave the maps soft at
+object edges, and human masks include the edge (figures: bench/NOTES.md, "mal-label mask threshold" and
+README "Real images"). A mask never comes out empty: if nothing passes the threshold, the pixels of the box within
 half of the box's peak probability are kept.
 
 Training needs the whole box set on every process; label shards (``--shard``) are best produced with
