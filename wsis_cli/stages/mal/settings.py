@@ -37,7 +37,7 @@ MAX_AUTO_EPOCHS = 24
 MIN_GRID = 12  # auto encoder depth: the fewest feature cells a side a CNN stage may leave on the crop
 # auto crop size: 96² (stride-8 features on a 12x12 grid), or 48² (stride 4) where 96² would magnify the
 # median training box more than MAX_MAGNIFICATION times; measured on both real sets and two synthetic ones,
-# 96² won wherever the median box side was 26 px or more and lost on nuclei (20 px), all of it on the small
+# 96² won wherever the median box side was 26 px or more and lost on nuclei (20 px), mostly on the small
 # ones (bench/NOTES.md, "mal-label crop size")
 AUTO_CROPS = (48, 96)
 MAX_MAGNIFICATION = 4.0
