@@ -96,7 +96,7 @@ def main() -> None:
             roi = RoiImageSet(ids, by_image, ds.image_index, str(root / "images"), ds.source, s.crop_size)
             t0, c0 = time.perf_counter(), time.process_time()
             n = sum(len(r) for _, r in label_images(model, roi, device, args.batch_size, s.threshold,
-                                                    exclusive=s.exclusive, channels_last=fmt == "cl"))
+                                                    exclusive=s.exclusive, channels_last=fmt == "cl", flip=s.flip))
             sec, cpu = time.perf_counter() - t0, time.process_time() - c0
             print(f"{name + ' ' + fmt:<14}{n:>7}{sec:>9.2f}{n / sec:>9.1f}{cpu:>8.2f}{n / cpu:>13.1f}{net_time / sec:>10.0%}")
 
