@@ -113,7 +113,7 @@ def _freemask() -> Mirror:
         "FreeMaskParams.min_area", "FreeMaskParams.mask_threshold", "FreeMaskParams.embed_dim",
         "FreeMaskParams.pre_nms", "TuneSettings.head", "TuneSettings.optimizer",
         "PretrainSettings.position_weight", "PretrainSettings.pixel_weight", "PretrainSettings.region_weight",
-        "PretrainSettings.warmup"})
+        "PretrainSettings.warmup", "PretrainSettings.pass_pixels", "TuneSettings.pass_pixels"})
 
 
 def _eval() -> Mirror:

@@ -113,3 +113,21 @@ def test_settings_are_checked() -> None:
         PretrainSettings(pixel_weight=0.0, region_weight=0.0)
     with pytest.raises(ValueError):
         PretrainSettings(regions=0)
+
+
+def test_a_step_in_passes_of_one_view_trains_the_layers_one_pass_trains() -> None:
+    from wsis_cli.stages.freemask.pretrain import _step
+
+    def trained(pass_pixels: int) -> tuple[float, set[str]]:
+        settings = PretrainSettings(batch_size=3, pass_pixels=pass_pixels)
+        samples = region_samples([_two_blobs(i) for i in range(3)], settings)
+        torch.manual_seed(0)
+        net = build_pretrain_backbone(SPEC).train()
+        loss = _step(net, samples, SPEC, settings, torch.device("cpu"), np.random.default_rng(0), 1)
+        assert not loss.requires_grad
+        return float(loss), {n for n, p in net.named_parameters() if p.grad is not None and bool(p.grad.abs().sum() > 0)}
+
+    loss_one, names_one = trained(10**9)  # all six views in one pass
+    loss_each, names_each = trained(1)  # every view its own backbone pass
+    assert math.isfinite(loss_each) and loss_each > 0
+    assert names_each == names_one and "stem.0.weight" in names_one  # every layer the features use learns

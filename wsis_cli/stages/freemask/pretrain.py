@@ -29,16 +29,12 @@ from torch import Tensor, nn
 
 from wsis_cli.models.freemask_head import mask_pool, nt_xent
 from wsis_cli.runtime.log import get_logger
+from wsis_cli.runtime.passes import loss_backward_in_passes
 from wsis_cli.runtime.training import EpochBookkeeping, check_finite, set_lr, warmup_cosine
-from wsis_cli.stages.freemask.features import BackboneSpec, patch_multiple, prepare
+from wsis_cli.stages.freemask.features import BackboneSpec, features_of, patch_multiple, prepare
 from wsis_cli.stages.freemask.regions import region_proposals
 from wsis_cli.stages.freemask.settings import PretrainSettings
-from wsis_cli.stages.freemask.tune import (
-    Sample,
-    _batched_features,
-    augmented_view,
-    end_epoch,
-)
+from wsis_cli.stages.freemask.tune import Sample, augmented_view, end_epoch
 
 log = get_logger("freemask")
 
@@ -91,9 +87,11 @@ def pixel_region_loss(features: Sequence[Tensor], masks: Sequence[Tensor], proto
     return torch.stack(losses).mean()
 
 
-def _step_loss(net: nn.Module, batch: list[Sample], spec: BackboneSpec, settings: PretrainSettings,
-               device: torch.device, rng: np.random.Generator, mult: int) -> Tensor:
-    """Loss of one batch: two views of each sample, region and pixel-to-region contrast across views."""
+def _step(net: nn.Module, batch: list[Sample], spec: BackboneSpec, settings: PretrainSettings,
+          device: torch.device, rng: np.random.Generator, mult: int) -> Tensor:
+    """One batch's loss (two views of each sample, region and pixel-to-region contrast across views), its
+    gradient accumulated into ``net``; returns the loss, detached. The views run through the backbone in
+    passes of at most ``settings.pass_pixels`` input pixels (:mod:`wsis_cli.runtime.passes`)."""
     inputs, masks, labels = [], [], []
     offset = 0
     for s in batch:
@@ -103,23 +101,26 @@ def _step_loss(net: nn.Module, batch: list[Sample], spec: BackboneSpec, settings
             masks.append(torch.from_numpy(m).to(device))
             labels.append(torch.from_numpy(s.labels + offset).to(device))
         offset += len(s.labels)
-    feats = _batched_features(net, inputs)
-    emb = [mask_pool(f, m) for f, m in zip(feats, masks, strict=True)]
-    loss = feats[0].sum() * 0.0
-    if settings.region_weight > 0:
-        loss = loss + settings.region_weight * nt_xent(torch.cat(emb), torch.cat(labels), settings.tau)
-    if settings.pixel_weight > 0:
-        # views alternate (image 0 view a, image 0 view b, image 1 view a ...): each view's locations pick
-        # among the regions of every image's *other* view; region r of image i is row offset_i + r there
-        other = [v ^ 1 for v in range(len(feats))]
-        terms = []
-        for parity in (0, 1):
-            views = [v for v in range(len(feats)) if v % 2 == parity]
-            protos = torch.cat([emb[other[v]] for v in views])
-            terms.append(pixel_region_loss([feats[v] for v in views], [masks[v] for v in views], protos,
-                                           [labels[v] for v in views], settings.tau))
-        loss = loss + settings.pixel_weight * 0.5 * (terms[0] + terms[1])
-    return loss
+
+    def loss_of(feats: list[Tensor]) -> Tensor:
+        emb = [mask_pool(f, m) for f, m in zip(feats, masks, strict=True)]
+        loss = feats[0].sum() * 0.0
+        if settings.region_weight > 0:
+            loss = loss + settings.region_weight * nt_xent(torch.cat(emb), torch.cat(labels), settings.tau)
+        if settings.pixel_weight > 0:
+            # views alternate (image 0 view a, image 0 view b, image 1 view a ...): each view's locations
+            # pick among the regions of every image's *other* view; region r of image i is row offset_i + r
+            other = [v ^ 1 for v in range(len(feats))]
+            terms = []
+            for parity in (0, 1):
+                views = [v for v in range(len(feats)) if v % 2 == parity]
+                protos = torch.cat([emb[other[v]] for v in views])
+                terms.append(pixel_region_loss([feats[v] for v in views], [masks[v] for v in views], protos,
+                                               [labels[v] for v in views], settings.tau))
+            loss = loss + settings.pixel_weight * 0.5 * (terms[0] + terms[1])
+        return loss
+
+    return loss_backward_in_passes(net, inputs, features_of, loss_of, settings.pass_pixels)
 
 
 def pretrain(net: nn.Module, samples: Sequence[Sample], spec: BackboneSpec, settings: PretrainSettings,
@@ -143,11 +144,10 @@ def pretrain(net: nn.Module, samples: Sequence[Sample], spec: BackboneSpec, sett
             step = book.step
             set_lr(opt, base_lrs, warmup_cosine(step, int(settings.warmup * total), total, final=0.05))
             rng = np.random.default_rng((settings.seed, epoch, b))
-            loss = _step_loss(net, [samples[int(i)] for i in order[b : b + settings.batch_size]], spec, settings,
-                              device, rng, mult)
-            check_finite(loss, stage="freemask pretrain", step=step, lr=settings.lr)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = _step(net, [samples[int(i)] for i in order[b : b + settings.batch_size]], spec, settings,
+                         device, rng, mult)
+            check_finite(loss, stage="freemask pretrain", step=step, lr=settings.lr)
             opt.step()
             book.step_done()
             book.add({"loss": loss})

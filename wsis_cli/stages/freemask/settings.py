@@ -91,6 +91,7 @@ class TuneSettings:
     head: int = 0  # projection-head width (0: the loss acts on the backbone features themselves)
     optimizer: str = "sgd"  # sgd (the report's) or adamw (training from scratch)
     seed: int = 0
+    pass_pixels: int = 2_400_000  # views per backbone pass, as PretrainSettings.pass_pixels
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -99,6 +100,8 @@ class TuneSettings:
             raise ValueError("need epochs >= 0, lr > 0, tau > 0, batch size >= 1 and head >= 0")
         if not 0 < self.match_iou <= 1:
             raise ValueError(f"match IoU must be in (0, 1], got {self.match_iou}")
+        if self.pass_pixels < 1:
+            raise ValueError(f"pass pixels must be >= 1, got {self.pass_pixels}")
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,10 @@ class PretrainSettings:
     warmup: float = 0.1  # fraction of the steps with a linear LR warm-up
     short_side: int = 0  # images resized to this short side for pre-training (0: as Free Mask reads them)
     seed: int = 0
+    # the views of a step run through the backbone in passes of at most this many input pixels, with the
+    # loss's gradient cached between them (runtime.passes): the memory of a few views, not of the batch.
+    # BatchNorm statistics are per pass; the demo's 16 views of 384² fit one pass
+    pass_pixels: int = 2_400_000
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.lr <= 0 or self.tau <= 0 or self.batch_size < 1 or self.regions < 1:
@@ -126,6 +133,8 @@ class PretrainSettings:
             raise ValueError("loss weights must be >= 0 and not both 0")
         if self.short_side < 0:
             raise ValueError(f"short side must be >= 0, got {self.short_side}")
+        if self.pass_pixels < 1:
+            raise ValueError(f"pass pixels must be >= 1, got {self.pass_pixels}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
 

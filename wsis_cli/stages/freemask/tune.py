@@ -23,6 +23,7 @@ from torch import nn
 from wsis_cli.io import rle as rle_utils
 from wsis_cli.models.freemask_head import ProjectionHead, mask_pool, nt_xent
 from wsis_cli.runtime.log import get_logger
+from wsis_cli.runtime.passes import loss_backward_in_passes
 from wsis_cli.runtime.training import EpochBookkeeping
 from wsis_cli.stages.freemask.features import BackboneSpec, features_of, patch_multiple, prepare
 from wsis_cli.stages.freemask.settings import TuneSettings
@@ -102,13 +103,15 @@ def fine_tune(net: nn.Module, samples: Sequence[Sample], spec: BackboneSpec, set
                     img, masks = augmented_view(s, rng)
                     views.append((prepare(img, spec, device, mult), masks, s.labels + offset))
                 offset += int(s.labels.max()) + 1 if len(s.labels) else 0
-            emb, lab = [], []
-            for feats, (_, masks, labels) in zip(_batched_features(net, [v[0] for v in views]), views, strict=True):
-                emb.append(head(mask_pool(feats, torch.from_numpy(masks).to(device))))
-                lab.append(torch.from_numpy(labels).to(device))
-            loss = nt_xent(torch.cat(emb), torch.cat(lab), settings.tau)
+            lab = torch.cat([torch.from_numpy(v[2]).to(device) for v in views])
+
+            def loss_of(feats: list[torch.Tensor], views: list = views, lab: torch.Tensor = lab) -> torch.Tensor:
+                emb = [head(mask_pool(f, torch.from_numpy(v[1]).to(device))) for f, v in zip(feats, views, strict=True)]
+                return nt_xent(torch.cat(emb), lab, settings.tau)
+
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # the views run through the backbone in passes of bounded size (runtime.passes): memory of a few
+            loss = loss_backward_in_passes(net, [v[0] for v in views], features_of, loss_of, settings.pass_pixels)
             opt.step()
             book.step_done()
             book.add({"loss": loss})
@@ -126,19 +129,6 @@ def end_epoch(book: EpochBookkeeping, what: str, epoch: int) -> float:
         book.run.log_metrics({"epoch": epoch + 1, "loss": loss_mean, "seconds": round(seconds, 3)})
     book.save(epoch + 1, loss=loss_mean)
     return loss_mean
-
-
-def _batched_features(net: nn.Module, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Features of each ``(3, h, w)`` input, one backbone pass per group of equal sizes."""
-    out: list[torch.Tensor | None] = [None] * len(inputs)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, x in enumerate(inputs):
-        groups.setdefault(tuple(x.shape), []).append(i)
-    for members in groups.values():
-        feats = features_of(net, torch.stack([inputs[i] for i in members]))
-        for i, f in zip(members, feats, strict=True):
-            out[i] = f
-    return [f for f in out if f is not None]
 
 
 def _channels(net: nn.Module) -> int:
