@@ -43,7 +43,7 @@ def test_passes_give_the_gradient_of_one_graph_with_the_same_batchnorm_groups():
         assert torch.equal(ba, bb), name
 
 
-def test_one_pass_per_shape_is_the_plain_forward_and_backward():
+def test_a_batch_within_the_budget_is_the_plain_forward_and_backward():
     inputs = [torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     a = _net().train()
     loss_backward_in_passes(a, inputs, lambda n, x: n(x), _contrastive, 10**6)
@@ -51,3 +51,18 @@ def test_one_pass_per_shape_is_the_plain_forward_and_backward():
     _contrastive(list(b(torch.stack(inputs)))).backward()
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa.grad, pb.grad)
+
+
+def test_shapes_that_fit_one_by_one_but_not_together_are_cached():
+    # two shapes of 64 px each: under a 100 px budget they must not be held at once (the first pass runs
+    # without autograd); with 128 px they form one graph
+    inputs = [torch.randn(3, 8, 8), torch.randn(3, 4, 16)]
+    for budget, expected in ((100, [(8, False), (4, False), (8, True), (4, True)]), (128, [(8, True), (4, True)])):
+        calls = []
+
+        def forward(n, x, calls=calls):
+            calls.append((x.shape[-2], torch.is_grad_enabled()))
+            return n(x)
+
+        loss_backward_in_passes(_net().train(), inputs, forward, _contrastive, budget)
+        assert calls == expected

@@ -6,8 +6,9 @@ Contrastive Learning Batch Size under Memory Limited Setup") gets the same gradi
 of one pass in memory: run every pass without autograd, take the loss's gradient with respect to the
 (small) outputs, then run each pass again with autograd and back-propagate that gradient into it.
 
-Inputs of equal shape share a pass (at most ``max_pixels`` input pixels); when everything fits in one
-pass per shape the plain forward/backward runs, so a small batch computes exactly what it did before.
+Inputs of equal shape share a pass (at most ``max_pixels`` input pixels). When the whole batch is within
+``max_pixels`` the plain forward/backward runs (one pass per shape, every activation held at once), so a
+small batch computes exactly what it did before and pays no second forward.
 BatchNorm normalises with the statistics of its pass in both runs (the same inputs, so the same
 outputs); its running statistics are restored after the first run so that each pass updates them once.
 The network must be deterministic in training mode (no dropout, no stochastic depth).
@@ -41,7 +42,7 @@ def loss_backward_in_passes(net: nn.Module, inputs: Sequence[Tensor], forward: C
     loss, detached."""
     passes = plan_passes([tuple(x.shape) for x in inputs], max_pixels)
     out: list[Tensor | None] = [None] * len(inputs)
-    if len(passes) == len({tuple(x.shape) for x in inputs}):  # one pass per shape: nothing to save
+    if sum(x.shape[-1] * x.shape[-2] for x in inputs) <= max_pixels:  # all of it fits: one graph, no caching
         for members in passes:
             for i, o in zip(members, forward(net, torch.stack([inputs[i] for i in members])), strict=True):
                 out[i] = o
