@@ -41,23 +41,15 @@ def loss_backward_in_passes(net: nn.Module, inputs: Sequence[Tensor], forward: C
     gradient accumulated into ``net``'s parameters (call ``zero_grad`` before, ``step`` after). Returns the
     loss, detached."""
     passes = plan_passes([tuple(x.shape) for x in inputs], max_pixels)
-    out: list[Tensor | None] = [None] * len(inputs)
     if sum(x.shape[-1] * x.shape[-2] for x in inputs) <= max_pixels:  # all of it fits: one graph, no caching
-        for members in passes:
-            for i, o in zip(members, forward(net, torch.stack([inputs[i] for i in members])), strict=True):
-                out[i] = o
-        loss = loss_of([o for o in out if o is not None])
+        loss = loss_of(_outputs(net, inputs, passes, forward))
         loss.backward()
         return loss.detach()
     buffers = {n: b.clone() for n, b in net.named_buffers()}
     with torch.no_grad():
-        for members in passes:
-            for i, o in zip(members, forward(net, torch.stack([inputs[i] for i in members])), strict=True):
-                out[i] = o.detach().requires_grad_(True)
-    with torch.no_grad():
+        leaves = [o.detach().requires_grad_(True) for o in _outputs(net, inputs, passes, forward)]
         for n, b in net.named_buffers():
             b.copy_(buffers[n])
-    leaves = [o for o in out if o is not None]
     loss = loss_of(leaves)
     loss.backward()
     for members in passes:
@@ -66,3 +58,12 @@ def loss_backward_in_passes(net: nn.Module, inputs: Sequence[Tensor], forward: C
                              for i in members])
         outputs.backward(grads.to(outputs.dtype))
     return loss.detach()
+
+
+def _outputs(net: nn.Module, inputs: Sequence[Tensor], passes: list[list[int]],
+             forward: Callable[[nn.Module, Tensor], Tensor]) -> list[Tensor]:
+    """``forward``'s output for each input, in input order, one call per pass."""
+    out: dict[int, Tensor] = {}
+    for members in passes:
+        out.update(zip(members, forward(net, torch.stack([inputs[i] for i in members])), strict=True))
+    return [out[i] for i in range(len(inputs))]

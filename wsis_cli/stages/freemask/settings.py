@@ -79,6 +79,10 @@ class FreeMaskParams:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
 
 
+# input pixels per backbone pass of the contrastive trainings (six views of 512 x 680; runtime.passes)
+PASS_PIXELS = 2_400_000
+
+
 @dataclass(frozen=True)
 class TuneSettings:
     """How the backbone is fine-tuned (one field per flag)."""
@@ -91,7 +95,7 @@ class TuneSettings:
     head: int = 0  # projection-head width (0: the loss acts on the backbone features themselves)
     optimizer: str = "sgd"  # sgd (the report's) or adamw (training from scratch)
     seed: int = 0
-    pass_pixels: int = 2_400_000  # views per backbone pass, as PretrainSettings.pass_pixels
+    pass_pixels: int = PASS_PIXELS  # views per backbone pass, as PretrainSettings.pass_pixels
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -123,8 +127,8 @@ class PretrainSettings:
     seed: int = 0
     # the views of a step run through the backbone in passes of at most this many input pixels, with the
     # loss's gradient cached between them (runtime.passes): the memory of a few views, not of the batch.
-    # BatchNorm statistics are per pass; the demo's 16 views of 384² fit one pass
-    pass_pixels: int = 2_400_000
+    # BatchNorm statistics are per pass; the demo's 16 views of 128² fit one pass
+    pass_pixels: int = PASS_PIXELS
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.lr <= 0 or self.tau <= 0 or self.batch_size < 1 or self.regions < 1:
